@@ -1,0 +1,70 @@
+"""Base class of every recipe step and the module-pattern rules they share."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+CONFIGS: dict[str, type[StepConfig]] = {}
+
+
+class StepConfig(BaseModel):
+    """One step of a recipe. Subclasses set ``method: Literal[...]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str
+    targets: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Patterns of the Linear modules (inside the repeated block list) this step touches. "
+        "A plain pattern is a glob matched against the full module name or its last component "
+        "('down_proj', 'model.layers.0.*'); 're:' starts a regular expression.",
+    )
+    ignore: list[str] = Field(
+        default_factory=lambda: ["lm_head"],
+        description="Patterns of modules left untouched (same syntax as targets).",
+    )
+
+    # Class-level facts the pipeline and the API read.
+    needs_calibration: ClassVar[bool] = False
+    lossy: ClassVar[bool] = True
+    summary: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        field = cls.model_fields.get("method")
+        default = field.default if field is not None else None
+        if isinstance(default, str) and default:
+            CONFIGS[default] = cls
+
+    @field_validator("targets", "ignore")
+    @classmethod
+    def _valid_patterns(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            if p.startswith("re:"):
+                try:
+                    re.compile(p[3:])
+                except re.error as exc:
+                    raise ValueError(f"bad regular expression {p!r}: {exc}") from exc
+            elif not p:
+                raise ValueError("empty pattern")
+        return patterns
+
+
+def matches(name: str, pattern: str) -> bool:
+    """True when module ``name`` matches ``pattern`` (see ``StepConfig.targets``)."""
+    if pattern.startswith("re:"):
+        return re.search(pattern[3:], name) is not None
+    leaf = name.rsplit(".", 1)[-1]
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(leaf, pattern)
+
+
+def selected(name: str, targets: list[str], ignore: list[str]) -> bool:
+    return any(matches(name, p) for p in targets) and not any(matches(name, p) for p in ignore)

@@ -1,0 +1,102 @@
+"""Weight-quantization methods: rtn, gptq, awq, hqq."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from compression.configs.base import StepConfig
+
+
+class QuantOverride(BaseModel):
+    """Per-module settings: modules matching ``pattern`` get these instead (mixed precision)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pattern: str = Field(description="Module pattern, same syntax as targets ('down_proj', 're:layers\\.0\\.').")
+    bits: int | None = Field(default=None, ge=2, le=8)
+    group_size: int | None = Field(default=None, ge=-1)
+    symmetric: bool | None = None
+    skip: bool = Field(default=False, description="Leave matching modules dense.")
+
+
+class QuantArgs(BaseModel):
+    """The scheme every quantizer shares."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bits: int = Field(default=4, ge=2, le=8, description="Bits per weight, 2-8.")
+    group_size: int = Field(
+        default=128,
+        ge=-1,
+        description="Input columns sharing one scale; -1 (or 0) = one scale per output channel. "
+        "When it does not divide a layer's input width the last group of that layer is shorter "
+        "(ragged); see docs/quantization.md.",
+    )
+    symmetric: bool = Field(default=True, description="Symmetric (no zero point) or asymmetric.")
+
+    @model_validator(mode="after")
+    def _group(self) -> QuantArgs:
+        if 0 < self.group_size < 8:
+            raise ValueError("group_size must be -1 (per channel) or at least 8")
+        return self
+
+
+class QuantStep(StepConfig, QuantArgs):
+    overrides: list[QuantOverride] = Field(
+        default_factory=list, description="First matching override wins; e.g. down_proj at 8 bits."
+    )
+
+    def scheme_for(self, name: str) -> QuantArgs | None:
+        """The scheme for module ``name`` after overrides; None when an override skips it."""
+        from compression.configs.base import matches
+
+        for ov in self.overrides:
+            if matches(name, ov.pattern):
+                if ov.skip:
+                    return None
+                return QuantArgs(
+                    bits=ov.bits if ov.bits is not None else self.bits,
+                    group_size=ov.group_size if ov.group_size is not None else self.group_size,
+                    symmetric=ov.symmetric if ov.symmetric is not None else self.symmetric,
+                )
+        return QuantArgs(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric)
+
+
+class RTNConfig(QuantStep):
+    """Round-to-nearest weight quantization with per-group scales."""
+
+    method: Literal["rtn"] = "rtn"
+    summary: ClassVar[str] = "Round-to-nearest weight quantization (no calibration)."
+
+
+class GPTQConfig(QuantStep):
+    method: Literal["gptq"] = "gptq"
+    damp_percent: float = Field(default=0.01, gt=0, lt=1, description="Dampening, fraction of mean diag(H).")
+    block_size: int = Field(default=128, ge=1, le=4096, description="Columns per lazy batch update.")
+    act_order: bool = Field(default=False, description="Quantize columns in order of decreasing diag(H).")
+    static_groups: bool = Field(
+        default=True,
+        description="With act_order: fix group scales before reordering, so the artifact needs no g_idx.",
+    )
+    needs_calibration: ClassVar[bool] = True
+    summary: ClassVar[str] = "GPTQ / OBC second-order weight quantization (calibrated)."
+
+
+class AWQConfig(QuantStep):
+    method: Literal["awq"] = "awq"
+    grid: int = Field(default=20, ge=2, le=100, description="Grid points of the activation exponent in [0, 1).")
+    solver: Literal["rtn", "gptq"] = Field(default="rtn", description="Quantizer applied after scaling.")
+    needs_calibration: ClassVar[bool] = True
+    summary: ClassVar[str] = "Activation-aware weight quantization: scale search, then RTN or GPTQ."
+
+
+class HQQConfig(QuantStep):
+    method: Literal["hqq"] = "hqq"
+    symmetric: bool = Field(default=False, description="HQQ optimizes zero points; asymmetric by default.")
+    iters: int = Field(default=20, ge=1, le=1000, description="Half-quadratic iterations.")
+    lp_norm: float = Field(default=0.7, gt=0, le=1, description="p of the sparsity-promoting l_p loss.")
+    beta: float = Field(default=10.0, gt=0, description="Initial penalty weight.")
+    kappa: float = Field(default=1.01, gt=1, description="Penalty growth per iteration.")
+    summary: ClassVar[str] = "Half-quadratic quantization of scales and zero points (no calibration)."

@@ -1,0 +1,51 @@
+"""Torch-free description of one local compression run (what a worker or the CLI hands the library).
+
+Paths here are local files the caller already fetched; URIs are the service's business.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from compression.recipe import Recipe
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Gate(_Strict):
+    max_ppl_increase_pct: float | None = Field(default=None, ge=0, description="Max perplexity increase, %.")
+    max_kl: float | None = Field(default=None, ge=0, description="Max mean KL(original || compressed), nats/token.")
+
+
+class CalibrationInput(_Strict):
+    path: Path | None = Field(default=None, description="Text, JSONL ({'text': ...}) or token-id (.npy/.json) file.")
+    samples: int = Field(default=64, ge=1, le=4096)
+    seq_len: int = Field(default=512, ge=16, le=32768)
+    seed_prompt: str = Field(default="The", description="Used when no file is given: the model writes its own text.")
+
+
+class EvaluationInput(_Strict):
+    enabled: bool = True
+    path: Path | None = Field(default=None, description="Evaluation text; none -> text the base model generates.")
+    windows: int = Field(default=8, ge=1, le=1024)
+    seq_len: int = Field(default=512, ge=16, le=32768)
+    gate: Gate | None = None
+    latency: bool = Field(default=True, description="Measure forward latency before/after.")
+
+
+class LocalJobSpec(_Strict):
+    model_dir: Path
+    out_dir: Path
+    recipe: Recipe
+    fallbacks: list[Recipe] = Field(default_factory=list, description="Tried in order when the gate is missed.")
+    calibration: CalibrationInput = Field(default_factory=CalibrationInput)
+    evaluation: EvaluationInput = Field(default_factory=EvaluationInput)
+    output_format: Literal["compressed", "dense"] = "compressed"
+    device: str | None = Field(default=None, description="'cuda', 'cpu' or None (CUDA when present).")
+    seed: int = 0
+    max_params: int | None = Field(default=None, description="Refuse models declaring more parameters.")
