@@ -35,6 +35,11 @@ class QuantArgs(BaseModel):
         "(ragged); see docs/quantization.md.",
     )
     symmetric: bool = Field(default=True, description="Symmetric (no zero point) or asymmetric.")
+    observer: Literal["minmax", "mse"] = Field(
+        default="mse",
+        description="How group ranges are chosen: plain min/max, or a search over clipping ratios "
+        "that minimizes the group's squared rounding error.",
+    )
 
     @model_validator(mode="after")
     def _group(self) -> QuantArgs:
@@ -60,8 +65,11 @@ class QuantStep(StepConfig, QuantArgs):
                     bits=ov.bits if ov.bits is not None else self.bits,
                     group_size=ov.group_size if ov.group_size is not None else self.group_size,
                     symmetric=ov.symmetric if ov.symmetric is not None else self.symmetric,
+                    observer=self.observer,
                 )
-        return QuantArgs(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric)
+        return QuantArgs(
+            bits=self.bits, group_size=self.group_size, symmetric=self.symmetric, observer=self.observer
+        )
 
 
 class RTNConfig(QuantStep):

@@ -1,0 +1,46 @@
+"""What a step's engine gets besides the model and its config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+ProgressFn = Callable[[str, float], None]
+
+
+class Cancelled(Exception):
+    """Raised inside an engine when the caller asked to stop."""
+
+
+def _no_progress(stage: str, fraction: float) -> None:
+    return None
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class StepContext:
+    calibration: torch.Tensor | None = None  # [n, seq_len] token ids
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    progress: ProgressFn = _no_progress
+    should_stop: Callable[[], bool] = _never
+    seed: int = 0
+    stage: str = "compress"
+    batch_size: int = 8
+    # Weights of every Linear before the first lossy step: name -> [out, in] on CPU (EoRA needs them).
+    originals: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def report(self, fraction: float) -> None:
+        if self.should_stop():
+            raise Cancelled("job cancelled")
+        self.progress(self.stage, min(max(fraction, 0.0), 1.0))
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,103 @@
+"""Find the repeated block list and its Linear layers on any transformers model.
+
+No per-architecture tables: the block list is the largest ``nn.ModuleList`` whose children
+all share one class; its linear layers are ``nn.Linear`` or GPT-2's ``Conv1D`` (whose weight
+is stored transposed; :func:`get_weight` / :func:`set_weight_` hide that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from compression.configs.base import selected
+from compression.core.quant import QuantizedWeight
+from compression.errors import NoTargetModules, UnsupportedModel
+
+try:  # transformers' GPT-2 style linear
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover
+    Conv1D = None  # type: ignore[assignment,misc]
+
+
+@dataclass
+class Layout:
+    prefix: str  # e.g. "model.layers"
+    blocks: nn.ModuleList
+
+    def block_name(self, i: int) -> str:
+        return f"{self.prefix}.{i}"
+
+
+def is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (Conv1D is not None and isinstance(module, Conv1D))
+
+
+def find_layout(model: nn.Module) -> Layout:
+    best: tuple[int, str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(m) for m in module}) != 1:
+            continue
+        if not any(is_linear(m) for m in module[0].modules()):
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if best is None or size > best[0]:
+            best = (size, name, module)
+    if best is None:
+        raise UnsupportedModel(
+            f"{type(model).__name__}: no repeated block list with linear layers found; "
+            "Presso needs a transformer-style stack of identical blocks"
+        )
+    return Layout(prefix=best[1], blocks=best[2])
+
+
+def block_linears(block: nn.Module, block_name: str) -> dict[str, nn.Module]:
+    """Full name -> linear module, in definition order."""
+    return {f"{block_name}.{n}": m for n, m in block.named_modules() if is_linear(m)}
+
+
+def select_linears(
+    model: nn.Module, layout: Layout, targets: list[str], ignore: list[str]
+) -> dict[int, dict[str, nn.Module]]:
+    """Block index -> {name: linear} chosen by the step's patterns. Fails early when none match."""
+    chosen: dict[int, dict[str, nn.Module]] = {}
+    for i, block in enumerate(layout.blocks):
+        lin = {n: m for n, m in block_linears(block, layout.block_name(i)).items() if selected(n, targets, ignore)}
+        chosen[i] = lin
+    if not any(chosen.values()):
+        raise NoTargetModules(f"targets {targets} (ignore {ignore}) match no linear layer in {layout.prefix}")
+    return chosen
+
+
+def get_weight(module: nn.Module) -> torch.Tensor:
+    """Weight as [out_features, in_features] (a view for nn.Linear, a transposed copy for Conv1D)."""
+    w = module.weight.data
+    return w.t() if not isinstance(module, nn.Linear) else w
+
+
+def set_weight_(module: nn.Module, w: torch.Tensor) -> None:
+    """Write a [out, in] weight back in the module's own layout and dtype; drops stale quant state."""
+    target = module.weight.data
+    src = w.t() if not isinstance(module, nn.Linear) else w
+    target.copy_(src.to(dtype=target.dtype, device=target.device))
+    if hasattr(module, "presso_quant"):
+        del module.presso_quant
+
+
+def in_out(module: nn.Module) -> tuple[int, int]:
+    out_f, in_f = get_weight(module).shape
+    return in_f, out_f
+
+
+def set_quantized_(module: nn.Module, qw: QuantizedWeight) -> None:
+    """Store the dequantized weight in the module and keep the codes for the packed artifact."""
+    set_weight_(module, qw.dequantize())
+    module.presso_quant = qw  # type: ignore[assignment]
+
+
+def quantized_of(module: nn.Module) -> QuantizedWeight | None:
+    return getattr(module, "presso_quant", None)

@@ -1,0 +1,140 @@
+"""Layer-sequential calibration: one block (and its activations) on the device at a time.
+
+1. Everything outside the block list moves to the device; the blocks stay where they are.
+2. The calibration batches run until block 0, whose inputs (hidden states + keyword
+   arguments such as position embeddings and masks) are captured.
+3. For each block i: move it to the device, let the engine observe its linear inputs and
+   compress it, run the compressed block to produce the inputs of block i+1, move it back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from compression.core.context import StepContext
+from compression.core.layout import Layout
+from compression.errors import CalibrationRequired
+
+log = logging.getLogger(__name__)
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class BlockInputs:
+    hidden: list[torch.Tensor]  # one [b, seq, d] tensor per calibration batch
+    kwargs: list[dict[str, Any]]
+
+
+def _move_outside_blocks_(model: nn.Module, layout: Layout, device: torch.device) -> None:
+    block_ids = {id(m) for m in layout.blocks.modules()}
+    for module in model.modules():
+        if id(module) in block_ids:
+            continue
+        for name, p in list(module.named_parameters(recurse=False)):
+            if p.device != device:
+                p.data = p.data.to(device)
+        for name, b in list(module.named_buffers(recurse=False)):
+            if b.device != device:
+                module._buffers[name] = b.to(device)
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, layout: Layout, ctx: StepContext) -> BlockInputs:
+    if ctx.calibration is None:
+        raise CalibrationRequired("this step needs calibration data")
+    _move_outside_blocks_(model, layout, ctx.device)
+    first = layout.blocks[0]
+    home = next(first.parameters()).device
+    first.to(ctx.device)
+    captured = BlockInputs(hidden=[], kwargs=[])
+
+    def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.hidden.append(hidden.detach())
+        captured.kwargs.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _StopForward
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in ctx.calibration.split(ctx.batch_size):
+            try:
+                model(input_ids=batch.to(ctx.device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+        first.to(home)
+    return captured
+
+
+def _hidden_out(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+@torch.no_grad()
+def forward_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
+    return [_hidden_out(block(h, **kw)) for h, kw in zip(inputs.hidden, inputs.kwargs, strict=True)]
+
+
+@contextmanager
+def observe_inputs(
+    modules: dict[str, nn.Module], on_input: Callable[[str, torch.Tensor], None]
+) -> Iterator[None]:
+    """Call ``on_input(name, x)`` with the 2-D input [tokens, in_features] of each module's forward."""
+    handles = []
+    for name, mod in modules.items():
+
+        def hook(_m: nn.Module, args: tuple, _out: Any, name: str = name) -> None:
+            x = args[0]
+            on_input(name, x.reshape(-1, x.shape[-1]))
+
+        handles.append(mod.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+BlockFn = Callable[[int, nn.Module, BlockInputs], dict[str, Any] | None]
+
+
+def run_blockwise(model: nn.Module, layout: Layout, ctx: StepContext, process: BlockFn) -> list[dict[str, Any]]:
+    """Run ``process(i, block, inputs)`` on each block in order, feeding it the outputs of the
+    already-processed blocks. Returns the per-block results."""
+    inputs = capture_inputs(model, layout, ctx)
+    results: list[dict[str, Any]] = []
+    n = len(layout.blocks)
+    for i, block in enumerate(layout.blocks):
+        home = next(block.parameters()).device
+        block.to(ctx.device)
+        res = process(i, block, inputs)
+        results.append(res or {})
+        inputs = BlockInputs(hidden=forward_block(block, inputs), kwargs=inputs.kwargs)
+        block.to(home)
+        ctx.report((i + 1) / n)
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results

@@ -1,0 +1,1 @@
+"""Engines by family: quantization/, pruning/, lowrank/, lossless/. Discovered by compression.registry."""

@@ -1,0 +1,38 @@
+"""RTN engine: quantize each targeted linear independently. No calibration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from compression.configs.quantization import RTNConfig
+from compression.core.context import StepContext
+from compression.core.layout import find_layout, get_weight, select_linears, set_quantized_
+from compression.core.quant import relative_error
+from compression.engines.quantization.common import layer_record, schemes_for
+from compression.engines.quantization.rtn.rtn_math import quantize_rtn
+from compression.registry import register
+
+
+@register(RTNConfig)
+class RTNEngine:
+    @torch.no_grad()
+    def apply_(self, model: nn.Module, cfg: RTNConfig, ctx: StepContext) -> dict[str, Any]:
+        layout = find_layout(model)
+        chosen = select_linears(model, layout, cfg.targets, cfg.ignore)
+        schemes = schemes_for(chosen, cfg)
+        layers = []
+        for i, lins in chosen.items():
+            for name, mod in lins.items():
+                scheme = schemes[name]
+                if scheme is not None:
+                    w = get_weight(mod).to(ctx.device, torch.float32)
+                    qw = quantize_rtn(w, scheme)
+                    set_quantized_(mod, qw)
+                    layers.append(layer_record(name, scheme, relative_error(w, qw.dequantize().to(w.device))))
+                else:
+                    layers.append(layer_record(name, None, None))
+            ctx.report((i + 1) / len(chosen))
+        return {"layers": layers}

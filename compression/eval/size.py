@@ -1,0 +1,70 @@
+"""Size metrics of a model in memory and of an artifact on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compression.core.layout import find_layout, is_linear, quantized_of
+
+
+def param_count(model: nn.Module) -> int:
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def dense_bytes(model: nn.Module) -> int:
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * p.element_size()
+    return total
+
+
+def weight_stats(model: nn.Module) -> dict[str, Any]:
+    """Bits per weight and sparsity over the linear layers of the block list."""
+    try:
+        layout = find_layout(model)
+    except Exception:
+        return {}
+    n_weights, bits, zeros = 0, 0.0, 0
+    for m in layout.blocks.modules():
+        if not is_linear(m):
+            continue
+        w = m.weight
+        qw = quantized_of(m)
+        n_weights += w.numel()
+        zeros += int((w == 0).sum())
+        if qw is not None:
+            g = qw.scale.shape[1] * qw.scale.shape[0]
+            extra = g * (16 + (qw.bits if qw.zero is not None else 0))
+            bits += w.numel() * qw.bits + extra
+        else:
+            bits += w.numel() * w.element_size() * 8
+    if n_weights == 0:
+        return {}
+    return {
+        "linear_weights": n_weights,
+        "bits_per_weight": bits / n_weights,
+        "sparsity": zeros / n_weights,
+    }
+
+
+def artifact_bytes(out_dir: Path) -> dict[str, int]:
+    weights = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file() and ".safetensors" in f.name)
+    total = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
+    return {"weights_bytes": weights, "total_bytes": total}
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()

@@ -1,0 +1,114 @@
+"""Token windows for calibration and evaluation: from text, JSONL, token ids, or self-generated text.
+
+Windows are consecutive, non-overlapping ``seq_len``-token slices from the start of the text,
+the protocol of docs/benchmarks (and of the product: one code path for both).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compression.errors import CalibrationError, CalibrationRequired
+
+log = logging.getLogger(__name__)
+
+
+def read_text(path: Path) -> str:
+    raw = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix.lower() == ".jsonl":
+        parts = []
+        for n, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise CalibrationError(f"{path.name}:{n}: not JSON") from exc
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise CalibrationError(f"{path.name}:{n}: each JSONL line needs a string field 'text'")
+            parts.append(obj["text"])
+        return "\n\n".join(parts)
+    return raw
+
+
+def windows_from_ids(ids: torch.Tensor, samples: int, seq_len: int, source: str) -> torch.Tensor:
+    n = ids.numel() // seq_len
+    if n < 1:
+        raise CalibrationError(f"{source} has {ids.numel()} tokens, fewer than one sequence of {seq_len}")
+    if n < samples:
+        log.warning("%s yields %d windows of %d tokens, fewer than the %d asked", source, n, seq_len, samples)
+    n = min(n, samples)
+    return ids[: n * seq_len].reshape(n, seq_len).long()
+
+
+def windows_from_text(tokenizer: Any, text: str, samples: int, seq_len: int, source: str = "text") -> torch.Tensor:
+    if tokenizer is None:
+        raise CalibrationError("the model has no tokenizer: give token ids (.npy or .json) instead of text")
+    need = samples * seq_len + 1
+    chars = need * 8
+    while True:
+        ids = tokenizer(text[:chars], add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        if ids.numel() > need or chars >= len(text):
+            break
+        chars *= 2
+    # drop the last token of a truncated prefix: it may be cut mid-word
+    if chars < len(text):
+        ids = ids[:-1]
+    return windows_from_ids(ids, samples, seq_len, source)
+
+
+def load_token_ids(path: Path) -> torch.Tensor:
+    if path.suffix == ".npy":
+        arr = np.load(path, allow_pickle=False)
+    else:
+        try:
+            arr = np.asarray(json.loads(path.read_text()), dtype=np.int64)
+        except ValueError as exc:
+            raise CalibrationError(f"{path.name}: token-id JSON must be a list of ints (or of lists)") from exc
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise CalibrationError(f"{path.name}: token ids must be integers")
+    return torch.from_numpy(arr.astype(np.int64)).reshape(-1)
+
+
+def load_windows(path: Path, tokenizer: Any, samples: int, seq_len: int, vocab_size: int | None) -> torch.Tensor:
+    if path.suffix in (".npy", ".json"):
+        ids = load_token_ids(path)
+        if vocab_size is not None and ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
+            raise CalibrationError(f"{path.name}: token ids outside the model's vocabulary [0, {vocab_size})")
+        return windows_from_ids(ids, samples, seq_len, path.name)
+    return windows_from_text(tokenizer, read_text(path), samples, seq_len, path.name)
+
+
+@torch.no_grad()
+def generate_windows(
+    model: nn.Module, tokenizer: Any, samples: int, seq_len: int, *, seed: int, prompt: str, device: torch.device
+) -> torch.Tensor:
+    """Text the model writes itself from ``prompt`` (sampling, seeded): a job needs no dataset."""
+    if not hasattr(model, "generate"):
+        raise CalibrationRequired("this model cannot generate text: give calibration data")
+    gen = torch.Generator().manual_seed(seed)
+    if tokenizer is not None:
+        start = tokenizer(prompt, add_special_tokens=True, return_tensors="pt")["input_ids"][0]
+    else:
+        start = torch.randint(0, model.config.vocab_size, (1,), generator=gen)
+    torch.manual_seed(seed)
+    out = []
+    home = next(model.parameters()).device
+    model.to(device)
+    for batch in range(0, samples, 16):
+        b = min(16, samples - batch)
+        ids = start.unsqueeze(0).repeat(b, 1).to(device)
+        seqs = model.generate(
+            ids, do_sample=True, top_p=0.95, temperature=1.0, max_new_tokens=seq_len, min_new_tokens=seq_len,
+            pad_token_id=getattr(tokenizer, "eos_token_id", None) or 0,
+        )
+        out.append(seqs[:, -seq_len:].cpu())
+    model.to(home)
+    return torch.cat(out)

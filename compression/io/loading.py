@@ -1,0 +1,174 @@
+"""Load a model directory (or one .gguf / .safetensors file) without ever unpickling.
+
+Accepted weights: *.safetensors (with config.json) or one *.gguf file (dequantized to float).
+Pickle checkpoints are refused; code-pointing config keys are stripped; trust_remote_code is
+never set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compression.errors import ModelLoadError, ModelTooLarge, UnsafeModel, UnsupportedModel
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
+CODE_KEYS = ("auto_map", "custom_pipelines")
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any | None
+    kind: str  # "causal_lm" | "encoder"
+    source_format: str  # "safetensors" | "gguf"
+    notes: list[str] = field(default_factory=list)
+
+
+def _refuse_pickles(root: Path) -> None:
+    bad = sorted(p.name for p in root.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    if bad and not any(root.rglob("*.safetensors")):
+        raise UnsafeModel(
+            f"pickle checkpoints are never loaded ({', '.join(bad[:5])}); provide safetensors or GGUF weights"
+        )
+
+
+def sanitize_config_(config_path: Path) -> list[str]:
+    """Drop keys that point at remote code. Returns the keys removed."""
+    data = json.loads(config_path.read_text())
+    removed = [k for k in CODE_KEYS if k in data]
+    for k in removed:
+        data.pop(k)
+    if removed:
+        config_path.write_text(json.dumps(data, indent=2))
+    return removed
+
+
+def declared_params(model_dir: Path) -> int:
+    """Parameters declared by the safetensors headers (no tensor data read)."""
+    total = 0
+    for f in model_dir.glob("*.safetensors"):
+        with f.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ModelLoadError(f"{f.name}: truncated safetensors file")
+            n = int.from_bytes(head, "little")
+            if n > 100_000_000:
+                raise ModelLoadError(f"{f.name}: safetensors header of {n} bytes is not credible")
+            try:
+                header = json.loads(fh.read(n))
+            except ValueError as exc:
+                raise ModelLoadError(f"{f.name}: corrupt safetensors header") from exc
+        for k, v in header.items():
+            if k != "__metadata__":
+                numel = 1
+                for d in v["shape"]:
+                    numel *= int(d)
+                total += numel
+    return total
+
+
+def _auto_class(config: Any) -> tuple[type, str]:
+    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "is_encoder_decoder", False):
+        archs = getattr(config, "architectures", None) or []
+        if not archs or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+            return AutoModelForCausalLM, "causal_lm"
+    return AutoModel, "encoder"
+
+
+def _load_tokenizer(path: Path, **kw: Any) -> Any | None:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, **kw)
+    except Exception as exc:  # a model without tokenizer files is still compressible with token-id data
+        log.warning("no tokenizer loaded from %s: %s", path, exc)
+        return None
+
+
+def load_gguf(path: Path, dtype: torch.dtype | None = None) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=dtype or torch.float32, trust_remote_code=False
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"{path.name}: cannot load GGUF: {exc}") from exc
+    # The dequantized model still carries the GGUF quantization config, which blocks saving.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    tok = _load_tokenizer(path.parent, gguf_file=path.name)
+    return LoadedModel(model=model.eval(), tokenizer=tok, kind="causal_lm", source_format="gguf")
+
+
+def load_model(path: Path, *, max_params: int | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load a directory with config.json + *.safetensors, a lone .safetensors file's directory, or a .gguf."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return load_gguf(path, dtype)
+    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+        raise UnsafeModel(f"{path.name}: pickle checkpoints are never loaded; use safetensors or GGUF")
+    if path.is_file():
+        path = path.parent
+    ggufs = sorted(path.glob("*.gguf"))
+    if ggufs and not any(path.glob("*.safetensors")):
+        return load_gguf(ggufs[0], dtype)
+    _refuse_pickles(path)
+    if not any(path.glob("*.safetensors")):
+        raise ModelLoadError("no *.safetensors or *.gguf weights found")
+    if not (path / "config.json").exists():
+        raise ModelLoadError("config.json is missing next to the safetensors weights")
+    n = declared_params(path)
+    if max_params is not None and n > max_params:
+        raise ModelTooLarge(f"model declares {n:,} parameters, over the cap of {max_params:,}")
+    notes = [f"removed config key {k!r}" for k in sanitize_config_(path / "config.json")]
+    return _load_safetensors_dir(path, dtype, notes)
+
+
+def _load_safetensors_dir(path: Path, dtype: torch.dtype | None, notes: list[str]) -> LoadedModel:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as exc:
+        raise UnsupportedModel(f"config.json not understood by transformers: {exc}") from exc
+    cls, kind = _auto_class(config)
+    # transformers would fall back to *.bin for missing shards: load from a copy holding safe files only.
+    with tempfile.TemporaryDirectory(prefix="presso-load-") as tmp:
+        safe = Path(tmp)
+        for f in path.iterdir():
+            if f.is_file() and f.suffix.lower() not in PICKLE_SUFFIXES:
+                (safe / f.name).symlink_to(f.resolve())
+        try:
+            model = cls.from_pretrained(
+                str(safe), config=config, dtype=dtype or "auto", trust_remote_code=False, use_safetensors=True
+            )
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load the safetensors weights: {exc}") from exc
+        tok = _load_tokenizer(safe)
+    return LoadedModel(model=model.eval(), tokenizer=tok, kind=kind, source_format="safetensors", notes=notes)
+
+
+def copy_tokenizer_files(src_dir: Path, dst_dir: Path) -> None:
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                 "merges.txt", "tokenizer.model", "generation_config.json"):
+        if (src_dir / name).exists() and not (dst_dir / name).exists():
+            shutil.copy2(src_dir / name, dst_dir / name)

@@ -1,0 +1,168 @@
+"""run_local(spec): load -> calibrate -> compress -> evaluate -> gate -> write. What workers and the CLI call.
+
+Nothing here touches the network, the database or the queue: the caller has already fetched
+every input into local paths, and uploads what ``out_dir`` holds afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compression.core.context import StepContext, pick_device
+from compression.errors import AccuracyGateFailed, CompressionError
+from compression.eval.report import evaluate, gate_verdict, size_metrics
+from compression.io.artifact import write_model, write_presso_json
+from compression.io.calibration import generate_windows, load_windows
+from compression.io.loading import LoadedModel, load_model
+from compression.pipeline import compress
+from compression.recipe import Recipe
+from compression.registry import engine_for
+from compression.spec import LocalJobSpec
+
+log = logging.getLogger(__name__)
+ProgressFn = Callable[[str, float], None]
+
+
+@dataclass
+class LocalJobResult:
+    metrics: dict[str, Any]
+    files: list[Path]
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def _calibration(spec: LocalJobSpec, lm: LoadedModel, device: torch.device, needed: bool) -> torch.Tensor | None:
+    c = spec.calibration
+    if not needed:
+        return None
+    vocab = getattr(lm.model.config, "vocab_size", None)
+    if c.path is not None:
+        return load_windows(c.path, lm.tokenizer, c.samples, c.seq_len, vocab)
+    return generate_windows(lm.model, lm.tokenizer, c.samples, c.seq_len, seed=spec.seed, prompt=c.seed_prompt,
+                            device=device)
+
+
+def _eval_windows(spec: LocalJobSpec, lm: LoadedModel, device: torch.device) -> torch.Tensor | None:
+    e = spec.evaluation
+    if not e.enabled:
+        return None
+    vocab = getattr(lm.model.config, "vocab_size", None)
+    if e.path is not None:
+        return load_windows(e.path, lm.tokenizer, e.windows, e.seq_len, vocab)
+    if lm.kind != "causal_lm":
+        return torch.randint(0, vocab or 2, (e.windows, e.seq_len), generator=torch.Generator().manual_seed(spec.seed))
+    # held apart from calibration: another seed and another prompt
+    return generate_windows(lm.model, lm.tokenizer, e.windows, e.seq_len, seed=spec.seed + 7919,
+                            prompt="Once upon a time", device=device)
+
+
+def _attempt(recipe: Recipe, lm: LoadedModel, original: torch.nn.Module, ctx: StepContext,
+             windows: torch.Tensor | None, spec: LocalJobSpec) -> tuple[torch.nn.Module, dict[str, Any]]:
+    model = copy.deepcopy(original)
+    report = compress(model, recipe, ctx)
+    quality = evaluate(original, model, lm.kind, windows, ctx.device, latency=spec.evaluation.latency)
+    verdict = gate_verdict(quality, spec.evaluation.gate)
+    return model, {"recipe": recipe.model_dump(mode="json"), "report": report, "quality": quality, **verdict}
+
+
+def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
+              should_stop: Callable[[], bool] | None = None) -> LocalJobResult:
+    t0 = time.perf_counter()
+    progress = progress or (lambda s, f: None)
+    device = pick_device(spec.device)
+    recipes = [spec.recipe, *spec.fallbacks]
+    for r in recipes:  # a missing engine fails before the hour of work
+        for s in r.steps:
+            engine_for(s)
+    progress("load", 0.0)
+    lm = load_model(spec.model_dir, max_params=spec.max_params)
+    timings: dict[str, float] = {"load": time.perf_counter() - t0}
+    progress("calibration", 0.0)
+    t = time.perf_counter()
+    calib = _calibration(spec, lm, device, any(r.needs_calibration for r in recipes))
+    windows = _eval_windows(spec, lm, device)
+    timings["data"] = time.perf_counter() - t
+    ctx = StepContext(calibration=calib, device=device, progress=progress, seed=spec.seed,
+                      **({"should_stop": should_stop} if should_stop else {}))
+    attempts: list[dict[str, Any]] = []
+    chosen = None
+    for i, recipe in enumerate(recipes):
+        ctx.originals = {}
+        t = time.perf_counter()
+        model, attempt = _attempt(recipe, lm, lm.model, ctx, windows, spec)
+        attempt["seconds"] = time.perf_counter() - t
+        attempt["index"] = i
+        attempts.append(attempt)
+        if attempt["passed"]:
+            chosen = (recipe, model, attempt)
+            break
+        log.info("attempt %d missed the gate: %s", i, attempt["gate_failures"])
+        del model
+    if chosen is None:
+        last = attempts[-1]
+        raise AccuracyGateFailed(
+            f"no recipe passed the accuracy gate: {'; '.join(last['gate_failures'])}",
+            details={"attempts": [_slim(a) for a in attempts]},
+        )
+    recipe, model, attempt = chosen
+    progress("write", 0.0)
+    t = time.perf_counter()
+    if spec.out_dir.exists():
+        shutil.rmtree(spec.out_dir)
+    write_model(model, lm.tokenizer, spec.out_dir, spec.output_format)
+    post = _post_write(recipe, spec.out_dir)
+    timings["write"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    metrics = {
+        **size_metrics(lm.model, model, spec.out_dir),
+        **attempt["quality"],
+        "timings": {**timings, "compress": attempt["report"]["seconds"]},
+        "steps": [{k: v for k, v in s.items() if k != "layers"} for s in attempt["report"]["steps"]],
+        "attempts": [_slim(a) for a in attempts],
+        "recipe_used": attempt["recipe"],
+        "device": str(device),
+        "source_format": lm.source_format,
+        "load_notes": lm.notes,
+        **post,
+    }
+    layers = [layer for s in attempt["report"]["steps"] for layer in s.get("layers", [])]
+    import json
+
+    (spec.out_dir / "report.json").write_text(json.dumps({"layers": layers, "steps": metrics["steps"]}, indent=2,
+                                                          default=str))
+    write_presso_json(spec.out_dir, {"presso_version": "0.1.0", "recipe": attempt["recipe"], "metrics": metrics,
+                                     "versions": _versions(), "output_format": spec.output_format})
+    progress("write", 1.0)
+    files = sorted(p.relative_to(spec.out_dir) for p in spec.out_dir.rglob("*") if p.is_file())
+    return LocalJobResult(metrics=metrics, files=files, attempts=metrics["attempts"])
+
+
+def _slim(attempt: dict[str, Any]) -> dict[str, Any]:
+    return {k: attempt[k] for k in ("index", "recipe", "quality", "passed", "gate_failures", "seconds") if k in attempt}
+
+
+def _post_write(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for step in recipe.steps:
+        engine = engine_for(step)
+        if hasattr(engine, "post_write"):
+            try:
+                out[step.method] = engine.post_write(out_dir, step)
+            except CompressionError:
+                raise
+    return out
