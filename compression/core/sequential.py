@@ -40,7 +40,7 @@ def _move_outside_blocks_(model: nn.Module, layout: Layout, device: torch.device
     for module in model.modules():
         if id(module) in block_ids:
             continue
-        for name, p in list(module.named_parameters(recurse=False)):
+        for p in list(module.parameters(recurse=False)):
             if p.device != device:
                 p.data = p.data.to(device)
         for name, b in list(module.named_buffers(recurse=False)):
