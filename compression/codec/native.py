@@ -27,12 +27,11 @@ _u8p = ctypes.c_void_p
 _sz = ctypes.c_size_t
 _u32 = ctypes.c_uint32
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
-    "pz_gather": (None, [_u8p, _sz, _sz, _u8p]),
-    "pz_scatter": (None, [_u8p, _sz, _u8p, _sz]),
-    "pz_fill": (None, [ctypes.c_uint8, _sz, _u8p, _sz]),
+    "pz_split": (None, [_u8p, _sz, _sz, _u8p]),
+    "pz_merge": (None, [ctypes.POINTER(ctypes.c_void_p), _sz, _sz, _u8p]),
     "pz_histogram": (None, [_u8p, _sz, _sz, _u8p]),
-    "pz_rans_encode": (_sz, [_u8p, _sz, _sz, _u8p, _u32, _u32, _u8p, _sz]),
-    "pz_rans_decode": (ctypes.c_int, [_u8p, _sz, _u8p, _u32, _u32, _u8p, _sz, _sz]),
+    "pz_rans_encode": (_sz, [_u8p, _sz, _sz, _u8p, _u32, _u32, _u8p, _sz, _u8p]),
+    "pz_rans_decode": (ctypes.c_int, [_u8p, _sz, _u8p, _u32, _u32, _u8p, _sz]),
 }
 
 
@@ -94,49 +93,36 @@ def available() -> bool:
     return LIB is not None
 
 
-def _ptr(a: np.ndarray) -> int:
-    return int(a.ctypes.data)
-
-
-def gather(src: np.ndarray, n: int, stride: int, plane: int) -> np.ndarray:
-    """Bytes ``src[plane::stride]`` (n of them) as a new contiguous uint8 array."""
-    out = np.empty(n, np.uint8)
-    if n == 0:
+def split(block: np.ndarray, width: int) -> np.ndarray:
+    """[width, n] byte planes of ``block`` (n * width bytes): planes[k, i] = block[i * width + k]."""
+    n = block.size // width
+    if width == 1:
+        return block.reshape(1, n)
+    if LIB is not None and n:
+        out = np.empty((width, n), np.uint8)
+        LIB.pz_split(block.ctypes.data, n, width, out.ctypes.data)
         return out
-    if LIB is not None:
-        LIB.pz_gather(_ptr(src) + plane, n, stride, _ptr(out))
-    else:
-        out[:] = src[plane : plane + (n - 1) * stride + 1 : stride]
-    return out
+    return np.ascontiguousarray(block.reshape(n, width).T)
 
 
-def scatter(plane_bytes: np.ndarray, dst: np.ndarray, stride: int, plane: int) -> None:
-    """``dst[plane::stride] = plane_bytes``; dst is a writable uint8 array."""
-    n = plane_bytes.size
+def merge(planes: list[np.ndarray], out: np.ndarray) -> None:
+    """Interleave contiguous planes (each n bytes) into ``out`` (n * len(planes) bytes)."""
+    width, n = len(planes), planes[0].size
     if n == 0:
         return
     if LIB is not None:
-        LIB.pz_scatter(_ptr(plane_bytes), n, _ptr(dst) + plane, stride)
-    else:
-        dst[plane : plane + (n - 1) * stride + 1 : stride] = plane_bytes
-
-
-def fill(value: int, n: int, dst: np.ndarray, stride: int, plane: int) -> None:
-    if n == 0:
+        ptrs = (ctypes.c_void_p * width)(*[p.ctypes.data for p in planes])
+        LIB.pz_merge(ptrs, n, width, out.ctypes.data)
         return
-    if LIB is not None:
-        LIB.pz_fill(value, n, _ptr(dst) + plane, stride)
-    else:
-        dst[plane : plane + (n - 1) * stride + 1 : stride] = value
+    view = out.reshape(n, width)
+    for k, p in enumerate(planes):
+        view[:, k] = p
 
 
-def histogram(src: np.ndarray, n: int, stride: int, plane: int) -> np.ndarray:
-    """Counts (uint64[256]) of the bytes ``src[plane::stride]``."""
+def histogram(plane: np.ndarray) -> np.ndarray:
+    """Counts (uint64[256]) of the bytes of a contiguous plane."""
     counts = np.zeros(256, np.uint64)
-    if n == 0:
+    if plane.size and LIB is not None:
+        LIB.pz_histogram(plane.ctypes.data, plane.size, 1, counts.ctypes.data)
         return counts
-    if LIB is not None:
-        LIB.pz_histogram(_ptr(src) + plane, n, stride, _ptr(counts))
-        return counts
-    view = src[plane : plane + (n - 1) * stride + 1 : stride]
-    return np.bincount(view, minlength=256).astype(np.uint64)
+    return np.bincount(plane, minlength=256).astype(np.uint64)

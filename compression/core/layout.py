@@ -73,10 +73,15 @@ def select_linears(
     return chosen
 
 
-def get_weight(module: nn.Module) -> torch.Tensor:
-    """Weight as [out_features, in_features] (a view for nn.Linear, a transposed copy for Conv1D)."""
+def get_weight(module: nn.Module, device: torch.device | str | None = None) -> torch.Tensor:
+    """A float32 COPY of the weight as [out_features, in_features] (Conv1D is transposed).
+
+    Always a copy: engines may edit it freely, and comparing it with the module's weight after
+    :func:`set_weight_` compares before with after.
+    """
     w = module.weight.data
-    return w.t() if not isinstance(module, nn.Linear) else w
+    w = w.t() if not isinstance(module, nn.Linear) else w
+    return w.to(device=device or w.device, dtype=torch.float32, copy=True)
 
 
 def set_weight_(module: nn.Module, w: torch.Tensor) -> None:

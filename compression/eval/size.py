@@ -47,7 +47,8 @@ def weight_stats(model: nn.Module) -> dict[str, Any]:
         zeros += int((w == 0).sum())
         if qw is not None:
             g = qw.scale.shape[1] * qw.scale.shape[0]
-            extra = g * (16 + (qw.bits if qw.zero is not None else 0))
+            # scales are stored in the model's dtype; zero points packed at `bits` each
+            extra = g * (w.element_size() * 8 + (qw.bits if qw.zero is not None else 0))
             bits += w.numel() * qw.bits + extra
         else:
             bits += w.numel() * w.element_size() * 8

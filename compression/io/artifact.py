@@ -77,10 +77,14 @@ def write_model(model: nn.Module, tokenizer: Any | None, out_dir: Path, fmt: str
     config = model.config.to_dict()
     for key in ("quantization_config", "auto_map"):
         config.pop(key, None)
-    if fmt == "compressed":
-        for exporter in EXPORTERS:
-            exporter.export_(model, state, config)
+    for exporter in EXPORTERS:  # dense: an exporter's densify_ turns its modules back into <name>.weight
+        step = exporter.export_ if fmt == "compressed" else getattr(exporter, "densify_", None)
+        if step is not None:
+            step(model, state, config)
     _save_shards(state, out_dir)
+    for exporter in EXPORTERS:  # side files, e.g. the PEFT adapter of EoRA residuals
+        if fmt == "compressed" and hasattr(exporter, "write_files"):
+            exporter.write_files(model, out_dir)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
     gen = getattr(model, "generation_config", None)
     if gen is not None:

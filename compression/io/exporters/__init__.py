@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from compression.io.exporters.lowrank import LowRankExporter
 from compression.io.exporters.quantized import PackQuantizedExporter
 
 
@@ -19,4 +20,4 @@ class Exporter(Protocol):
     def export_(self, model: nn.Module, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None: ...
 
 
-EXPORTERS: list[Exporter] = [PackQuantizedExporter()]
+EXPORTERS: list[Exporter] = [PackQuantizedExporter(), LowRankExporter()]

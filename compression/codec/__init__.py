@@ -1,0 +1,41 @@
+"""Presso's lossless weight codec (PZST): byte-plane split + per-chunk rANS / zstd / raw coding.
+
+Torch-free (numpy + zstandard, and a small C library built on first use); see docs/codec.md for
+the format. Packed files end in ``.safetensors.pzst``; packed directories carry ``pack.json``.
+"""
+
+from compression.codec.container import (
+    DecodeStats,
+    EncodeStats,
+    decode_buffer,
+    decode_bytes,
+    encode_buffer,
+    encode_bytes,
+)
+from compression.codec.files import (
+    INDEX,
+    SUFFIX,
+    decode_file,
+    encode_file,
+    is_packed,
+    pack_dir,
+    read_index,
+    unpack_dir,
+)
+
+__all__ = [
+    "INDEX",
+    "SUFFIX",
+    "DecodeStats",
+    "EncodeStats",
+    "decode_buffer",
+    "decode_bytes",
+    "decode_file",
+    "encode_buffer",
+    "encode_bytes",
+    "encode_file",
+    "is_packed",
+    "pack_dir",
+    "read_index",
+    "unpack_dir",
+]

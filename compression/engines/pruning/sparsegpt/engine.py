@@ -1,0 +1,81 @@
+"""SparseGPT engine: layer-sequential OBS pruning, unstructured or N:M, optionally joint with quantization.
+
+Per block: one forward over the calibration inputs accumulates each targeted linear's Hessian,
+then each linear is pruned by :func:`sparsegpt_prune`; the pruned block produces the inputs of
+the next. With ``bits`` set, the result is stored quantized (``set_quantized_``) so the exporter
+packs it; pruned weights stay exactly zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from compression.configs.pruning import SparseGPTConfig
+from compression.configs.quantization import QuantArgs
+from compression.core.context import StepContext
+from compression.core.layout import find_layout, get_weight, in_out, select_linears, set_quantized_, set_weight_
+from compression.core.quant import resolve_group
+from compression.core.sequential import BlockInputs, run_blockwise
+from compression.engines.pruning.common import Hessians, layer_record, observe, preflight, summarize
+from compression.engines.pruning.owl import block_sparsities
+from compression.engines.pruning.sparsegpt.sparsegpt_math import sparsegpt_prune
+from compression.errors import InvalidRecipe
+from compression.registry import register
+
+log = logging.getLogger(__name__)
+
+
+def joint_args(cfg: SparseGPTConfig, module: nn.Module, name: str) -> QuantArgs | None:
+    if cfg.bits is None:
+        return None
+    k, _ = in_out(module)
+    if cfg.group_size > k and "group_size" in cfg.model_fields_set:
+        raise InvalidRecipe(f"group_size {cfg.group_size} is larger than the input width {k} of {name}")
+    return QuantArgs(bits=cfg.bits, group_size=resolve_group(k, cfg.group_size), symmetric=cfg.symmetric)
+
+
+@register(SparseGPTConfig)
+class SparseGPTEngine:
+    @torch.no_grad()
+    def apply_(self, model: nn.Module, cfg: SparseGPTConfig, ctx: StepContext) -> dict[str, Any]:
+        layout = find_layout(model)
+        chosen = select_linears(model, layout, cfg.targets, cfg.ignore)
+        preflight(chosen, cfg)
+        schemes = {n: joint_args(cfg, m, n) for lins in chosen.values() for n, m in lins.items()}
+        sparsities = block_sparsities(model, layout, chosen, cfg, ctx)
+        layers: list[dict[str, Any]] = []
+
+        def process(i: int, block: nn.Module, inputs: BlockInputs) -> None:
+            lins = chosen[i]
+            if not lins:
+                return
+            acc = Hessians()
+            observe(block, inputs, lins, acc)
+            for name, mod in lins.items():
+                layers.append(self._prune_one(name, mod, acc.pop(name), cfg, sparsities[i], schemes[name]))
+
+        run_blockwise(model, layout, ctx, process)
+        out = {"layers": layers, "allocation": cfg.allocation, "block_sparsity": sparsities, **summarize(layers)}
+        if cfg.bits is not None:
+            out["bits"] = cfg.bits
+        return out
+
+    @staticmethod
+    def _prune_one(name: str, mod: nn.Module, h: torch.Tensor, cfg: SparseGPTConfig, sparsity: float,
+                   qargs: QuantArgs | None) -> dict[str, Any]:
+        w = get_weight(mod).float()
+        res = sparsegpt_prune(w, h, sparsity=sparsity, nm=cfg.nm, block_size=cfg.block_size,
+                              damp=cfg.damp_percent, qargs=qargs)
+        if res.quantized is not None:
+            set_quantized_(mod, res.quantized)
+        else:
+            set_weight_(mod, res.weight)
+        rec = layer_record(name, mod, cfg.effective_sparsity if cfg.nm else sparsity, cfg)
+        rec["loss"] = res.loss
+        if qargs is not None:
+            rec.update(bits=qargs.bits, group_size=qargs.group_size)
+        return rec

@@ -1,0 +1,194 @@
+"""GPTQ / OBC solver as pure tensor functions (Frantar et al. 2022, checked against IST-DASLab/gptq).
+
+``quantize_weight(W, H, scheme)`` quantizes the columns of ``W`` [N, K] one at a time and
+spreads each column's rounding error over the not-yet-quantized columns with the inverse
+Hessian ``H = 2/n sum x x^T`` of the layer inputs:
+
+1. dead inputs (``H_ii = 0``) get ``H_ii = 1`` and a zero weight column;
+2. dampening ``H += damp * mean(diag H) * I``;
+3. ``U = chol(H^-1)`` upper: row ``i`` of ``U`` (from column ``i``) is the OBS update for column ``i``;
+4. columns are processed in lazy blocks of ``block_size``: inside a block the update is applied
+   column by column, the rest of the matrix gets one matmul per block;
+5. group parameters are chosen when the solver enters a group, from the weights as they are
+   at that moment (updated up to the start of the current block, as the reference does);
+6. ``act_order``: columns in order of decreasing ``diag(H)``. Group parameters then come from
+   the original, unpermuted groups computed up front (``static_groups``), so codes keep the
+   plain contiguous group layout and the artifact needs no ``g_idx``. Without ``act_order``
+   groups are always dynamic (``static_groups`` is ignored).
+
+Everything stays on ``W``'s device; the column loop has no host synchronisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from compression.configs.quantization import QuantArgs
+from compression.core.quant import QuantizedWeight, choose_params, expand_groups, make_quantized, qrange
+
+
+class HessianAccumulator:
+    """Running mean of ``2 x x^T`` over all rows seen (fp32, numerically stable across batches)."""
+
+    def __init__(self, k: int, device: torch.device) -> None:
+        self.h = torch.zeros(k, k, dtype=torch.float32, device=device)
+        self.abs_mean = torch.zeros(k, dtype=torch.float32, device=device)  # mean |x| per channel (AWQ)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).to(self.h.device, torch.float32)
+        m = x.shape[0]
+        if m == 0:
+            return
+        total = self.n + m
+        self.h.mul_(self.n / total)
+        self.abs_mean.mul_(self.n / total).add_(x.abs().sum(0), alpha=1.0 / total)
+        self.h.addmm_(x.t(), x, alpha=2.0 / total)
+        self.n = total
+
+
+@dataclass
+class _Params:
+    """Per-column scale/zero of the current (dynamic) or all (static) groups, plus the group table."""
+
+    scale: torch.Tensor  # [N, G]
+    zero: torch.Tensor  # [N, G]
+
+
+def _group_args(scheme: QuantArgs) -> QuantArgs:
+    return scheme.model_copy(update={"group_size": -1})
+
+
+def prepare_hessian(h: torch.Tensor, w: torch.Tensor, damp_percent: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dead columns and dampening; returns (H, dead mask). ``w`` has its dead columns zeroed in place."""
+    h = h.clone()
+    dead = torch.diagonal(h) == 0
+    torch.diagonal(h).add_(dead.to(h.dtype))
+    w.masked_fill_(dead.unsqueeze(0), 0.0)
+    damp = damp_percent * torch.mean(torch.diagonal(h))
+    torch.diagonal(h).add_(damp)
+    return h, dead
+
+
+def inverse_cholesky_upper(h: torch.Tensor) -> torch.Tensor:
+    """Upper Cholesky factor of ``H^-1``; retries with more dampening if ``H`` is not positive definite."""
+    extra = 0.0
+    mean_diag = torch.mean(torch.diagonal(h))
+    for _ in range(6):
+        hd = h if extra == 0.0 else h + extra * mean_diag * torch.eye(h.shape[0], device=h.device, dtype=h.dtype)
+        lower, info = torch.linalg.cholesky_ex(hd)
+        if int(info) == 0:
+            hinv = torch.cholesky_inverse(lower)
+            upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            if int(info) == 0:
+                return upper
+        extra = 0.01 if extra == 0.0 else extra * 10
+    raise FloatingPointError("Hessian is not positive definite even after extra dampening")
+
+
+def _static_params(w: torch.Tensor, scheme: QuantArgs, group: int) -> _Params:
+    scale, zero = choose_params(w, scheme.model_copy(update={"group_size": group}))
+    return _Params(scale=scale, zero=zero)
+
+
+def quantize_weight(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    scheme: QuantArgs,
+    *,
+    damp_percent: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = False,
+    static_groups: bool = True,
+) -> tuple[QuantizedWeight, dict[str, float]]:
+    """GPTQ-quantize ``w`` [N, K] given the input Hessian ``h`` [K, K]. Returns codes and stats.
+
+    ``scheme.group_size`` must already be resolved (a divisor of K, or -1 for per channel).
+    """
+    w_orig = w.float()
+    w = w_orig.clone()
+    n, k = w.shape
+    group = scheme.group_size if 0 < scheme.group_size < k else -1
+    if act_order and group > 0 and not static_groups:
+        raise ValueError("act_order with dynamic groups needs g_idx, which pack-quantized artifacts do not carry")
+    h, _dead = prepare_hessian(h.to(w.device, torch.float32), w, damp_percent)
+    static = group < 0 or act_order
+    params = _static_params(w, scheme, group) if static else None
+    perm = torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order else None
+    if perm is not None:
+        w = w[:, perm]
+        h = h[perm][:, perm]
+    hinv = inverse_cholesky_upper(h)
+    q, scale, zero, loss = _solve(w, hinv, scheme, group, block_size, params, perm)
+    if perm is not None:
+        q = q[:, torch.argsort(perm)]
+    qw = make_quantized(q, scale, zero, scheme.model_copy(update={"group_size": group}))
+    return qw, {"loss": loss}
+
+
+def _column_params(params: _Params, k: int, group: int, perm: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    s = expand_groups(params.scale, k, group)
+    z = expand_groups(params.zero, k, group)
+    if perm is not None:
+        s, z = s[:, perm], z[:, perm]
+    return s, z
+
+
+def _solve(
+    w: torch.Tensor,
+    hinv: torch.Tensor,
+    scheme: QuantArgs,
+    group: int,
+    block_size: int,
+    params: _Params | None,
+    perm: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """The lazy-batch column loop. ``params`` given = static groups (per-column lookup)."""
+    n, k = w.shape
+    qmin, qmax = qrange(scheme.bits)
+    codes = torch.zeros_like(w)
+    losses = torch.zeros((), device=w.device)
+    if params is not None:
+        s_cols, z_cols = _column_params(params, k, group, perm)
+        scale, zero = params.scale, params.zero
+    else:
+        ngroups = k // group
+        scale = torch.zeros(n, ngroups, device=w.device)
+        zero = torch.zeros(n, ngroups, device=w.device)
+    one_group = _group_args(scheme)
+    for i1 in range(0, k, block_size):
+        i2 = min(i1 + block_size, k)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        d = torch.diagonal(hinv1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if params is None and col % group == 0:
+                gs, gz = choose_params(w[:, col : col + group], one_group)
+                scale[:, col // group] = gs[:, 0]
+                zero[:, col // group] = gz[:, 0]
+                s, z = gs[:, 0], gz[:, 0]
+            elif params is not None:
+                s, z = s_cols[:, col], z_cols[:, col]
+            c = w1[:, i]
+            qc = torch.clamp(torch.round(c / s) + z, qmin, qmax)
+            codes[:, col] = qc
+            e = (c - (qc - z) * s) / d[i]
+            err1[:, i] = e
+            w1[:, i + 1 :].addr_(e, hinv1[i, i + 1 :], alpha=-1.0)
+        losses += err1.pow(2).sum() / 2
+        w[:, i2:].addmm_(err1, hinv[i1:i2, i2:], alpha=-1.0)
+    return codes, scale, zero, float(losses)
+
+
+def output_error(w: torch.Tensor, w_hat: torch.Tensor, h: torch.Tensor) -> float:
+    """Relative layer-output error ``||X dW^T|| / ||X W^T||`` computed from ``H`` (no activations needed)."""
+    h = h.to(w.device, torch.float32)
+    w = w.float()
+    dw = w_hat.to(w.device, torch.float32) - w
+    num = ((dw @ h) * dw).sum()
+    den = ((w @ h) * w).sum().clamp_min(1e-20)
+    return float(torch.sqrt(num.clamp_min(0) / den))

@@ -1,0 +1,95 @@
+"""run_local end to end on a tiny model: metrics, the accuracy gate, fallbacks, artifact loading."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from compression.errors import AccuracyGateFailed
+from compression.job import run_local
+from compression.recipe import parse_recipe
+from compression.spec import LocalJobSpec
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_llama):
+    d = tmp_path / "model"
+    tiny_llama.save_pretrained(d)
+    return d
+
+
+def _spec(model_dir, out, recipe, **kw):
+    return LocalJobSpec(
+        model_dir=model_dir, out_dir=out, recipe=parse_recipe(recipe),
+        calibration={"samples": 4, "seq_len": 32},
+        evaluation={"windows": 2, "seq_len": 32, "latency": False, **kw.pop("evaluation", {})}, **kw,
+    )
+
+
+def test_rtn_job_writes_loadable_artifact_with_metrics(model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    stages = []
+    spec = _spec(model_dir, tmp_path / "out", {"steps": [{"method": "rtn", "bits": 4, "group_size": 32}]})
+    res = run_local(spec, progress=lambda s, f: stages.append(s))
+    m = res.metrics
+    assert {"load", "calibration", "write"} <= set(stages) and any(s.startswith("compress:") for s in stages)
+    # 4-bit codes + one fp32 scale per group; K=96 -> group 32, K=200 -> group 25 (largest divisor <= 32)
+    shapes = [(96, 96), (48, 96), (48, 96), (96, 96), (200, 96), (200, 96), (96, 200)]
+    bits = sum(n * k * 4 + n * (k // (32 if k == 96 else 25)) * 32 for n, k in shapes)
+    assert m["bits_per_weight"] == pytest.approx(bits / sum(n * k for n, k in shapes), rel=1e-9)
+    assert m["bytes_after"] < m["bytes_before"] / 2
+    assert m["ppl_after"] > 0 and m["kl"] >= 0
+    manifest = json.loads((spec.out_dir / "presso.json").read_text())
+    assert {f["path"] for f in manifest["files"]} >= {"config.json", "model.safetensors", "report.json"}
+    layers = json.loads((spec.out_dir / "report.json").read_text())["layers"]
+    assert len(layers) == 14 and all(0 < lay["rel_error"] < 0.5 for lay in layers), [lay["rel_error"] for lay in layers]
+    loaded = AutoModelForCausalLM.from_pretrained(spec.out_dir)
+    assert loaded(torch.tensor([[1, 2, 3]])).logits.isfinite().all()
+
+
+def test_gate_fails_one_bit_like_recipe_and_falls_back(model_dir, tmp_path):
+    bad = {"steps": [{"method": "rtn", "bits": 2, "group_size": -1, "observer": "minmax"}]}
+    good = {"steps": [{"method": "rtn", "bits": 8, "group_size": 32}]}
+    gate = {"gate": {"max_kl": 1e-4}}
+    with pytest.raises(AccuracyGateFailed) as exc:
+        run_local(_spec(model_dir, tmp_path / "o1", bad, evaluation=gate))
+    assert exc.value.code == "accuracy_gate"
+    assert exc.value.details["attempts"][0]["quality"]["kl"] > 1e-4
+    res = run_local(_spec(model_dir, tmp_path / "o2", bad, evaluation=gate, fallbacks=[parse_recipe(good),
+                                                                                         parse_recipe(good)]))
+    attempts = res.metrics["attempts"]
+    assert [a["passed"] for a in attempts] == [False, True]  # stops at the first passing recipe
+    assert res.metrics["recipe_used"]["steps"][0]["bits"] == 8
+
+
+def test_identity_has_zero_kl(tiny_llama, calib_ids):
+    from compression.eval.perplexity import compare, perplexity
+
+    q = compare(tiny_llama, tiny_llama, calib_ids, torch.device("cpu"))
+    assert q["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert q["ppl_before"] == pytest.approx(q["ppl_after"])
+    assert q["ppl_before"] == pytest.approx(perplexity(tiny_llama, calib_ids, torch.device("cpu")), rel=1e-5)
+
+
+def test_perplexity_by_hand():
+    """A model whose logits are fixed: NLL computed by hand."""
+    from compression.eval.perplexity import perplexity
+
+    class Fixed(torch.nn.Module):
+        def forward(self, input_ids, use_cache=False):
+            b, t = input_ids.shape
+            logits = torch.zeros(b, t, 4)
+            logits[..., 0] = math.log(3.0)  # p(0) = 3/6, p(others) = 1/6
+
+            class Out:
+                pass
+
+            o = Out()
+            o.logits = logits
+            return o
+
+    ids = torch.tensor([[0, 0, 1, 2]])  # predicted tokens 0, 1, 2
+    expected = math.exp((-math.log(0.5) - 2 * math.log(1 / 6)) / 3)
+    assert perplexity(Fixed(), ids, torch.device("cpu")) == pytest.approx(expected, rel=1e-6)
