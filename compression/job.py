@@ -74,7 +74,13 @@ def _eval_windows(spec: LocalJobSpec, lm: LoadedModel, device: torch.device) -> 
 def _attempt(recipe: Recipe, lm: LoadedModel, original: torch.nn.Module, ctx: StepContext,
              windows: torch.Tensor | None, spec: LocalJobSpec) -> tuple[torch.nn.Module, dict[str, Any]]:
     model = copy.deepcopy(original)
-    report = compress(model, recipe, ctx)
+    after_step = None
+    if windows is not None and len(recipe.steps) > 1:
+        # each step's own effect: quality after every step of a chain (latency only at the end)
+        def after_step(_i: int, m: torch.nn.Module) -> dict[str, Any]:
+            return evaluate(original, m, lm.kind, windows, ctx.device, latency=False)
+
+    report = compress(model, recipe, ctx, after_step=after_step)
     quality = evaluate(original, model, lm.kind, windows, ctx.device, latency=spec.evaluation.latency)
     verdict = gate_verdict(quality, spec.evaluation.gate)
     return model, {"recipe": recipe.model_dump(mode="json"), "report": report, "quality": quality, **verdict}

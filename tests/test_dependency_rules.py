@@ -1,0 +1,24 @@
+"""The layering rules of docs/architecture: checked in fresh interpreters."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _loaded_after(stmt: str) -> set[str]:
+    code = f"import sys; {stmt}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("stmt", ["import compression.recipe", "import compression.spec", "import compression.codec"])
+def test_torch_free_modules(stmt):
+    assert "torch" not in _loaded_after(stmt)
+
+
+def test_compression_imports_no_service_stack():
+    mods = _loaded_after("import compression.job, compression.registry; compression.registry._discover()")
+    assert "torch" in mods
+    for forbidden in ("app", "workers", "celery", "sqlalchemy", "boto3", "fastapi"):
+        assert forbidden not in mods, forbidden
