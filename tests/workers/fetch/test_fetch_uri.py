@@ -1,0 +1,149 @@
+"""parse_model_uri: cheap, offline validation of model URIs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workers.fetch import InvalidURI, URINotAllowed, parse_model_uri
+from workers.fetch.errors import FetchError
+
+
+def test_s3_uri() -> None:
+    p = parse_model_uri("s3://my-bucket/models/llama/", allowed_file_roots=[])
+    assert (p.scheme, p.bucket, p.key) == ("s3", "my-bucket", "models/llama/")
+
+
+def test_https_uri_keeps_query() -> None:
+    p = parse_model_uri("https://Example.com:8443/m/model.safetensors?sig=abc#frag", allowed_file_roots=[])
+    assert (p.host, p.port, p.path, p.name) == (
+        "example.com",
+        8443,
+        "/m/model.safetensors",
+        "model.safetensors",
+    )
+    assert p.url == "https://Example.com:8443/m/model.safetensors?sig=abc"
+
+
+@pytest.mark.parametrize(
+    ("uri", "repo", "rev"),
+    [
+        ("hf://org/name@v1.0", "org/name", "v1.0"),
+        ("hf://gpt2", "gpt2", "main"),
+        ("hf://a/b@refs/pr/1", "a/b", "refs/pr/1"),
+    ],
+)
+def test_hf_uri(uri: str, repo: str, rev: str) -> None:
+    p = parse_model_uri(uri, allowed_file_roots=[])
+    assert (p.repo_id, p.revision) == (repo, rev)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "",
+        "   ",
+        "ftp://host/x",
+        "gopher://host/x",
+        "javascript:alert(1)",
+        "s3://",
+        "s3://UPPER/x",
+        "s3://bucket/a/../b",
+        "s3://bucket/key?x=1",
+        "https://user:pw@example.com/x.safetensors",
+        "https:///nohost",
+        "https://example.com:99999/x",
+        "https://example.com/a/../etc/passwd",
+        "https://example.com/a%2f..%2fb",
+        "https://exa\\mple.com/x",
+        "https://example.com/x\x00y",
+        "hf://org/../name",
+        "hf://org/name@../../x",
+        "hf://org/na me",
+        "file://remotehost/etc/passwd",
+        "file:relative/path",
+        "s3://bucket/" + "k" * 5000,
+    ],
+)
+def test_malformed_uris_are_invalid(uri: str) -> None:
+    with pytest.raises(InvalidURI) as info:
+        parse_model_uri(uri, allowed_file_roots=[])
+    assert info.value.code == "invalid_uri" and info.value.message
+
+
+def test_http_needs_explicit_allowance() -> None:
+    with pytest.raises(URINotAllowed):
+        parse_model_uri("http://example.com/x.safetensors", allowed_file_roots=[])
+    assert parse_model_uri("http://example.com/x.gguf", allowed_file_roots=[], allow_http=True).scheme == "http"
+
+
+def test_scheme_allow_list_from_settings() -> None:
+    with pytest.raises(URINotAllowed) as info:
+        parse_model_uri("hf://org/name", allowed_file_roots=[], allowed_schemes=["s3", "https"])
+    assert info.value.code == "uri_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "169.254.169.254",
+        "100.64.0.1",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "localhost",
+        "0.0.0.0",
+    ],
+)
+def test_literal_private_hosts_refused_at_parse_time(host: str) -> None:
+    with pytest.raises(URINotAllowed):
+        parse_model_uri(f"https://{host}/model.safetensors", allowed_file_roots=[])
+
+
+def test_literal_loopback_allowed_when_configured() -> None:
+    p = parse_model_uri("https://127.0.0.1:9/x.gguf", allowed_file_roots=[], allow_private_hosts=["127.0.0.0/8"])
+    assert p.host == "127.0.0.1"
+
+
+def test_file_uri_under_root(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    (root / "m").mkdir(parents=True)
+    p = parse_model_uri(f"file://{root}/m", allowed_file_roots=[root])
+    assert p.local_path == (root / "m").resolve()
+
+
+def test_file_uri_outside_roots_refused(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    (tmp_path / "secret").mkdir()
+    (root / "link").symlink_to(tmp_path / "secret")
+    bad = [
+        f"file://{tmp_path}/secret",
+        f"file://{root}/../secret",
+        f"file://{root}/link",
+        "file:///etc/passwd",
+    ]
+    for uri in bad:
+        with pytest.raises(URINotAllowed) as info:
+            parse_model_uri(uri, allowed_file_roots=[root])
+        assert info.value.code == "uri_not_allowed"
+    with pytest.raises(URINotAllowed):
+        parse_model_uri(f"file://{root}", allowed_file_roots=[])  # no roots configured: file:// is off
+
+
+def test_errors_are_domain_errors() -> None:
+    from compression.errors import CompressionError
+    from workers.fetch import TransientFetchError
+
+    assert issubclass(FetchError, CompressionError)
+    assert not issubclass(TransientFetchError, CompressionError)
+
+
+def test_package_is_torch_free() -> None:
+    code = "import sys, workers.fetch, workers.fetch.uri; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
