@@ -1,0 +1,218 @@
+"""W4A16 kernel benchmark (benchmarks.md section 3) on one CUDA GPU.
+
+Measures, in one run: device-to-device copy bandwidth (bytes read + written), the bf16
+torch.matmul rate (8192^3), and the Triton W4A16 kernel at batch 1/16/64 on
+(K, N) = 4096x4096, 4096x14336, 14336x4096 against bf16 ``F.linear`` of the same shape.
+Every run first checks the kernel against the pure-torch reference on fresh random
+inputs (relative error <= 1e-2) and fails loudly otherwise.
+
+Timing: the median of ``triton.testing.do_bench`` over a CUDA graph that replays
+``--calls`` matmuls, each on a different copy of the weights (enough copies to exceed the
+L2 cache several times), divided by the number of calls: steady-state decode with launch
+gaps amortized, never served from L2. A single-launch median (do_bench, L2 flushed) is
+logged too.
+
+    python bench/kernels_w4a16.py --out $OUT/kernels.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernels.w4a16 import reference as ref  # noqa: E402
+
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096)]  # (K, N)
+ROTATE_BYTES = 512 << 20
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def copy_bandwidth(do_bench) -> float:
+    n = 1 << 30  # bytes per buffer
+    src = torch.randn(n // 2, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    return 2 * n / (ms * 1e-3) / 1e9
+
+
+def matmul_tflops(do_bench) -> float:
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms = do_bench(lambda: a @ b, warmup=50, rep=300, return_mode="median")
+    return 2 * n**3 / (ms * 1e-3) / 1e12
+
+
+def quantize_sym(w: torch.Tensor, bits: int, gs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n, k = w.shape
+    qmax = (1 << (bits - 1)) - 1
+    wg = w.float().view(n, k // gs, gs)
+    scale = (wg.abs().amax(dim=-1) / qmax).clamp(min=1e-8)
+    q = torch.clamp(torch.round(wg / scale[..., None]), -qmax - 1, qmax).to(torch.int8).view(n, k)
+    return ref.pack_int(q, bits), scale.to(torch.bfloat16)
+
+
+def graph_time(fn, n_calls: int, do_bench) -> float:
+    """Median seconds per call of ``fn(i)`` for i in range(n_calls), replayed as one CUDA graph."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for i in range(n_calls):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for i in range(n_calls):
+            fn(i)
+    ms = do_bench(g.replay, warmup=50, rep=300, return_mode="median")
+    return ms * 1e-3 / n_calls
+
+
+def bench_shape(tk, do_bench, k, n, batches, bits, gs, calls, args_dump=None):
+    torch.manual_seed(k * 31 + n)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+    packed, scale = quantize_sym(w, bits, gs)
+    pw = tk.prepare_weight(packed, scale, None, bits, gs, k)
+    n_w4 = max(2, math.ceil(ROTATE_BYTES / pw.nbytes))
+    copies = [pw] + [
+        dataclasses.replace(
+            pw,
+            qweight=torch.randint(-(2**31), 2**31 - 1, pw.qweight.shape, device="cuda", dtype=torch.int32),
+            scale=(torch.rand_like(pw.scale, dtype=torch.float32) * 0.002).to(pw.scale.dtype),
+        )
+        for _ in range(n_w4 - 1)
+    ]
+    n_bf = max(2, math.ceil(ROTATE_BYTES / (n * k * 2)))
+    dense = [ref.dequantize(packed, scale, None, bits, gs, k, dtype=torch.bfloat16)]
+    dense += [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(n_bf - 1)]
+    rows = []
+    runs = [(m, None) for m in batches]
+    if 1 in batches:
+        runs.insert(batches.index(1) + 1, (1, "loop"))  # the alternative M=1 kernel, for comparison
+    for m, variant in runs:
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        y = tk.w4a16_matmul_prepared(x, pw, gemv=variant)  # autotunes on first use
+        want = ref.w4a16_matmul_ref(x, packed, scale, None, bits, gs)
+        err = float((y.float() - want.float()).norm() / want.float().norm())
+        ok = bool(torch.isfinite(y).all()) and err <= 1e-2
+        xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
+
+        def run_q(i, xs=xs, variant=variant):
+            return tk.w4a16_matmul_prepared(xs[i % 4], copies[i % n_w4], gemv=variant)
+
+        t_q = graph_time(run_q, calls, do_bench)
+        t_d = graph_time(lambda i, xs=xs: F.linear(xs[i % 4], dense[i % n_bf]), calls, do_bench)
+        t_q1 = do_bench(lambda x=x, v=variant: tk.w4a16_matmul_prepared(x, pw, gemv=v), return_mode="median") * 1e-3
+        t_d1 = do_bench(lambda x=x: F.linear(x, dense[0]), return_mode="median") * 1e-3
+        key = "gemm" if m > 1 else ("gemv" if variant == "loop" else "wide")
+        ck = tk.last_launch.get("gemm" if m > 1 else "gemv")
+        cfg = _config_of(tk, key)
+        regs = f"{getattr(ck, 'n_regs', '?')}r/{getattr(ck, 'n_spills', '?')}s"
+        label = f"{m} ({variant})" if variant else str(m)
+        row = dict(k=k, n=n, m=m, label=label, t_q=t_q, t_d=t_d, t_q1=t_q1, t_d1=t_d1, bytes=pw.nbytes, err=err, ok=ok)
+        row.update(cfg=f"{key} {cfg}", regs=regs)
+        rows.append(row)
+        log(
+            f"K={k} N={n} M={label}: w4 {t_q * 1e6:.2f} us (1-launch {t_q1 * 1e6:.2f}), "
+            f"bf16 {t_d * 1e6:.2f} us (1-launch {t_d1 * 1e6:.2f}), err {err:.2e} {'OK' if ok else 'FAIL'} "
+            f"cfg {key} {cfg} {regs}"
+        )
+        if m == 1 and args_dump is not None:
+            for kind in ("sass", "ttgir"):
+                try:
+                    (args_dump / f"{key}_{k}x{n}.{kind}").write_text(str(ck.asm[kind]))
+                except Exception as e:  # diagnostics only
+                    log(f"no {kind}: {e}")
+    return rows
+
+
+def _config_of(tk, key: str) -> str:
+    tuner = {"gemv": tk._gemv_tuned, "wide": tk._wide_tuned, "gemm": tk._gemm_tuned}[key]
+    cfg = getattr(tuner, "best_config", None)
+    if cfg is None:
+        return "?"
+    return "BN{BN} KB{KB} w".format(**cfg.kwargs) + str(cfg.num_warps)
+
+
+def render(meta: dict, rows: list[dict], copy_gbs: float, mm_tflops: float) -> str:
+    lines = [
+        "| K x N | batch | W4A16 us | weight GB/s | % of copy BW | TFLOP/s | bf16 us | bf16 TFLOP/s "
+        "| speedup vs bf16 | rel err | config |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gbs = r["bytes"] / r["t_q"] / 1e9
+        fl = 2 * r["m"] * r["n"] * r["k"]
+        lines.append(
+            f"| {r['k']}x{r['n']} | {r['label']} | {r['t_q'] * 1e6:.2f} | {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% "
+            f"| {fl / r['t_q'] / 1e12:.2f} | {r['t_d'] * 1e6:.2f} | {fl / r['t_d'] / 1e12:.2f} "
+            f"| {r['t_d'] / r['t_q']:.2f}x | {r['err']:.1e}{'' if r['ok'] else ' FAIL'} | {r['cfg']} {r['regs']} |"
+        )
+    head = [
+        f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}.",
+        f"Copy bandwidth (device-to-device copy of 1 GiB, read + written): **{copy_gbs:.0f} GB/s**; "
+        f"bf16 torch.matmul 8192^3: **{mm_tflops:.0f} TFLOP/s**.",
+        f"W{meta['bits']}A16, group {meta['gs']}, symmetric; times are per call, median over a CUDA graph "
+        f"of {meta['calls']} calls rotating over weight copies (> L2). Weight bytes = packed int32 + bf16 scales.",
+        "",
+    ]
+    return "\n".join(head + lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", type=Path, help="write the markdown table here")
+    ap.add_argument("--batches", default="1,16,64", help="comma-separated batch sizes (default 1,16,64)")
+    ap.add_argument("--shapes", default="4096x4096,4096x14336,14336x4096", help="KxN list")
+    ap.add_argument("--bits", type=int, default=4, choices=[4, 8])
+    ap.add_argument("--group-size", type=int, default=128)
+    ap.add_argument("--calls", type=int, default=48, help="matmuls per CUDA graph replay")
+    ap.add_argument("--dump-sass", type=Path, help="write the GEMV/GEMM kernels' SASS and PTX here")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        log("needs a CUDA device")
+        return 2
+    import triton
+    from triton.testing import do_bench
+
+    from kernels.w4a16 import triton as tk
+
+    meta = dict(
+        device=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        bits=args.bits,
+        gs=args.group_size,
+        calls=args.calls,
+    )
+    copy_gbs = copy_bandwidth(do_bench)
+    mm = matmul_tflops(do_bench)
+    log(f"copy {copy_gbs:.0f} GB/s, bf16 matmul {mm:.0f} TFLOP/s")
+    batches = [int(b) for b in args.batches.split(",")]
+    rows: list[dict] = []
+    for shape in args.shapes.split(","):
+        k, n = (int(v) for v in shape.lower().split("x"))
+        dump = args.dump_sass if (args.dump_sass and (k, n) == (4096, 14336)) else None
+        rows += bench_shape(tk, do_bench, k, n, batches, args.bits, args.group_size, args.calls, dump)
+    table = render(meta, rows, copy_gbs, mm)
+    log("")
+    log(table)
+    if args.out:
+        args.out.write_text(table)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Weight-only quantized matmul (W4A16 / W8A16) on compressed-tensors' pack-quantized layout.
+
+``w4a16_matmul`` runs the Triton kernels on CUDA tensors when Triton is installed and the
+format is supported (4 or 8 bits, group size a multiple of 16 or channel-wise), and the
+pure-torch reference otherwise. Importing this package never needs CUDA or Triton.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from kernels.w4a16.reference import dequantize, pack_int, unpack_int, w4a16_matmul_ref
+
+__all__ = [
+    "dequantize",
+    "pack_int",
+    "prepare_weight",
+    "triton_available",
+    "unpack_int",
+    "w4a16_matmul",
+    "w4a16_matmul_ref",
+]
+
+_prepared: dict[int, tuple[Any, int, Any]] = {}
+
+
+@lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """True when Triton is importable and a CUDA device is present."""
+    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+
+
+def _triton_module():
+    from kernels.w4a16 import triton as tk
+
+    return tk
+
+
+def prepare_weight(packed, scale, zero_point, bits: int, group_size: int | None, k: int):
+    """Repack a CUDA weight once for the Triton kernels (returns a ``PreparedWeight``)."""
+    return _triton_module().prepare_weight(packed, scale, zero_point, bits, group_size, k)
+
+
+def _cached_prepare(packed, scale, zero_point, bits, group_size, k):
+    import weakref
+
+    key = id(packed)
+    hit = _prepared.get(key)
+    if hit is not None and hit[0]() is packed and hit[1] == packed._version:
+        return hit[2]
+    pw = prepare_weight(packed, scale, zero_point, bits, group_size, k)
+    _prepared[key] = (weakref.ref(packed, lambda _r, key=key: _prepared.pop(key, None)), packed._version, pw)
+    return pw
+
+
+def w4a16_matmul(
+    x: torch.Tensor,
+    packed: Any,
+    scale: torch.Tensor | None = None,
+    zero_point: torch.Tensor | None = None,
+    bits: int = 4,
+    group_size: int | None = 128,
+) -> torch.Tensor:
+    """``y = x @ W.T`` for a packed weight; ``x``: ``[..., K]`` -> ``[..., N]`` in x's dtype.
+
+    ``packed`` is compressed-tensors' ``weight_packed`` (int32) or a ``PreparedWeight``.
+    A raw CUDA weight is repacked on first use and cached (keyed on the tensor object)."""
+    if not isinstance(packed, torch.Tensor):  # PreparedWeight
+        return _triton_module().w4a16_matmul_prepared(x, packed)
+    if scale is None:
+        raise ValueError("scale is required with a raw packed weight")
+    k = x.shape[-1]
+    n_groups = scale.shape[1] if scale.dim() == 2 else 1
+    if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and triton_available():
+        tk = _triton_module()
+        if tk.supports(bits, group_size, k, n_groups):
+            pw = _cached_prepare(packed, scale, zero_point, bits, group_size, k)
+            return tk.w4a16_matmul_prepared(x, pw)
+    return w4a16_matmul_ref(x, packed, scale, zero_point, bits, group_size)
