@@ -25,8 +25,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SHAPE = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-             num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0)
+SHAPE = dict(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=8192,
+    rope_theta=500000.0,
+)
 PRESSO_RECIPES = {
     "gptq": {"method": "gptq", "bits": 4, "group_size": 128, "observer": "minmax"},
     "sparsegpt": {"method": "sparsegpt", "sparsity": 0.5},
@@ -67,8 +75,11 @@ def run_presso(model_dir: Path, method: str, ids: torch.Tensor, out: Path) -> di
     report = compress(lm.model, parse_recipe({"steps": [PRESSO_RECIPES[method]]}), ctx)
     t_comp = time.perf_counter() - t0 - t_load
     write_model(lm.model, None, out)
-    return {"load_s": t_load, "compress_s": t_comp, "steps": [{k: v for k, v in s.items() if k != "layers"}
-                                                                for s in report["steps"]]}
+    return {
+        "load_s": t_load,
+        "compress_s": t_comp,
+        "steps": [{k: v for k, v in s.items() if k != "layers"} for s in report["steps"]],
+    }
 
 
 def run_llmcompressor(model_dir: Path, method: str, ids: torch.Tensor, out: Path) -> dict:
@@ -92,8 +103,14 @@ def run_llmcompressor(model_dir: Path, method: str, ids: torch.Tensor, out: Path
         from llmcompressor.modifiers.pruning import SparseGPTModifier as S
 
         recipe = S(sparsity=0.5, targets=["re:.*layers.*(proj)$"], ignore=["lm_head"])
-    oneshot(model=model, dataset=ds, recipe=recipe, processor=tok, max_seq_length=ids.shape[1],
-            num_calibration_samples=ids.shape[0])
+    oneshot(
+        model=model,
+        dataset=ds,
+        recipe=recipe,
+        processor=tok,
+        max_seq_length=ids.shape[1],
+        num_calibration_samples=ids.shape[0],
+    )
     t_comp = time.perf_counter() - t0 - t_load
     model.save_pretrained(out, save_compressed=True)
     return {"load_s": t_load, "compress_s": t_comp}
@@ -115,8 +132,15 @@ def measure(impl: str, model_dir: Path, method: str, ids: torch.Tensor, work: Pa
     wall = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in out.rglob("*.safetensors")) if out.exists() else 0
     shutil.rmtree(out, ignore_errors=True)
-    return {"impl": impl, "method": method, "ok": ok, "wall_s": wall,
-            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30, "artifact_bytes": size, **detail}
+    return {
+        "impl": impl,
+        "method": method,
+        "ok": ok,
+        "wall_s": wall,
+        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "artifact_bytes": size,
+        **detail,
+    }
 
 
 def main() -> None:
@@ -144,14 +168,26 @@ def main() -> None:
             logging.info("RESULT %s", json.dumps(row))
             rows.append(row)
             if a.out:
-                a.out.write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                             "layers": a.layers, "samples": a.samples, "seq_len": a.seq_len,
-                                             "rows": rows}, indent=2))
+                a.out.write_text(
+                    json.dumps(
+                        {
+                            "gpu": torch.cuda.get_device_name(),
+                            "torch": torch.__version__,
+                            "layers": a.layers,
+                            "samples": a.samples,
+                            "seq_len": a.seq_len,
+                            "rows": rows,
+                        },
+                        indent=2,
+                    )
+                )
     print("| impl | method | ok | wall s | peak GPU GiB | artifact GB |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['impl']} | {r['method']} | {r['ok']} | {r['wall_s']:.1f} | {r['peak_gpu_gib']:.1f} "
-              f"| {r['artifact_bytes'] / 1e9:.2f} |")
+        print(
+            f"| {r['impl']} | {r['method']} | {r['ok']} | {r['wall_s']:.1f} | {r['peak_gpu_gib']:.1f} "
+            f"| {r['artifact_bytes'] / 1e9:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Presso API tier: FastAPI front end. Never imports torch."""

@@ -1,0 +1,47 @@
+"""/v1/jobs/{id}/artifact, /report and /files/{path}: tenant check first, then URLs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.jobs import artifacts, service
+from app.jobs.schemas import ArtifactManifest
+
+router = APIRouter(prefix="/v1/jobs", tags=["artifacts"])
+
+
+@router.get("/{job_id}/artifact", response_model=ArtifactManifest)
+def get_artifact(
+    job_id: str, request: Request, session: SessionDep, tenant: TenantDep, store: StoreDep, settings: SettingsDep
+) -> ArtifactManifest:
+    """The manifest: every file with size, sha256 and a download URL."""
+    job = service.get_job(session=session, tenant_id=tenant.id, job_id=job_id)
+    return artifacts.public_manifest(
+        job, store, base_url=str(request.base_url), expires_s=settings.presign_expires_s
+    )
+
+
+@router.get("/{job_id}/report")
+def get_report(job_id: str, session: SessionDep, tenant: TenantDep, store: StoreDep) -> dict[str, Any]:
+    """The per-layer breakdown (report.json of the artifact)."""
+    job = service.get_job(session=session, tenant_id=tenant.id, job_id=job_id)
+    return artifacts.report(job, store)
+
+
+@router.get("/{job_id}/files/{path:path}", response_class=Response)
+def get_file(
+    job_id: str, path: str, session: SessionDep, tenant: TenantDep, store: StoreDep, settings: SettingsDep
+) -> Response:
+    """One artifact file: streamed from a local store, or a redirect to a presigned URL."""
+    job = service.get_job(session=session, tenant_id=tenant.id, job_id=job_id)
+    entry = artifacts.file_entry(artifacts.stored_manifest(job, store), path)
+    local = store.local_path(entry["key"])
+    if local is not None:
+        return FileResponse(local, media_type="application/octet-stream", filename=path.rsplit("/", 1)[-1])
+    url = store.presigned_url(entry["key"], settings.presign_expires_s)
+    assert url is not None
+    return RedirectResponse(url, status_code=307)

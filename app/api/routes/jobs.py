@@ -1,0 +1,68 @@
+"""/v1/jobs: submit, get, list, cancel."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from app.api.deps import PublisherDep, SessionDep, SettingsDep, TenantDep
+from app.core.metrics import JOBS_SUBMITTED
+from app.jobs import service
+from app.jobs.schemas import JobCreate, JobPublic, JobsPublic
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+StateFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
+             responses={200: {"description": "Replay of an earlier submit with the same Idempotency-Key"}})
+def submit_job(
+    body: JobCreate, session: SessionDep, tenant: TenantDep, settings: SettingsDep, publisher: PublisherDep,
+    response: Response, idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JobPublic:
+    """Queue a compression job. The same Idempotency-Key with the same body returns the same job."""
+    job, created = service.create_job(
+        session=session, tenant=tenant, body=body, idempotency_key=idempotency_key,
+        settings=settings, publisher=publisher,
+    )
+    if created:
+        JOBS_SUBMITTED.inc()
+    else:
+        response.status_code = status.HTTP_200_OK
+    return service.to_public(job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    session: SessionDep, tenant: TenantDep,
+    state: StateFilter | None = None,
+    created_after: dt.datetime | None = None,
+    created_before: dt.datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> JobsPublic:
+    """Newest first. Pass ``next_cursor`` back as ``cursor`` for the next page."""
+    rows, next_cursor = service.list_jobs(
+        session=session, tenant_id=tenant.id, state=state, created_after=_aware(created_after),
+        created_before=_aware(created_before), limit=limit, cursor=cursor,
+    )
+    return JobsPublic(data=[service.to_public(j) for j in rows], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    return service.to_public(service.get_job(session=session, tenant_id=tenant.id, job_id=job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    """A queued job is cancelled at once; a running one stops within seconds (cancel_requested)."""
+    return service.to_public(service.cancel_job(session=session, tenant_id=tenant.id, job_id=job_id))
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value

@@ -1,0 +1,1 @@
+"""Settings, database, errors, security, queue client."""

@@ -1,0 +1,67 @@
+"""Artifact layout in the store, and the public manifest built from the stored one.
+
+Keys: ``tenants/{tenant}/jobs/{job}/attempt-{n}/<file>``; ``manifest.json`` beside the files is
+written last and is what publishes a job.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+from app.core.errors import ArtifactNotReady, NotFound
+from app.jobs.models import Job, JobState
+from app.jobs.schemas import ArtifactFile, ArtifactManifest
+from app.storage import ArtifactStore, ObjectMissing
+
+MANIFEST = "manifest.json"
+REPORT = "report.json"
+
+
+def attempt_prefix(tenant_id: str, job_id: str, attempt: int) -> str:
+    return f"tenants/{tenant_id}/jobs/{job_id}/attempt-{attempt}"
+
+
+def stored_manifest(job: Job, store: ArtifactStore) -> dict[str, Any]:
+    if job.state != JobState.succeeded.value or not job.manifest_key:
+        raise ArtifactNotReady(f"job {job.id} is {job.state}; artifacts exist once it has succeeded")
+    try:
+        data: dict[str, Any] = json.loads(store.get_bytes(job.manifest_key))
+    except ObjectMissing as exc:
+        raise NotFound(f"artifact of job {job.id} is missing from the store") from exc
+    return data
+
+
+def file_entry(manifest: dict[str, Any], path: str) -> dict[str, Any]:
+    for entry in manifest["files"]:
+        if entry["path"] == path:
+            return dict(entry)
+    raise NotFound(f"no file {path!r} in the artifact")
+
+
+def public_manifest(job: Job, store: ArtifactStore, *, base_url: str, expires_s: int) -> ArtifactManifest:
+    manifest = stored_manifest(job, store)
+    files = []
+    presigned = False
+    for entry in manifest["files"]:
+        url = store.presigned_url(entry["key"], expires_s)
+        if url is None:
+            url = f"{base_url.rstrip('/')}/v1/jobs/{job.id}/files/{quote(entry['path'])}"
+        else:
+            presigned = True
+        files.append(ArtifactFile(path=entry["path"], size=entry["size"], sha256=entry["sha256"], url=url))
+    return ArtifactManifest(
+        job_id=job.id, attempt=manifest["attempt"], created_at=manifest["created_at"],
+        expires_in_s=expires_s if presigned else None, files=files,
+    )
+
+
+def report(job: Job, store: ArtifactStore) -> dict[str, Any]:
+    manifest = stored_manifest(job, store)
+    entry = file_entry(manifest, REPORT)
+    try:
+        data: dict[str, Any] = json.loads(store.get_bytes(entry["key"]))
+    except ObjectMissing as exc:
+        raise NotFound(f"report of job {job.id} is missing from the store") from exc
+    return data

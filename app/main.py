@@ -1,0 +1,54 @@
+"""The FastAPI app factory. ``uvicorn --factory app.main:create_app``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.routes import admin, artifacts, health, jobs, methods
+from app.core.db import make_engine, make_session_factory
+from app.core.errors import install_error_handlers
+from app.core.metrics import metrics_middleware
+from app.core.queue import CeleryPublisher, Publisher, make_celery
+from app.core.ratelimit import make_rate_limiter
+from app.core.settings import Settings, get_settings
+from app.storage import ArtifactStore, make_store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None, *, publisher: Publisher | None = None, store: ArtifactStore | None = None
+) -> FastAPI:
+    settings = settings or get_settings()
+    engine = make_engine(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="Presso",
+        version="0.1.0",
+        description="Compression-as-a-service: submit a model and a recipe, get a compressed artifact.",
+        lifespan=lifespan,
+    )
+    celery = make_celery(settings) if publisher is None else None
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+    app.state.store = store or make_store(settings)
+    app.state.celery = celery
+    app.state.publisher = publisher or CeleryPublisher(celery)  # type: ignore[arg-type]
+    app.state.rate_limiter = make_rate_limiter(
+        settings.resolved_broker_url, settings.rate_limit_per_s, settings.rate_limit_burst
+    )
+    install_error_handlers(app)
+    app.middleware("http")(metrics_middleware)
+    for module in (jobs, artifacts, methods, admin, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,60 @@
+"""The ``presso`` command.
+
+Examples:
+  presso serve                                  # API + worker + SQLite + local store, one command
+  presso compress ./my-model --recipe '{"steps":[{"method":"rtn","bits":4}]}' --out ./out
+  presso submit s3://models/llama --recipe recipe.json --wait
+  presso status JOB_ID
+  presso download JOB_ID ./artifact
+  presso admin create-tenant acme
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from presso.commands import admin, local, remote, service
+
+EPILOG = """examples:
+  presso serve                       start the embedded service (prints a dev API key)
+  presso compress ./model --recipe '{"steps":[{"method":"rtn","bits":4}]}' --out ./out
+  presso submit file:///models/tiny --recipe recipe.json --wait
+  presso status 3f2a...              show one job
+  presso download 3f2a... ./out      fetch, verify sha256 and restore the artifact
+  presso admin create-tenant acme    (needs PRESSO_ADMIN_KEY)
+
+environment: PRESSO_SERVER, PRESSO_API_KEY, PRESSO_DATABASE_URL, PRESSO_BROKER_URL,
+PRESSO_STORE_URL, PRESSO_DATA_DIR ... (see docs/service.md)"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="presso", description="Presso: compression-as-a-service for neural-network models.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (service, local, remote, admin):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else getattr(logging, os.environ.get("PRESSO_LOG_LEVEL", "INFO")),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

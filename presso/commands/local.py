@@ -1,0 +1,121 @@
+"""compress (the pipeline without the service), pack and unpack (the lossless codec)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from presso.commands.common import as_uri, help_formatter, load_recipe
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("compress", help="compress a model locally, no service needed",
+                       formatter_class=help_formatter(), epilog="""examples:
+  presso compress ./tiny-llama --recipe '{"steps":[{"method":"rtn","bits":4,"group_size":64}]}' --out ./out
+  presso compress s3://models/llama --recipe gptq.json --calib file:///data/valid.txt --out ./out
+  presso compress hf://HuggingFaceTB/SmolLM2-135M --recipe recipe.json --eval ./test.txt --out ./out""")
+    p.add_argument("model_uri", help="s3://, https://, hf://, file:// or a local path")
+    p.add_argument("--recipe", required=True, help="recipe JSON inline or a file")
+    p.add_argument("--out", required=True, type=Path, help="artifact directory to write")
+    p.add_argument("--calib", help="calibration text (file://, s3://, https:// or a path)")
+    p.add_argument("--eval", dest="eval_uri", help="evaluation text (file://, s3://, https:// or a path)")
+    p.add_argument("--samples", type=int, default=64, help="calibration samples")
+    p.add_argument("--seq-len", type=int, default=512, help="calibration/evaluation sequence length")
+    p.add_argument("--windows", type=int, default=8, help="evaluation windows")
+    p.add_argument("--no-eval", action="store_true", help="skip evaluation")
+    p.add_argument("--format", choices=["compressed", "dense"], default="compressed")
+    p.add_argument("--device", help="cuda or cpu (default: CUDA when present)")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("pack", help="losslessly encode an artifact directory (*.pzst)")
+    p.add_argument("src", type=Path)
+    p.add_argument("out", type=Path)
+    p.set_defaults(func=cmd_pack)
+    p = sub.add_parser("unpack", help="restore a packed directory byte-identically")
+    p.add_argument("src", type=Path)
+    p.add_argument("out", type=Path)
+    p.set_defaults(func=cmd_unpack)
+
+
+class _Bars:
+    """One tqdm bar per stage."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.bar: Any = None
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=1000, desc=f"{stage:<12}", unit="‰", leave=True, file=sys.stderr)
+        target = int(1000 * max(0.0, min(1.0, fraction)))
+        self.bar.update(max(0, target - self.bar.n))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _fetch_inputs(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path | None, Path | None]:
+    from app.core.settings import get_settings
+    from workers.fetch import fetch_file, fetch_model
+    from workers.fetch.limits import FetchLimits
+
+    limits = FetchLimits.from_settings(get_settings(), allowed_file_roots=(Path("/"),))
+    model = fetch_model(as_uri(args.model_uri), tmp / "model", limits)
+    calib = fetch_file(as_uri(args.calib), tmp / "calibration", limits) if args.calib else None
+    evaluation = fetch_file(as_uri(args.eval_uri), tmp / "evaluation", limits) if args.eval_uri else None
+    return model, calib, evaluation
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from compression.errors import CompressionError
+    from compression.job import run_local
+    from compression.recipe import parse_recipe
+    from compression.spec import CalibrationInput, EvaluationInput, LocalJobSpec
+
+    bars = _Bars()
+    try:
+        with tempfile.TemporaryDirectory(prefix="presso-compress-") as tmp:
+            model, calib, evaluation = _fetch_inputs(args, Path(tmp))
+            args.out.mkdir(parents=True, exist_ok=True)
+            spec = LocalJobSpec(
+                model_dir=model, out_dir=args.out, recipe=parse_recipe(load_recipe(args.recipe)),
+                calibration=CalibrationInput(path=calib, samples=args.samples, seq_len=args.seq_len),
+                evaluation=EvaluationInput(enabled=not args.no_eval, path=evaluation, windows=args.windows,
+                                           seq_len=args.seq_len),
+                output_format=args.format, device=args.device,
+            )
+            result = run_local(spec, progress=bars, should_stop=lambda: False)
+    except CompressionError as exc:
+        bars.close()
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    bars.close()
+    print(json.dumps(result.metrics, indent=2, default=str))
+    print(f"artifact: {args.out}")
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from compression.codec import pack_dir
+
+    pack_dir(args.src, args.out)
+    print(f"packed {args.src} -> {args.out}")
+    return 0
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    from compression.codec import unpack_dir
+
+    unpack_dir(args.src, args.out)
+    print(f"restored {args.src} -> {args.out}")
+    return 0

@@ -1,0 +1,130 @@
+"""submit, status, cancel, download: talk to a running server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from presso.client import PressoClient, PressoError
+from presso.commands.common import as_uri, help_formatter, load_recipe
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", help="API base URL (env PRESSO_SERVER, default http://127.0.0.1:8000)")
+    p.add_argument("--api-key", help="API key (env PRESSO_API_KEY, else the dev key of `presso serve`)")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("submit", help="submit a compression job", formatter_class=help_formatter(),
+                       epilog="""examples:
+  presso submit s3://models/llama --recipe '{"steps":[{"method":"rtn","bits":4,"group_size":64}]}'
+  presso submit file:///data/tiny --recipe recipe.json --eval file:///data/wiki.txt --wait""")
+    p.add_argument("model_uri", help="s3://, https://, hf:// or file:// (a bare path becomes file://)")
+    p.add_argument("--recipe", required=True, help="recipe JSON inline or a file")
+    p.add_argument("--calib", help="calibration text URI")
+    p.add_argument("--eval", dest="eval_uri", help="evaluation text URI")
+    p.add_argument("--eval-windows", type=int)
+    p.add_argument("--eval-seq-len", type=int)
+    p.add_argument("--idempotency-key")
+    p.add_argument("--wait", action="store_true", help="wait for a terminal state, showing progress")
+    _server_args(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="show a job", epilog="example:\n  presso status JOB_ID --wait",
+                       formatter_class=help_formatter())
+    p.add_argument("job_id")
+    p.add_argument("--wait", action="store_true")
+    _server_args(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel a job")
+    p.add_argument("job_id")
+    _server_args(p)
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("download", help="download an artifact, verify every sha256, restore lossless files",
+                       epilog="example:\n  presso download JOB_ID ./artifact", formatter_class=help_formatter())
+    p.add_argument("job_id")
+    p.add_argument("out", type=Path)
+    p.add_argument("--keep-encoded", action="store_true", help="do not decode *.pzst files")
+    _server_args(p)
+    p.set_defaults(func=cmd_download)
+
+
+def _client(args: argparse.Namespace) -> PressoClient:
+    return PressoClient(args.server, args.api_key)
+
+
+def build_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"model_uri": as_uri(args.model_uri), "recipe": load_recipe(args.recipe)}
+    if args.calib:
+        body["calibration"] = {"uri": as_uri(args.calib)}
+    evaluation: dict[str, Any] = {}
+    if args.eval_uri:
+        evaluation["uri"] = as_uri(args.eval_uri)
+    if args.eval_windows:
+        evaluation["windows"] = args.eval_windows
+    if args.eval_seq_len:
+        evaluation["seq_len"] = args.eval_seq_len
+    if evaluation:
+        body["evaluation"] = evaluation
+    return body
+
+
+def show_progress(job: dict[str, Any]) -> None:
+    prog = job.get("progress") or {}
+    stage = prog.get("stage") or "-"
+    sys.stderr.write(f"\r{job['state']:<10} {stage:<16} {100 * prog.get('fraction', 0):5.1f}%   ")
+    sys.stderr.flush()
+    if job["state"] in ("succeeded", "failed", "cancelled"):
+        sys.stderr.write("\n")
+
+
+def _finish(job: dict[str, Any]) -> int:
+    print(json.dumps(job, indent=2))
+    return 0 if job["state"] in ("succeeded", "queued", "running") else 1
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            job = client.submit(build_body(args), idempotency_key=args.idempotency_key)
+            if args.wait:
+                job = client.wait(job["id"], on_update=show_progress)
+    except PressoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _finish(job)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            job = client.wait(args.job_id, on_update=show_progress) if args.wait else client.get(args.job_id)
+    except PressoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _finish(job)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            return _finish(client.cancel(args.job_id))
+    except PressoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            files = client.download(args.job_id, args.out, restore=not args.keep_encoded)
+    except PressoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(files)} files in {args.out} (sha256 verified)")
+    return 0

@@ -1,0 +1,69 @@
+"""`presso serve`: one command, SQLite + filesystem transport + local store, a real job over HTTP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from svc_helpers import RTN, free_port
+
+from presso.client import PressoClient, PressoError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_presso_serve_runs_a_job(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(tiny_llama_dir, models / "tiny")
+    data = tmp_path / "data"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESSO_")}
+    env.update({"PRESSO_DATA_DIR": str(data), "PRESSO_ALLOWED_FILE_ROOTS": str(models),
+                "PRESSO_REAPER_INTERVAL_S": "2"})
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "presso.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            time.sleep(0.3)
+        key = (data / "dev-api-key").read_text().strip()
+        assert key.startswith("presso_sk_")
+        assert (data / "presso.db").is_file()
+        with PressoClient(url, key) as client:
+            body = {"model_uri": (models / "tiny").as_uri(), "recipe": RTN,
+                    "evaluation": {"windows": 2, "seq_len": 32, "latency": False}}
+            job = client.submit(body)
+            job = client.wait(job["id"], timeout=240, poll=0.5)
+            assert job["state"] == "succeeded", (job, (tmp_path / "serve.log").read_text()[-4000:])
+            manifest = client.artifact(job["id"])
+            assert all(f["url"].startswith(f"{url}/v1/jobs/{job['id']}/files/") for f in manifest["files"])
+            files = client.download(job["id"], tmp_path / "out")
+            assert (tmp_path / "out" / "config.json") in files
+            with pytest.raises(PressoError) as refused:
+                client.submit({**body, "model_uri": "file:///etc"})
+            assert refused.value.status == 422 and refused.value.code == "invalid_model_uri"
+    except Exception:
+        print((tmp_path / "serve.log").read_text()[-4000:])
+        raise
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()

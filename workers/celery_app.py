@@ -1,0 +1,56 @@
+"""The Celery app of the workers: JSON only, prefetch 1, acks late, queues gpu and cpu.
+
+Start with ``presso worker`` (or ``celery -A workers.celery_app worker -Q gpu,cpu``). The main
+process also runs the reaper; each job runs in a fresh child process (max_tasks_per_child = 1).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import worker_init, worker_ready, worker_shutdown
+
+from app.core.queue import make_celery
+from app.core.settings import get_settings
+
+log = logging.getLogger(__name__)
+celery = make_celery(get_settings())
+celery.conf.imports = ("workers.tasks",)
+_reaper: Any = None
+
+
+@worker_init.connect
+def _preload(**_: Any) -> None:
+    """Import the job code (torch included) once in the parent, so each fresh per-job child forks warm.
+
+    Importing torch does not initialise CUDA, so forking afterwards is safe.
+    """
+    if not get_settings().worker_preload:
+        return
+    import compression.job  # noqa: F401
+    import workers.fetch  # noqa: F401
+    import workers.runner  # noqa: F401
+
+    log.info("job modules preloaded")
+
+
+@worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    global _reaper
+    from workers.context import get_context
+    from workers.reaper import ReaperThread
+
+    ctx = get_context()
+    _reaper = ReaperThread(ctx.session_factory, ctx.publisher, ctx.settings)
+    _reaper.start()
+    log.info("reaper running every %.0f s", ctx.settings.reaper_interval_s)
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_: Any) -> None:
+    if _reaper is not None:
+        _reaper.stop_event.set()
+
+
+app = celery

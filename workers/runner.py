@@ -1,0 +1,118 @@
+"""The job logic, testable without Celery: claim, fetch, compress, upload, finish.
+
+Outcomes: a ``CompressionError`` (bad model, gate missed, hostile input) fails the job with its code,
+no retry; any other exception is infrastructure and retries with backoff up to ``max_attempts``.
+A redelivered message for a job that is not queued is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from app.jobs.models import JobState
+from compression.errors import CompressionError
+from workers import lease
+from workers.context import WorkerContext
+from workers.heartbeat import Heartbeat
+from workers.spec import build_spec
+from workers.upload import LeaseLost, upload_artifact
+
+log = logging.getLogger(__name__)
+
+
+class Stopped(Exception):
+    """The job stopped because of cancellation, a lost lease or its time limit."""
+
+
+def run_job(job_id: str, ctx: WorkerContext) -> str:
+    """Run one job to a terminal state (or back to queued for a retry). Returns the outcome name."""
+    settings = ctx.settings
+    claim = lease.claim(ctx.session_factory, job_id, lease_s=settings.lease_s)
+    if claim is None:
+        log.info("job %s is not queued; nothing to do", job_id)
+        return "skipped"
+    log.info("job %s attempt %d/%d claimed", job_id, claim.attempt, claim.max_attempts)
+    hb = Heartbeat(ctx.session_factory, claim, lease_s=settings.lease_s,
+                   time_limit_s=settings.job_soft_time_limit_s)
+    if settings.work_dir:
+        settings.work_dir.mkdir(parents=True, exist_ok=True)
+    with hb, tempfile.TemporaryDirectory(prefix=f"presso-job-{job_id}-", dir=settings.work_dir) as tmp:
+        try:
+            return _attempt(ctx, claim, hb, Path(tmp))
+        except BaseException as exc:  # noqa: BLE001 - every outcome is recorded on the row
+            return _on_error(ctx, claim, hb, exc)
+
+
+def _attempt(ctx: WorkerContext, claim: lease.Claim, hb: Heartbeat, tmp: Path) -> str:
+    from compression.job import run_local
+
+    spec = build_spec(claim, ctx.settings, tmp, progress=hb.progress)
+    hb.progress("compress", 0.0)
+    result = run_local(spec, progress=hb.progress, should_stop=hb.should_stop)
+    if hb.should_stop():
+        raise Stopped("stopped before upload")
+    hb.beat()
+    manifest_key = upload_artifact(
+        ctx.store, claim, spec.out_dir, listed=result.files, progress=hb.progress,
+        still_owner=lambda: not (hb.lost or hb.cancelled),
+    )
+    metrics: dict[str, Any] = dict(result.metrics)
+    if getattr(result, "attempts", None):
+        metrics.setdefault("attempts", result.attempts)
+    done = lease.finish(ctx.session_factory, claim, JobState.succeeded, metrics=metrics,
+                        manifest_key=manifest_key, progress_stage="done", progress_fraction=1.0)
+    if not done:
+        log.warning("job %s attempt %d finished after losing its lease; result dropped", claim.job_id,
+                    claim.attempt)
+        return "lost"
+    log.info("job %s succeeded", claim.job_id)
+    return "succeeded"
+
+
+def _fail(ctx: WorkerContext, claim: lease.Claim, code: str, message: str) -> str:
+    lease.finish(ctx.session_factory, claim, JobState.failed, error_code=code, error_message=message[:4000])
+    log.info("job %s failed: %s: %s", claim.job_id, code, message)
+    return "failed"
+
+
+def _on_error(ctx: WorkerContext, claim: lease.Claim, hb: Heartbeat, exc: BaseException) -> str:
+    if hb.lost:
+        log.warning("job %s attempt %d stopped: lease lost", claim.job_id, claim.attempt)
+        return "lost"
+    if hb.cancelled or (isinstance(exc, LeaseLost) and _cancel_requested(hb)):
+        lease.finish(ctx.session_factory, claim, JobState.cancelled, error_code="cancelled",
+                     error_message="cancelled by request")
+        log.info("job %s cancelled", claim.job_id)
+        return "cancelled"
+    if hb.timed_out:
+        return _fail(ctx, claim, "time_limit_exceeded",
+                     f"job exceeded its time limit of {ctx.settings.job_soft_time_limit_s} s")
+    if isinstance(exc, CompressionError):
+        return _fail(ctx, claim, exc.code, exc.message)
+    if not isinstance(exc, Exception):
+        raise exc  # KeyboardInterrupt / SystemExit: the lease expires and the reaper takes over
+    return _retry_or_fail(ctx, claim, exc)
+
+
+def _cancel_requested(hb: Heartbeat) -> bool:
+    hb.beat()
+    return hb.cancelled
+
+
+def _retry_or_fail(ctx: WorkerContext, claim: lease.Claim, exc: Exception) -> str:
+    reason = f"{type(exc).__name__}: {exc}"
+    log.warning("job %s attempt %d infrastructure error: %s", claim.job_id, claim.attempt, reason,
+                exc_info=exc)
+    if claim.attempt >= claim.max_attempts:
+        return _fail(ctx, claim, "max_attempts_exceeded",
+                     f"gave up after {claim.attempt} attempts; last error: {reason}")
+    delay = ctx.settings.retry_backoff_s * 2 ** (claim.attempt - 1)
+    if lease.requeue(ctx.session_factory, claim, delay_s=delay, reason=reason):
+        try:
+            ctx.publisher.publish(claim.job_id, claim.queue, countdown=delay)
+        except Exception:  # noqa: BLE001 - the reaper republishes
+            log.exception("republishing job %s failed; the reaper will", claim.job_id)
+    return "retrying"
