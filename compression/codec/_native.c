@@ -51,8 +51,8 @@ void pz_histogram(const uint8_t *src, size_t n, size_t stride, uint64_t *counts)
  * the plane another way). */
 size_t pz_rans_encode(const uint8_t *src, size_t n, size_t stride, const uint32_t *freq, uint32_t scale_bits,
                       uint32_t groups, uint8_t *dst, size_t dst_cap, uint8_t *scratch) {
-    uint32_t cum[256], state[8];
-    uint64_t x_max[256];
+    uint32_t cum[256], state[8], shift[256];
+    uint64_t x_max[256], rcp[256];
     size_t lanes = 8 * (size_t)groups, head = 4 * lanes + 4 * ((size_t)groups - 1);
     if (groups == 0 || groups > MAX_LANES / 8 || scale_bits > 16 || dst_cap < head) return 0;
     uint32_t acc = 0;
@@ -60,6 +60,11 @@ size_t pz_rans_encode(const uint8_t *src, size_t n, size_t stride, const uint32_
         cum[s] = acc;
         acc += freq[s];
         x_max[s] = ((uint64_t)(RANS_L >> scale_bits) << 16) * freq[s];
+        /* x / f == (x * rcp) >> (32 + shift) for every 32-bit x (Granlund-Montgomery, round up) */
+        uint32_t l = 0;
+        while (freq[s] && (1ull << l) < freq[s]) l++;
+        shift[s] = l;
+        rcp[s] = freq[s] ? (uint64_t)((((unsigned __int128)1) << (32 + l)) / freq[s]) + 1 : 0;
     }
     size_t out = head;
     for (uint32_t g = 0; g < groups; g++) {
@@ -81,7 +86,8 @@ size_t pz_rans_encode(const uint8_t *src, size_t n, size_t stride, const uint32_
                         *--w = (uint16_t)(x & 0xffff);
                         x >>= 16;
                     }
-                    state[j] = ((x / f) << scale_bits) + (x % f) + cum[s];
+                    uint32_t q = (uint32_t)(((unsigned __int128)x * rcp[s]) >> (32 + shift[s]));
+                    state[j] = (q << scale_bits) + (x - q * f) + cum[s];
                 }
             }
         }

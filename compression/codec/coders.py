@@ -20,6 +20,7 @@ from compression.codec.layout import Span
 from compression.errors import CodecError
 
 _local = threading.local()
+SAMPLE = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,20 @@ def encode_plane(plane: np.ndarray, opts: Options) -> tuple[int, bytes]:
         coded = rans.encode(plane, counts, cap)
         if coded is not None:
             best, cap = (RANS, coded), len(coded) - 1
-    if h < n * opts.try_zstd_below:
+    if h < n * opts.try_zstd_below and _zstd_may_win(plane, opts):
         z = _zstd_c(opts.zstd_level).compress(plane.data)
         if len(z) <= cap:
             best = (ZSTD, z)
     return best
+
+
+def _zstd_may_win(plane: np.ndarray, opts: Options) -> bool:
+    """zstd beats order-0 coding only on repeats: try it on a sample before the whole plane."""
+    if plane.size <= 4 * SAMPLE:
+        return True
+    sample = plane[:SAMPLE]
+    z = len(_zstd_c(opts.zstd_level).compress(sample.data))
+    return z < 0.99 * entropy_bytes(native.histogram(sample))
 
 
 def encode_block(data: np.ndarray, span: Span, opts: Options) -> tuple[Block, list[bytes]]:
@@ -78,7 +88,7 @@ def encode_block(data: np.ndarray, span: Span, opts: Options) -> tuple[Block, li
     coded = [encode_plane(planes[k], opts) for k in range(span.width)]
     payloads = [p if c != RAW else planes[k].tobytes() for k, (c, p) in enumerate(coded)]
     meta = tuple((c, len(p)) for (c, _), p in zip(coded, payloads, strict=True))
-    block = Block(span.offset, span.length, zlib.crc32(data), span.width, span.dtype, meta)
+    block = Block(span.offset, span.length, zlib.crc32(data.data), span.width, span.dtype, meta)
     return block, payloads
 
 
@@ -113,7 +123,7 @@ def decode_block(block: Block, payload: np.ndarray, out: np.ndarray) -> None:
         planes.append(decode_plane(coder, payload[pos : pos + size], n))
         pos += size
     native.merge(planes, out)
-    if zlib.crc32(out) != block.crc:
+    if zlib.crc32(out.data) != block.crc:
         raise CodecError(f"block at offset {block.offset}: checksum mismatch (corrupt stream)")
 
 

@@ -86,7 +86,7 @@ def encode_buffer(
     if chunk_bytes < 16:
         raise ValueError("chunk_bytes must be at least 16")
     n_threads = default_threads(threads)
-    spans = blocks_of(tensor_spans(memoryview(data)), chunk_bytes)
+    spans = blocks_of(tensor_spans(data.data), chunk_bytes)
     sha = hashlib.sha256()
 
     def work(span: Span) -> tuple[fmt.Block, list[bytes]]:
@@ -97,7 +97,7 @@ def encode_buffer(
     payloads: list[bytes] = []
     coders: dict[str, int] = {}
     for (block, parts), span in zip(_ordered(work, spans, n_threads), spans, strict=True):
-        sha.update(data[span.offset : span.offset + span.length])  # overlaps the pool's work
+        sha.update(data[span.offset : span.offset + span.length].data)  # overlaps the pool's work
         blocks.append(block)
         payloads.extend(parts)
         for coder, _ in block.planes:
@@ -115,7 +115,7 @@ def decode_buffer(
 ) -> tuple[np.ndarray, DecodeStats]:
     """Decode a PZST stream (uint8 array) into ``out`` (or a new array). CodecError when corrupt."""
     t0 = time.perf_counter()
-    header = fmt.unpack(memoryview(src), int(src.size))
+    header = fmt.unpack(src.data, int(src.size))
     if out is None:
         out = np.empty(header.original_size, np.uint8)
     elif out.size != header.original_size:
@@ -134,14 +134,16 @@ def decode_buffer(
     sha = hashlib.sha256()
     for b in _ordered(work, jobs, default_threads(threads)):
         if verify:
-            sha.update(out[b.offset : b.offset + b.length])
+            sha.update(out[b.offset : b.offset + b.length].data)
     if verify and sha.digest() != header.sha256:
         raise CodecError("restored bytes do not match the stream's sha256 (corrupt stream)")
     stats = DecodeStats(header.original_size, int(src.size), time.perf_counter() - t0, header.sha256.hex(), verify)
     return out, stats
 
 
-def encode_bytes(data: bytes | bytearray | memoryview, *, chunk_bytes: int = 1 << 20, threads: int | None = None) -> bytes:
+def encode_bytes(
+    data: bytes | bytearray | memoryview, *, chunk_bytes: int = 1 << 20, threads: int | None = None
+) -> bytes:
     """PZST-encode a byte string (a whole safetensors file, or any bytes)."""
     arr = np.frombuffer(data, np.uint8) if len(data) else np.empty(0, np.uint8)
     parts, _ = encode_buffer(arr, chunk_bytes=chunk_bytes, threads=threads)

@@ -54,7 +54,7 @@ def decode_file(src: Path, dst: Path, *, threads: int | None = None) -> DecodeSt
     data = _map(src)
     tmp = _tmp(dst)
     try:
-        size = unpack(memoryview(data), int(data.size)).original_size
+        size = unpack(data.data, int(data.size)).original_size
         with open(tmp, "wb") as f:
             f.truncate(size)
         out = np.memmap(tmp, dtype=np.uint8, mode="r+") if size else np.empty(0, np.uint8)
@@ -89,9 +89,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def pack_dir(
-    src_dir: Path, out_dir: Path, *, chunk_bytes: int = 1 << 20, threads: int | None = None
-) -> list[Path]:
+def pack_dir(src_dir: Path, out_dir: Path, *, chunk_bytes: int = 1 << 20, threads: int | None = None) -> list[Path]:
     """Pack a model directory (``out_dir`` may equal ``src_dir``: then in place). Returns the files written."""
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     in_place = src_dir.resolve() == out_dir.resolve()

@@ -1,12 +1,12 @@
 """PZST container v1: preamble, block index, and their validation (see docs/codec.md).
 
-    preamble (64 bytes, little endian)
-        magic "PZST" | u16 version | u16 flags (0) | u64 original size | 32-byte sha256 of the
-        original | u32 block count | u32 index bytes | u32 crc32(index) | u32 crc32(preamble[:60])
-    index: one record per block, in file order
-        u64 offset | u32 length | u32 crc32(original block bytes) | u8 width (planes) |
-        u8 dtype code | width x (u8 coder, u32 coded length)
-    payloads: every block's planes, in index order, back to back; nothing after them.
+preamble (64 bytes, little endian)
+    magic "PZST" | u16 version | u16 flags (0) | u64 original size | 32-byte sha256 of the
+    original | u32 block count | u32 index bytes | u32 crc32(index) | u32 crc32(preamble[:60])
+index: one record per block, in file order
+    u64 offset | u32 length | u32 crc32(original block bytes) | u8 width (planes) |
+    u8 dtype code | width x (u8 coder, u32 coded length)
+payloads: every block's planes, in index order, back to back; nothing after them.
 """
 
 from __future__ import annotations

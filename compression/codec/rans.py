@@ -200,7 +200,9 @@ def decode(payload: np.ndarray, n: int, out: np.ndarray | None = None) -> np.nda
         out[:n] = res
         return out
     dst = np.empty(n, np.uint8) if out is None else out
-    rc = native.LIB.pz_rans_decode(stream.ctypes.data, stream.size, freq.ctypes.data, scale_bits, groups, dst.ctypes.data, n)
+    rc = native.LIB.pz_rans_decode(
+        stream.ctypes.data, stream.size, freq.ctypes.data, scale_bits, groups, dst.ctypes.data, n
+    )
     if rc != 0:
         raise CodecError("rans plane: corrupt or truncated stream")
     return dst
