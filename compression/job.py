@@ -46,21 +46,25 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def _calibration(spec: LocalJobSpec, lm: LoadedModel, device: torch.device, needed: bool) -> torch.Tensor | None:
+def _calibration(spec: LocalJobSpec, lm: LoadedModel, device: torch.device, needed: bool,
+                 progress: ProgressFn) -> torch.Tensor | None:
     c = spec.calibration
     if not needed:
         return None
+    progress("calibration-data", 0.0)
     vocab = getattr(lm.model.config, "vocab_size", None)
     if c.path is not None:
         return load_windows(c.path, lm.tokenizer, c.samples, c.seq_len, vocab)
     return generate_windows(lm.model, lm.tokenizer, c.samples, c.seq_len, seed=spec.seed, prompt=c.seed_prompt,
-                            device=device)
+                            device=device, progress=lambda f: progress("calibration-data", f))
 
 
-def _eval_windows(spec: LocalJobSpec, lm: LoadedModel, device: torch.device) -> torch.Tensor | None:
+def _eval_windows(spec: LocalJobSpec, lm: LoadedModel, device: torch.device,
+                  progress: ProgressFn) -> torch.Tensor | None:
     e = spec.evaluation
     if not e.enabled:
         return None
+    progress("evaluation-data", 0.0)
     vocab = getattr(lm.model.config, "vocab_size", None)
     if e.path is not None:
         return load_windows(e.path, lm.tokenizer, e.windows, e.seq_len, vocab)
@@ -68,7 +72,8 @@ def _eval_windows(spec: LocalJobSpec, lm: LoadedModel, device: torch.device) -> 
         return torch.randint(0, vocab or 2, (e.windows, e.seq_len), generator=torch.Generator().manual_seed(spec.seed))
     # held apart from calibration: another seed and another prompt
     return generate_windows(lm.model, lm.tokenizer, e.windows, e.seq_len, seed=spec.seed + 7919,
-                            prompt="Once upon a time", device=device)
+                            prompt="Once upon a time", device=device,
+                            progress=lambda f: progress("evaluation-data", f))
 
 
 def _attempt(recipe: Recipe, lm: LoadedModel, original: torch.nn.Module, ctx: StepContext,
@@ -81,6 +86,7 @@ def _attempt(recipe: Recipe, lm: LoadedModel, original: torch.nn.Module, ctx: St
             return evaluate(original, m, lm.kind, windows, ctx.device, latency=False)
 
     report = compress(model, recipe, ctx, after_step=after_step)
+    ctx.progress("evaluate", 0.0)
     quality = evaluate(original, model, lm.kind, windows, ctx.device, latency=spec.evaluation.latency)
     verdict = gate_verdict(quality, spec.evaluation.gate)
     return model, {"recipe": recipe.model_dump(mode="json"), "report": report, "quality": quality, **verdict}
@@ -98,10 +104,9 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
     progress("load", 0.0)
     lm = load_model(spec.model_dir, max_params=spec.max_params)
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
-    progress("calibration", 0.0)
     t = time.perf_counter()
-    calib = _calibration(spec, lm, device, any(r.needs_calibration for r in recipes))
-    windows = _eval_windows(spec, lm, device)
+    calib = _calibration(spec, lm, device, any(r.needs_calibration for r in recipes), progress)
+    windows = _eval_windows(spec, lm, device, progress)
     timings["data"] = time.perf_counter() - t
     ctx = StepContext(calibration=calib, device=device, progress=progress, seed=spec.seed,
                       **({"should_stop": should_stop} if should_stop else {}))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +87,23 @@ def load_windows(path: Path, tokenizer: Any, samples: int, seq_len: int, vocab_s
     return windows_from_text(tokenizer, read_text(path), samples, seq_len, path.name)
 
 
+class _Progress:
+    """A stopping criterion that never stops: it reports generated tokens as progress."""
+
+    def __init__(self, report: Callable[[float], None], done: int, total: int, start_len: int) -> None:
+        self.report, self.done, self.total, self.start_len = report, done, total, start_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        new = input_ids.shape[1] - self.start_len
+        if new % 16 == 0:
+            self.report((self.done + input_ids.shape[0] * new) / self.total)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def generate_windows(
-    model: nn.Module, tokenizer: Any, samples: int, seq_len: int, *, seed: int, prompt: str, device: torch.device
+    model: nn.Module, tokenizer: Any, samples: int, seq_len: int, *, seed: int, prompt: str, device: torch.device,
+    progress: Callable[[float], None] | None = None,
 ) -> torch.Tensor:
     """Text the model writes itself from ``prompt`` (sampling, seeded): a job needs no dataset."""
     if not hasattr(model, "generate"):
@@ -105,8 +120,10 @@ def generate_windows(
     for batch in range(0, samples, 16):
         b = min(16, samples - batch)
         ids = start.unsqueeze(0).repeat(b, 1).to(device)
+        criteria = [_Progress(progress, batch * seq_len, samples * seq_len, ids.shape[1])] if progress else None
         seqs = model.generate(
-            ids, do_sample=True, top_p=0.95, temperature=1.0, max_new_tokens=seq_len, min_new_tokens=seq_len,
+            ids, attention_mask=torch.ones_like(ids), do_sample=True, top_p=0.95, temperature=1.0,
+            max_new_tokens=seq_len, min_new_tokens=seq_len, stopping_criteria=criteria,
             pad_token_id=getattr(tokenizer, "eos_token_id", None) or 0,
         )
         out.append(seqs[:, -seq_len:].cpu())
