@@ -73,17 +73,21 @@ def prepare_hessian(h: torch.Tensor, w: torch.Tensor, damp_percent: float) -> tu
 
 
 def inverse_cholesky_upper(h: torch.Tensor) -> torch.Tensor:
-    """Upper Cholesky factor of ``H^-1``; retries with more dampening if ``H`` is not positive definite."""
-    extra = 0.0
+    """Upper Cholesky factor ``U`` of ``H^-1`` (``U^T U = H^-1``), from one Cholesky and one triangular solve.
+
+    With ``J`` the flip, ``J H J = M M^T`` gives ``H^-1 = (J M^-1 J)^T (J M^-1 J)`` and ``J M^-1 J`` is
+    upper triangular: the same factor as ``chol(cholesky_inverse(chol(H)), upper=True)`` at a third
+    of the cost. Retries with more dampening when ``H`` is not positive definite.
+    """
+    k = h.shape[0]
+    eye = torch.eye(k, device=h.device, dtype=h.dtype)
     mean_diag = torch.mean(torch.diagonal(h))
+    extra = 0.0
     for _ in range(6):
-        hd = h if extra == 0.0 else h + extra * mean_diag * torch.eye(h.shape[0], device=h.device, dtype=h.dtype)
-        lower, info = torch.linalg.cholesky_ex(hd)
+        hd = h if extra == 0.0 else h + (extra * mean_diag) * eye
+        lower, info = torch.linalg.cholesky_ex(hd.flip(0, 1))
         if int(info) == 0:
-            hinv = torch.cholesky_inverse(lower)
-            upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
-            if int(info) == 0:
-                return upper
+            return torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1)
         extra = 0.01 if extra == 0.0 else extra * 10
     raise FloatingPointError("Hessian is not positive definite even after extra dampening")
 

@@ -1,0 +1,99 @@
+"""The shared quantization core: ranges, group rule, observers, error bounds, config validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from compression.configs.quantization import GPTQConfig, QuantArgs, RTNConfig
+from compression.core.quant import (
+    choose_params,
+    dequantize_codes,
+    expand_groups,
+    num_groups,
+    qrange,
+    quantize_codes,
+    quantize_rtn,
+    resolve_group,
+)
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_qrange_is_signed_b_bits(bits):
+    lo, hi = qrange(bits)
+    assert hi - lo == 2**bits - 1 and lo == -(2 ** (bits - 1))
+
+
+@pytest.mark.parametrize(("k", "g", "want"), [
+    (576, 128, 96), (576, 64, 64), (96, 64, 48), (1536, 128, 128), (192, 64, 64),
+    (97, 64, -1),  # prime: no divisor >= 16 -> per channel
+    (64, 128, -1), (64, -1, -1), (64, 0, -1), (64, 64, 64),
+])
+def test_resolve_group(k, g, want):
+    assert resolve_group(k, g) == want
+    if want > 0:
+        assert k % want == 0 and want <= g
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("group", [-1, 16, 24])  # 24 does not divide 80: ragged last group
+def test_minmax_rounding_error_at_most_half_a_step(bits, symmetric, group):
+    torch.manual_seed(bits)
+    w = torch.randn(12, 80) * torch.rand(12, 1) * 3
+    args = QuantArgs(bits=bits, group_size=group, symmetric=symmetric, observer="minmax")
+    scale, zero = choose_params(w, args)
+    q = quantize_codes(w, scale, zero, bits, group)
+    lo, hi = qrange(bits)
+    assert q.min() >= lo and q.max() <= hi and torch.equal(q, q.round())
+    err = (dequantize_codes(q, scale, zero, group) - w).abs()
+    step = expand_groups(scale, 80, group)
+    inside = (w / step + expand_groups(zero, 80, group) >= lo) & (w / step + expand_groups(zero, 80, group) <= hi)
+    assert inside.float().mean() > 0.75  # the group extremes may sit half a step past the last code
+    assert (err[inside] <= step[inside] / 2 * (1 + 1e-5) + 1e-7).all()
+    assert (err <= step * (1 + 1e-5)).all()  # min/max covers the range: at most one step outside
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_mse_observer_never_worse_than_minmax(symmetric):
+    torch.manual_seed(0)
+    w = torch.distributions.StudentT(3.0).sample((32, 128))
+    errs = {}
+    for obs in ("minmax", "mse"):
+        args = QuantArgs(bits=3, group_size=32, symmetric=symmetric, observer=obs)
+        errs[obs] = (quantize_rtn(w, args).dequantize() - w).pow(2).reshape(32, 4, 32).sum(-1)
+    assert (errs["mse"] <= errs["minmax"] + 1e-6).all()
+    assert errs["mse"].sum() < errs["minmax"].sum()
+
+
+def test_quantized_weight_shapes_and_dtypes():
+    w = torch.randn(10, 96)
+    qw = quantize_rtn(w, QuantArgs(bits=4, group_size=48, symmetric=False))
+    assert qw.q.dtype == torch.int8 and qw.q.shape == (10, 96)
+    assert qw.scale.shape == (10, 2) and qw.zero is not None and qw.zero.shape == (10, 2)
+    assert qw.zero.dtype == torch.int8 and not qw.symmetric
+    assert num_groups(96, 48) == 2 and num_groups(100, 48) == 3
+    sym = quantize_rtn(w, QuantArgs(bits=4, group_size=-1))
+    assert sym.zero is None and sym.scale.shape == (10, 1) and sym.group_size == -1
+
+
+def test_constant_and_zero_groups_do_not_blow_up():
+    w = torch.zeros(4, 32)
+    w[1] = 3.0
+    for sym in (True, False):
+        qw = quantize_rtn(w, QuantArgs(bits=4, group_size=16, symmetric=sym))
+        assert torch.isfinite(qw.dequantize()).all()
+        assert torch.equal(qw.dequantize()[0], w[0])  # an all-zero group stays exactly zero
+        assert (qw.dequantize() - w).abs().max() <= 3.0 / 15 + 1e-6  # half a step of 3 / 7.5
+
+
+@pytest.mark.parametrize("bad", [{"bits": 1}, {"bits": 9}, {"group_size": 4}, {"group_size": -2}])
+def test_bad_schemes_rejected_at_validation(bad):
+    with pytest.raises(ValidationError):
+        RTNConfig(**bad)
+
+
+def test_unknown_field_rejected():
+    with pytest.raises(ValidationError):
+        GPTQConfig(bits=4, dampening=0.1)
