@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -41,7 +42,7 @@ def choose_mask(scores: torch.Tensor, cfg: SparsityStep, sparsity: float, per_ro
 
 def apply_mask_(module: nn.Module, keep: torch.Tensor) -> None:
     w = get_weight(module)
-    set_weight_(module, w * keep.to(device=w.device, dtype=w.dtype))
+    set_weight_(module, w.masked_fill(~keep.to(w.device), 0.0))  # +0.0, never -0.0
 
 
 def layer_record(name: str, module: nn.Module, target: float, cfg: SparsityStep) -> dict[str, Any]:
@@ -94,9 +95,9 @@ class Hessians:
         return h.mul_(2.0 / max(1, self.counts.pop(name)))
 
 
-def observe(block: nn.Module, inputs: BlockInputs, lins: dict[str, nn.Module], acc: Any) -> None:
+def observe(block: nn.Module, inputs: BlockInputs, lins: Mapping[str, nn.Module], acc: Any) -> None:
     """One forward of ``block`` over the calibration inputs, feeding ``acc`` each linear's input."""
-    with observe_inputs(lins, acc):
+    with observe_inputs(dict(lins), acc):
         forward_block(block, inputs)
 
 

@@ -16,25 +16,29 @@ def count_pruned(numel: int, sparsity: float) -> int:
     return min(numel, max(0, int(round(numel * sparsity))))
 
 
-def _keep_all_but_smallest(flat_scores: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
-    """Keep mask that drops the ``k`` smallest scores along ``dim``."""
-    keep = torch.ones_like(flat_scores, dtype=torch.bool)
+def keep_all_but_smallest(scores: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
+    """Keep mask that drops the ``k`` smallest scores along ``dim`` (ties: lowest index first).
+
+    A k-th value selection (linear time) rather than top-k, which is slow for k ~ n/2."""
     if k <= 0:
-        return keep
-    idx = torch.topk(flat_scores, k, dim=dim, largest=False).indices
-    return keep.scatter_(dim, idx, False)
+        return torch.ones_like(scores, dtype=torch.bool)
+    thr = scores.kthvalue(k, dim=dim, keepdim=True).values
+    below = scores < thr
+    ties = scores == thr
+    need = k - below.sum(dim=dim, keepdim=True)
+    return ~(below | (ties & (ties.cumsum(dim=dim) <= need)))
 
 
 def layer_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """One comparison group: the whole matrix."""
     k = count_pruned(scores.numel(), sparsity)
-    return _keep_all_but_smallest(scores.reshape(-1), k).reshape(scores.shape)
+    return keep_all_but_smallest(scores.reshape(-1), k).reshape(scores.shape)
 
 
 def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """One comparison group per output row (Wanda's choice): every row gets the same sparsity."""
     k = count_pruned(scores.shape[1], sparsity)
-    return _keep_all_but_smallest(scores, k, dim=1)
+    return keep_all_but_smallest(scores, k, dim=1)
 
 
 def check_nm(width: int, m: int, name: str) -> None:
@@ -50,7 +54,7 @@ def nm_mask(scores: torch.Tensor, n_keep: int, m: int) -> torch.Tensor:
     rows, cols = scores.shape
     check_nm(cols, m, "this layer")
     groups = scores.reshape(rows, cols // m, m)
-    return _keep_all_but_smallest(groups, m - n_keep, dim=2).reshape(rows, cols)
+    return keep_all_but_smallest(groups, m - n_keep, dim=2).reshape(rows, cols)
 
 
 EXACT_LIMIT = 1 << 27  # above this many weights the global threshold comes from a sample

@@ -15,7 +15,7 @@ import logging
 import torch
 from torch import nn
 
-from compression.configs.pruning import SparsityStep
+from compression.configs.pruning import AllocationMixin, SparsityStep
 from compression.core.context import StepContext
 from compression.core.layout import Layout, get_weight
 from compression.core.sequential import BlockInputs, run_blockwise
@@ -49,7 +49,7 @@ def block_sparsities(model: nn.Module, layout: Layout, chosen: Chosen, cfg: Spar
                      ctx: StepContext) -> list[float]:
     """Target sparsity of each block: uniform, or OWL's outlier-weighted allocation."""
     n = len(layout.blocks)
-    if getattr(cfg, "allocation", "uniform") != "owl":
+    if not isinstance(cfg, AllocationMixin) or cfg.allocation != "owl":
         return [cfg.sparsity] * n
     ratios: list[float] = [0.0] * n
 

@@ -14,10 +14,11 @@ from torch import nn
 
 from compression.io.exporters.lowrank import LowRankExporter
 from compression.io.exporters.quantized import PackQuantizedExporter
+from compression.io.exporters.sparse import SparseBitmaskExporter
 
 
 class Exporter(Protocol):
     def export_(self, model: nn.Module, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None: ...
 
 
-EXPORTERS: list[Exporter] = [PackQuantizedExporter(), LowRankExporter()]
+EXPORTERS: list[Exporter] = [PackQuantizedExporter(), LowRankExporter(), SparseBitmaskExporter()]

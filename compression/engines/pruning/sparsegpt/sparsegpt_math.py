@@ -18,12 +18,15 @@ dequantizes to exactly 0, so the mask survives quantization.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from compression.configs.quantization import QuantArgs
 from compression.core.quant import QuantizedWeight, choose_params, make_quantized, qrange
+from compression.engines.pruning.masks import count_pruned, keep_all_but_smallest
 
 
 @dataclass
@@ -78,14 +81,23 @@ class _ColumnQuantizer:
         return make_quantized(self.codes, self.scale, self.zero, self.args)
 
 
+@contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """The solver is a loop of many small ops: on the CPU, intra-op threads mostly add barrier
+    waits (30x slower on a loaded 2-core machine), so it runs on one thread."""
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _block_mask(w1: torch.Tensor, d: torch.Tensor, sparsity: float) -> torch.Tensor:
     """True = prune: the ``round(sparsity * numel)`` smallest w^2/d^2 of the block."""
     sal = (w1 * w1 / (d * d).unsqueeze(0)).reshape(-1)
-    k = int(round(sal.numel() * sparsity))
-    mask = torch.zeros_like(sal, dtype=torch.bool)
-    if k > 0:
-        mask[torch.topk(sal, k, largest=False).indices] = True
-    return mask.reshape(w1.shape)
+    return ~keep_all_but_smallest(sal, count_pruned(sal.numel(), sparsity)).reshape(w1.shape)
 
 
 def _block_size(cols: int, block_size: int, qargs: QuantArgs | None) -> int:
@@ -123,9 +135,8 @@ def _prune_block(w1: torch.Tensor, u1: torch.Tensor, j0: int, sparsity: float, n
     return err1, loss
 
 
-def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, *, sparsity: float, nm: tuple[int, int] | None = None,
+def _sparsegpt(w: torch.Tensor, h: torch.Tensor, *, sparsity: float, nm: tuple[int, int] | None = None,
                     block_size: int = 128, damp: float = 0.01, qargs: QuantArgs | None = None) -> SparseGPTResult:
-    """Prune ``w`` [rows, cols] to ``sparsity`` (or N:M, (kept, M)) minimizing ||(W - W')X||^2."""
     w = w.float().clone()
     cols = w.shape[1]
     u, dead = inverse_hessian_factor(h.to(w.device), damp)
@@ -146,3 +157,10 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, *, sparsity: float, nm: tu
         loss += block_loss
     qw = quant.result() if quant is not None else None
     return SparseGPTResult(weight=qw.dequantize().to(w.device) if qw is not None else w, quantized=qw, loss=loss)
+
+
+def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, *, sparsity: float, nm: tuple[int, int] | None = None,
+                    block_size: int = 128, damp: float = 0.01, qargs: QuantArgs | None = None) -> SparseGPTResult:
+    """Prune ``w`` [rows, cols] to ``sparsity`` (or N:M, (kept, M)) minimizing ||(W - W')X||^2."""
+    with _one_cpu_thread(w.device):
+        return _sparsegpt(w, h, sparsity=sparsity, nm=nm, block_size=block_size, damp=damp, qargs=qargs)

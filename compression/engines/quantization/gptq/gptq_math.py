@@ -27,6 +27,7 @@ import torch
 
 from compression.configs.quantization import QuantArgs
 from compression.core.quant import QuantizedWeight, choose_params, expand_groups, make_quantized, qrange
+from compression.core.stats import gram_
 
 
 class HessianAccumulator:
@@ -38,14 +39,13 @@ class HessianAccumulator:
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).to(self.h.device, torch.float32)
+        x = x.reshape(-1, x.shape[-1])
         m = x.shape[0]
         if m == 0:
             return
         total = self.n + m
-        self.h.mul_(self.n / total)
-        self.abs_mean.mul_(self.n / total).add_(x.abs().sum(0), alpha=1.0 / total)
-        self.h.addmm_(x.t(), x, alpha=2.0 / total)
+        self.abs_mean.mul_(self.n / total).add_(x.to(self.h.device).abs().float().sum(0), alpha=1.0 / total)
+        gram_(self.h, x, alpha=2.0 / total, beta=self.n / total)
         self.n = total
 
 

@@ -1,0 +1,32 @@
+"""Second-moment statistics of layer inputs (X^T X), shared by GPTQ, SparseGPT, Wanda, SVD-LLM and EoRA."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def _tf32(enabled: bool) -> Iterator[None]:
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+def gram_(acc: torch.Tensor, x: torch.Tensor, *, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
+    """``acc = beta * acc + alpha * x^T x`` in fp32, for a 2-D ``x`` [tokens, k].
+
+    Activations that arrive in bf16/fp16 are exactly representable in TF32 (8/10 mantissa bits), so
+    on CUDA their products are computed on tensor cores in TF32 with fp32 accumulation: the same
+    result as a full-fp32 matmul, several times faster. fp32 activations keep full fp32 math.
+    """
+    exact_tf32 = x.dtype in (torch.bfloat16, torch.float16) and acc.is_cuda
+    xf = x.to(acc.device, torch.float32)
+    with _tf32(exact_tf32):
+        acc.mul_(beta).addmm_(xf.t(), xf, alpha=alpha)
+    return acc
