@@ -72,6 +72,9 @@ def prepare_hessian(h: torch.Tensor, w: torch.Tensor, damp_percent: float) -> tu
     return h, dead
 
 
+SPARSE_MASK_MIN = 0.10  # fraction of exact zeros above which a layer counts as pruned
+
+
 def inverse_cholesky_upper(h: torch.Tensor) -> torch.Tensor:
     """Upper Cholesky factor ``U`` of ``H^-1`` (``U^T U = H^-1``), from one Cholesky and one triangular solve.
 
@@ -125,7 +128,11 @@ def quantize_weight(
         w = w[:, perm]
         h = h[perm][:, perm]
     hinv = inverse_cholesky_upper(h)
-    q, scale, zero, loss = _solve(w, hinv, scheme, group, block_size, params, perm)
+    # A pruned layer (e.g. sparsegpt -> gptq) keeps its mask: zeros stay exactly zero and the
+    # error of forcing them is compensated like any other rounding error.
+    zeros = w == 0
+    keep_zero = zeros if float(zeros.float().mean()) >= SPARSE_MASK_MIN else None
+    q, scale, zero, loss = _solve(w, hinv, scheme, group, block_size, params, perm, keep_zero)
     if perm is not None:
         q = q[:, torch.argsort(perm)]
     qw = make_quantized(q, scale, zero, scheme.model_copy(update={"group_size": group}))
@@ -148,6 +155,7 @@ def _solve(
     block_size: int,
     params: _Params | None,
     perm: torch.Tensor | None,
+    keep_zero: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """The lazy-batch column loop. ``params`` given = static groups (per-column lookup)."""
     n, k = w.shape
@@ -179,6 +187,8 @@ def _solve(
                 s, z = s_cols[:, col], z_cols[:, col]
             c = w1[:, i]
             qc = torch.clamp(torch.round(c / s) + z, qmin, qmax)
+            if keep_zero is not None:
+                qc = torch.where(keep_zero[:, col], z, qc)
             codes[:, col] = qc
             e = (c - (qc - z) * s) / d[i]
             err1[:, i] = e

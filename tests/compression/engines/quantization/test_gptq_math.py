@@ -113,3 +113,21 @@ def test_singular_hessian_gets_more_dampening():
     x = torch.randn(10, 64)  # rank 10 < 64
     qw, _ = quantize_weight(torch.randn(4, 64), _hessian(x), QuantArgs(bits=4, group_size=16), damp_percent=1e-9)
     assert torch.isfinite(qw.dequantize()).all()
+
+
+def test_gptq_keeps_a_pruning_mask():
+    """sparsegpt -> gptq: pruned weights stay exactly zero after quantization."""
+    import torch
+
+    from compression.configs.quantization import QuantArgs
+    from compression.engines.quantization.gptq.gptq_math import quantize_weight
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 64, generator=g)
+    w[:, ::2] = 0.0  # 50% pruned
+    x = torch.randn(256, 64, generator=g)
+    h = 2 * x.t() @ x / 256
+    qw, _ = quantize_weight(w, h, QuantArgs(bits=4, group_size=32))
+    deq = qw.dequantize()
+    assert torch.all(deq[:, ::2] == 0)
+    assert (deq[:, 1::2] != 0).float().mean() > 0.9
