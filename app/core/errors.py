@@ -60,6 +60,12 @@ class InvalidModelUri(InvalidInput):
     code = "invalid_model_uri"
 
 
+class ArtifactCorrupt(AppError):
+    """A stored object no longer matches its checksum: never served as if it were fine."""
+
+    code = "artifact_corrupt"
+
+
 class RateLimited(AppError):
     code = "rate_limited"
 
@@ -81,6 +87,7 @@ ERROR_STATUS: list[tuple[type[AppError], int]] = [
     (JobFinished, 409),
     (ArtifactNotReady, 409),
     (RateLimited, 429),
+    (ArtifactCorrupt, 502),
 ]
 
 

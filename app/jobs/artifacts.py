@@ -17,6 +17,7 @@ from app.storage import ArtifactStore, ObjectMissing
 
 MANIFEST = "manifest.json"
 REPORT = "report.json"
+PACK_INDEX = "pack.json"  # written by compression.codec.pack_dir
 
 
 def attempt_prefix(tenant_id: str, job_id: str, attempt: int) -> str:
@@ -54,7 +55,21 @@ def public_manifest(job: Job, store: ArtifactStore, *, base_url: str, expires_s:
     return ArtifactManifest(
         job_id=job.id, attempt=manifest["attempt"], created_at=manifest["created_at"],
         expires_in_s=expires_s if presigned else None, files=files,
+        decoded_files=decoded_files(job, store, manifest, base_url=base_url),
     )
+
+
+def decoded_files(job: Job, store: ArtifactStore, manifest: dict[str, Any], *, base_url: str) -> list[ArtifactFile]:
+    """The plain files behind a lossless-encoded artifact, from its pack.json index."""
+    if not any(e["path"] == PACK_INDEX for e in manifest["files"]):
+        return []
+    index = json.loads(store.get_bytes(file_entry(manifest, PACK_INDEX)["key"]))
+    return [
+        ArtifactFile(path=e["name"], size=e["bytes"], sha256=e["sha256"],
+                     url=f"{base_url.rstrip('/')}/v1/jobs/{job.id}/decoded/{quote(e['name'])}")
+        for e in index.get("files", [])
+        if e.get("packed")
+    ]
 
 
 def report(job: Job, store: ArtifactStore) -> dict[str, Any]:

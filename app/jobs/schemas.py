@@ -100,3 +100,8 @@ class ArtifactManifest(BaseModel):
     created_at: dt.datetime
     expires_in_s: int | None = Field(default=None, description="Lifetime of presigned URLs, if any.")
     files: list[ArtifactFile]
+    decoded_files: list[ArtifactFile] = Field(
+        default_factory=list,
+        description="For losslessly encoded artifacts (*.safetensors.pzst): the plain safetensors, decoded "
+        "by the API on request, for clients without Presso's decoder (`presso download` decodes locally).",
+    )

@@ -54,6 +54,7 @@ def test_presso_serve_runs_a_job(tmp_path: Path, tiny_llama_dir: Path) -> None:
             assert all(f["url"].startswith(f"{url}/v1/jobs/{job['id']}/files/") for f in manifest["files"])
             files = client.download(job["id"], tmp_path / "out")
             assert (tmp_path / "out" / "config.json") in files
+            _lossless_job(client, url, body, tmp_path)
             with pytest.raises(PressoError) as refused:
                 client.submit({**body, "model_uri": "file:///etc"})
             assert refused.value.status == 422 and refused.value.code == "invalid_model_uri"
@@ -67,3 +68,22 @@ def test_presso_serve_runs_a_job(tmp_path: Path, tiny_llama_dir: Path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def _lossless_job(client: PressoClient, url: str, body: dict, tmp_path: Path) -> None:
+    """A recipe ending in `lossless`: the store keeps *.pzst; the API also serves decoded safetensors."""
+    import hashlib
+
+    job = client.submit({**body, "recipe": {"steps": [*body["recipe"]["steps"], {"method": "lossless"}]}})
+    job = client.wait(job["id"], timeout=240, poll=0.5)
+    assert job["state"] == "succeeded", job
+    manifest = client.artifact(job["id"])
+    assert any(f["path"] == "model.safetensors.pzst" for f in manifest["files"])
+    (decoded,) = [f for f in manifest["decoded_files"] if f["path"] == "model.safetensors"]
+    resp = httpx.get(decoded["url"], headers={"Authorization": f"Bearer {client.api_key}"}, timeout=60)
+    assert resp.status_code == 200, resp.text[:500]
+    assert hashlib.sha256(resp.content).hexdigest() == decoded["sha256"]
+    assert len(resp.content) == decoded["size"]
+    files = client.download(job["id"], tmp_path / "out-lossless")  # restores *.pzst locally
+    restored = tmp_path / "out-lossless" / "model.safetensors"
+    assert restored in files and hashlib.sha256(restored.read_bytes()).hexdigest() == decoded["sha256"]

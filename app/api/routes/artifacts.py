@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
+from starlette.background import BackgroundTask
 
 from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from app.core.errors import ArtifactCorrupt
 from app.jobs import artifacts, service
 from app.jobs.schemas import ArtifactManifest
 
@@ -45,3 +50,25 @@ def get_file(
     url = store.presigned_url(entry["key"], settings.presign_expires_s)
     assert url is not None
     return RedirectResponse(url, status_code=307)
+
+
+@router.get("/{job_id}/decoded/{path:path}", response_class=Response)
+def get_decoded_file(job_id: str, path: str, session: SessionDep, tenant: TenantDep, store: StoreDep) -> Response:
+    """A lossless-encoded file decoded to plain safetensors (sha256-verified before it is sent)."""
+    from compression.codec import SUFFIX, decode_file  # torch-free
+    from compression.errors import CodecError
+
+    job = service.get_job(session=session, tenant_id=tenant.id, job_id=job_id)
+    entry = artifacts.file_entry(artifacts.stored_manifest(job, store), path + SUFFIX)
+    tmp = Path(tempfile.mkdtemp(prefix="presso-decode-"))
+    try:
+        store.download_file(entry["key"], tmp / "encoded")
+        decode_file(tmp / "encoded", tmp / "decoded")
+    except CodecError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ArtifactCorrupt(f"{path}: stored object failed verification: {exc.message}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return FileResponse(tmp / "decoded", media_type="application/octet-stream", filename=path.rsplit("/", 1)[-1],
+                        background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
