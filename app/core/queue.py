@@ -39,9 +39,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     if url.startswith("filesystem://"):
         folder = settings.queue_dir
-        for sub in ("messages", "processed"):
+        for sub in ("messages", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         conf["broker_transport_options"] = {
+            "control_folder": str(folder / "control"),  # kombu's default is ./control in the cwd
             "data_folder_in": str(folder / "messages"),
             "data_folder_out": str(folder / "messages"),
             "processed_folder": str(folder / "processed"),
