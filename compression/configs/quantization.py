@@ -36,9 +36,10 @@ class QuantArgs(BaseModel):
     )
     symmetric: bool = Field(default=True, description="Symmetric (no zero point) or asymmetric.")
     observer: Literal["minmax", "mse"] = Field(
-        default="mse",
-        description="How group ranges are chosen: plain min/max, or a search over clipping ratios "
-        "that minimizes the group's squared rounding error.",
+        default="minmax",
+        description="How group ranges are chosen: plain min/max (default), or a search over clipping "
+        "ratios that minimizes each group's squared weight error (slower; lower weight error does not "
+        "always mean lower perplexity: on SmolLM2 RTN W4 g64 minmax scored better, see BENCHMARKS.md).",
     )
 
     @model_validator(mode="after")
