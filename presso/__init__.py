@@ -1,5 +1,6 @@
-"""Presso's user-facing package: the ``presso`` command and a small HTTP client."""
+"""Presso's user-facing package: the ``presso`` command, a small HTTP client, and ``presso.load(dir)``."""
 
 from presso.client import PressoClient, PressoError
+from presso.load import load
 
-__all__ = ["PressoClient", "PressoError"]
+__all__ = ["PressoClient", "PressoError", "load"]

@@ -17,6 +17,11 @@ class SVDConfig(StepConfig):
     energy: float | None = Field(
         default=None, gt=0, le=1, description="Alternative: keep the smallest rank retaining this spectral energy."
     )
+    rank_multiple: int = Field(
+        default=1, ge=1, le=1024,
+        description="Round every rank down to a multiple of this (never below one multiple): e.g. the group "
+        "size of a quantization step that follows, so the B factor's input width splits into whole groups.",
+    )
     summary: ClassVar[str] = "Truncated SVD of each weight into two smaller Linear layers."
 
     @model_validator(mode="after")
@@ -33,6 +38,11 @@ class SVDLLMConfig(StepConfig):
     ratio: float = Field(default=0.2, gt=0, lt=1, description="Fraction of the targeted layers' parameters removed.")
     allocation: Literal["uniform", "global"] = Field(
         default="global", description="'global': per-layer ranks from one parameter budget."
+    )
+    rank_multiple: int = Field(
+        default=1, ge=1, le=1024,
+        description="Round every rank down to a multiple of this (never below one multiple): e.g. the group "
+        "size of a quantization step that follows, so the B factor's input width splits into whole groups.",
     )
     needs_calibration: ClassVar[bool] = True
     summary: ClassVar[str] = "Truncation-aware (whitened) SVD with per-layer ranks from a global budget."

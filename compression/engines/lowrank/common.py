@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -47,10 +49,12 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def block_covariances(block: nn.Module, modules: dict[str, nn.Module], inputs: BlockInputs) -> dict[str, torch.Tensor]:
+def block_covariances(
+    block: nn.Module, modules: Mapping[str, nn.Module], inputs: BlockInputs
+) -> dict[str, torch.Tensor]:
     """H per module from one forward of ``block`` over the calibration inputs."""
     acc = InputCovariance()
-    with observe_inputs(modules, acc):
+    with observe_inputs(dict(modules), acc):
         forward_block(block, inputs)
     acc.release()
     return acc.h

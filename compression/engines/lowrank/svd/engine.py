@@ -16,6 +16,7 @@ from compression.engines.lowrank.svd.svd_math import (
     balanced_factors,
     factor_dense_params,
     rank_for_energy,
+    round_rank,
     svd,
     truncation_error,
     uniform_ranks,
@@ -39,9 +40,11 @@ def summarize(layers: list[dict[str, Any]]) -> dict[str, Any]:
 
 def factorize_(model: nn.Module, name: str, mod: nn.Module, b: torch.Tensor, a: torch.Tensor) -> FactorizedLinear:
     """Replace ``mod`` (at full name ``name`` in ``model``) by B·A in the module's dtype and device."""
-    home = mod.weight.device
-    bias = mod.bias.detach() if getattr(mod, "bias", None) is not None else None
-    new = FactorizedLinear.from_factors(b.to(home), a.to(home), bias, dtype=mod.weight.dtype)
+    weight: torch.Tensor = mod.weight  # type: ignore[assignment]
+    bias: torch.Tensor | None = getattr(mod, "bias", None)
+    home = weight.device
+    new = FactorizedLinear.from_factors(b.to(home), a.to(home), None if bias is None else bias.detach(),
+                                        dtype=weight.dtype)
     replace_module_(model, name, new)
     return new
 
@@ -68,6 +71,7 @@ class SVDEngine:
             assert cfg.energy is not None
             rank = rank_for_energy(s, cfg.energy)
         out_f, in_f = w.shape
+        rank = round_rank(rank, cfg.rank_multiple, min(out_f, in_f))
         factored, dense = factor_dense_params(out_f, in_f, rank)
         rec: dict[str, Any] = {"name": name, "rank": rank, "params_before": dense}
         if factored >= dense:  # only with energy: that rank saves nothing, keep the layer dense

@@ -36,7 +36,9 @@ def svd(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.linalg.svd(w.to(dtype), full_matrices=False)
 
 
-def balanced_factors(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def balanced_factors(
+    u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """B = U_r Σ_r^{1/2} [out, r], A = Σ_r^{1/2} V_rᵀ [r, in]: B·A = U_r Σ_r V_rᵀ, factors of equal scale."""
     root = s[:rank].clamp_min(0).sqrt()
     return u[:, :rank] * root, root[:, None] * vh[:rank]
@@ -57,3 +59,10 @@ def uniform_ranks(shapes: dict[str, tuple[int, int]], ratio: float) -> dict[str,
                                 "use a smaller ratio")
         ranks[name] = r
     return ranks
+
+
+def round_rank(rank: int, multiple: int, cap: int) -> int:
+    """``rank`` rounded down to a multiple of ``multiple`` (at least one multiple), at most ``cap``."""
+    if multiple <= 1:
+        return min(rank, cap)
+    return min(max(multiple, rank // multiple * multiple), cap)

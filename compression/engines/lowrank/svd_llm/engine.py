@@ -1,8 +1,9 @@
 """svd_llm: truncation-aware whitened SVD, layer-sequential on calibration data.
 
 Ranks: ``allocation='uniform'`` gives every layer the same parameter ratio. ``'global'`` first runs
-a cheap pass over the unmodified model to get each layer's whitened spectrum (covariances are
-dropped after each block; only the singular values are kept), allocates ranks from one budget
+a cheap pass over the unmodified model, on the first ``ALLOCATION_SAMPLES`` calibration sequences,
+to get each layer's whitened spectrum (covariances are dropped after each block; only the singular
+values are kept), allocates ranks from one budget
 across all targeted layers of the model (svd_llm_math.allocate_ranks), then compresses
 layer-sequentially, each block seeing the outputs of the already-compressed blocks before it.
 """
@@ -22,7 +23,7 @@ from compression.core.layout import Layout, find_layout, get_weight, select_line
 from compression.core.sequential import BlockInputs, run_blockwise
 from compression.engines.lowrank.common import block_covariances
 from compression.engines.lowrank.svd.engine import factorize_, layer_shapes, summarize
-from compression.engines.lowrank.svd.svd_math import uniform_ranks
+from compression.engines.lowrank.svd.svd_math import round_rank, uniform_ranks
 from compression.engines.lowrank.svd_llm.svd_llm_math import (
     LayerSpectrum,
     allocate_ranks,
@@ -34,12 +35,14 @@ from compression.registry import register
 
 log = logging.getLogger(__name__)
 Chosen = dict[int, dict[str, nn.Module]]
+ALLOCATION_SAMPLES = 16  # sequences for the allocation pass: spectra for ranking, not for the factors
 
 
-def _scaled(ctx: StepContext, lo: float, hi: float) -> StepContext:
-    """The same context reporting progress into [lo, hi] of this step."""
+def _scaled(ctx: StepContext, lo: float, hi: float, samples: int | None = None) -> StepContext:
+    """The same context reporting progress into [lo, hi] of this step (on the first ``samples`` sequences)."""
     progress = ctx.progress
-    return dataclasses.replace(ctx, progress=lambda stage, f: progress(stage, lo + (hi - lo) * f))
+    calib = ctx.calibration[:samples] if samples is not None and ctx.calibration is not None else ctx.calibration
+    return dataclasses.replace(ctx, calibration=calib, progress=lambda stage, f: progress(stage, lo + (hi - lo) * f))
 
 
 @torch.no_grad()
@@ -70,8 +73,11 @@ class SVDLLMEngine:
         ranks = uniform_ranks(layer_shapes(chosen), cfg.ratio)  # also validates the ratio up front
         second = ctx
         if cfg.allocation == "global":
-            ranks = allocate_ranks(whitened_spectra(model, layout, chosen, _scaled(ctx, 0.0, 0.4)), cfg.ratio)
-            second = _scaled(ctx, 0.4, 1.0)
+            first = _scaled(ctx, 0.0, 0.2, ALLOCATION_SAMPLES)
+            ranks = allocate_ranks(whitened_spectra(model, layout, chosen, first), cfg.ratio)
+            second = _scaled(ctx, 0.2, 1.0)
+        shapes = layer_shapes(chosen)
+        ranks = {n: round_rank(r, cfg.rank_multiple, min(shapes[n])) for n, r in ranks.items()}
         layers: list[dict[str, Any]] = []
 
         def process(i: int, block: nn.Module, inputs: BlockInputs) -> None:

@@ -39,7 +39,9 @@ def whitened_svd(w: torch.Tensor, s_factor: torch.Tensor) -> tuple[torch.Tensor,
     return u, sigma
 
 
-def whitened_factors(w: torch.Tensor, u: torch.Tensor, sigma: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def whitened_factors(
+    w: torch.Tensor, u: torch.Tensor, sigma: torch.Tensor, rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """B [out, r], A [r, in] with B·A = U_r Σ_r V_rᵀ S⁻¹ = U_r U_rᵀ W (float64)."""
     ur = u[:, :rank]
     root = sigma[:rank].clamp_min(sigma[0] * 1e-12 if sigma.numel() else 1e-12).sqrt()
