@@ -37,7 +37,8 @@ def load(path: str | Path, *, adapter: bool = True, dtype: Any = None, device: s
     raw = json.loads((path / "config.json").read_text())
     factorized = (raw.get(LOWRANK_KEY) or {}).get("factorized") or {}
     qcfg = raw.get("quantization_config") or {}
-    if factorized or not qcfg or qcfg.get("format") == "pack-quantized":
+    presso_written = qcfg.get("format") in ("pack-quantized", "dense") or "sparsity_config" in qcfg
+    if factorized or not qcfg or presso_written:
         model = _load_state_dict(path, raw, factorized, dtype)
     else:
         from compression.io.loading import load_model
@@ -54,6 +55,7 @@ def _load_state_dict(path: Path, raw: dict[str, Any], factorized: dict[str, Any]
 
     from compression.engines.lowrank.modules import FactorizedLinear, replace_module_
     from compression.errors import ModelLoadError
+    from compression.io.exporters.sparse import decompress_state_
     from compression.io.loading import _auto_class
 
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
@@ -63,7 +65,8 @@ def _load_state_dict(path: Path, raw: dict[str, Any], factorized: dict[str, Any]
     dtype = dtype or getattr(config, "dtype", None) or torch.float32
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     state = _read_state(path)
-    if raw.get("quantization_config"):
+    decompress_state_(state)  # sparse-bitmask layers back to dense weights (no-op without them)
+    if (raw.get("quantization_config") or {}).get("config_groups"):
         dequantize_packed_(state, raw["quantization_config"], dtype)
     cls: Any = _auto_class(config)[0]
     with _no_init():

@@ -50,3 +50,25 @@ def test_load_refuses_a_mismatched_artifact(tmp_path):
     (tmp_path / "config.json").write_text(cfg.replace('"model.layers.0.mlp.up_proj"', '"model.layers.0.mlp.down_proj"'))
     with pytest.raises(ModelLoadError):
         load(tmp_path)
+
+
+def test_load_sparse_bitmask_artifact(tmp_path):
+    """A pruned model stored as sparse-bitmask comes back with identical logits through presso.load."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from compression.core.context import StepContext
+    from compression.io.artifact import write_model
+    from compression.pipeline import compress
+    from compression.recipe import parse_recipe
+    from presso.load import load
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=128)).eval()
+    compress(model, parse_recipe({"steps": [{"method": "magnitude", "sparsity": 0.6}]}), StepContext())
+    write_model(model, None, tmp_path / "a")
+    assert any(k.endswith(".weight.bitmask") for k in __import__("safetensors.torch", fromlist=["x"]).load_file(
+        str(tmp_path / "a" / "model.safetensors")))
+    ids = torch.randint(0, 128, (2, 12))
+    assert torch.equal(load(tmp_path / "a")(ids).logits, model(ids).logits)
