@@ -108,8 +108,9 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
     calib = _calibration(spec, lm, device, any(r.needs_calibration for r in recipes), progress)
     windows = _eval_windows(spec, lm, device, progress)
     timings["data"] = time.perf_counter() - t
-    ctx = StepContext(calibration=calib, device=device, progress=progress, seed=spec.seed,
-                      **({"should_stop": should_stop} if should_stop else {}))
+    ctx = StepContext(calibration=calib, device=device, progress=progress, seed=spec.seed)
+    if should_stop is not None:
+        ctx.should_stop = should_stop
     attempts: list[dict[str, Any]] = []
     chosen = None
     for i, recipe in enumerate(recipes):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from compression.configs import CONFIGS, StepConfig
 
-Step = Annotated[Union[tuple(CONFIGS.values())], Field(discriminator="method")]  # type: ignore[valid-type]  # noqa: UP007
+if TYPE_CHECKING:
+    Step = StepConfig
+else:  # the discriminated union of every registered step config
+    Step = Annotated[Union[tuple(CONFIGS.values())], Field(discriminator="method")]  # noqa: UP007
 
 
 class Recipe(BaseModel):

@@ -79,14 +79,14 @@ def get_weight(module: nn.Module, device: torch.device | str | None = None) -> t
     Always a copy: engines may edit it freely, and comparing it with the module's weight after
     :func:`set_weight_` compares before with after.
     """
-    w = module.weight.data
+    w: torch.Tensor = getattr(module, "weight").data  # noqa: B009 - nn.Module attributes are untyped
     w = w.t() if not isinstance(module, nn.Linear) else w
     return w.to(device=device or w.device, dtype=torch.float32, copy=True)
 
 
 def set_weight_(module: nn.Module, w: torch.Tensor) -> None:
     """Write a [out, in] weight back in the module's own layout and dtype; drops stale quant state."""
-    target = module.weight.data
+    target: torch.Tensor = getattr(module, "weight").data  # noqa: B009
     src = w.t() if not isinstance(module, nn.Linear) else w
     target.copy_(src.to(dtype=target.dtype, device=target.device))
     if hasattr(module, "presso_quant"):

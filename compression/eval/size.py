@@ -41,7 +41,7 @@ def weight_stats(model: nn.Module) -> dict[str, Any]:
     for m in layout.blocks.modules():
         if not is_linear(m):
             continue
-        w = m.weight
+        w: torch.Tensor = getattr(m, "weight")  # noqa: B009
         qw = quantized_of(m)
         n_weights += w.numel()
         zeros += int((w == 0).sum())

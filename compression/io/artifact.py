@@ -74,7 +74,7 @@ def write_model(model: nn.Module, tokenizer: Any | None, out_dir: Path, fmt: str
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu")
     state = _state_without_ties(model)
-    config = model.config.to_dict()
+    config = getattr(model, "config").to_dict()  # noqa: B009
     for key in ("quantization_config", "auto_map"):
         config.pop(key, None)
     for exporter in EXPORTERS:  # dense: an exporter's densify_ turns its modules back into <name>.weight

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from compression.errors import CalibrationError, CalibrationRequired
 
@@ -102,7 +101,7 @@ class _Progress:
 
 @torch.no_grad()
 def generate_windows(
-    model: nn.Module, tokenizer: Any, samples: int, seq_len: int, *, seed: int, prompt: str, device: torch.device,
+    model: Any, tokenizer: Any, samples: int, seq_len: int, *, seed: int, prompt: str, device: torch.device,
     progress: Callable[[float], None] | None = None,
 ) -> torch.Tensor:
     """Text the model writes itself from ``prompt`` (sampling, seeded): a job needs no dataset."""

@@ -78,7 +78,7 @@ def declared_params(model_dir: Path) -> int:
     return total
 
 
-def _auto_class(config: Any) -> tuple[type, str]:
+def _auto_class(config: Any) -> tuple[Any, str]:
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -112,7 +112,7 @@ def load_gguf(path: Path, dtype: torch.dtype | None = None) -> LoadedModel:
     # The dequantized model still carries the GGUF quantization config, which blocks saving.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     tok = _load_tokenizer(path.parent, gguf_file=path.name)

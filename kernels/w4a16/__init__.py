@@ -53,7 +53,8 @@ def _cached_prepare(packed, scale, zero_point, bits, group_size, k):
     if hit is not None and hit[0]() is packed and hit[1] == packed._version:
         return hit[2]
     pw = prepare_weight(packed, scale, zero_point, bits, group_size, k)
-    _prepared[key] = (weakref.ref(packed, lambda _r, key=key: _prepared.pop(key, None)), packed._version, pw)
+    _prepared[key] = (weakref.ref(packed, lambda _r, key=key: _prepared.pop(key, None)),  # type: ignore[misc]
+                      packed._version, pw)
     return pw
 
 

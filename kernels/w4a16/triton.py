@@ -455,7 +455,8 @@ def w4a16_matmul_prepared(
             ck = kern[grid](*args, _MAGIC, **common, **cfg.kwargs, num_warps=cfg.num_warps)
         last_launch["gemv"] = ck
     else:
-        args = (x2, pw.qweight, pw.scale, zero, y, part, locks, m, n, k, kw, g, pw.group_size, n_blocks)
+        args = (x2, pw.qweight, pw.scale, zero, y, part, locks, m, n, k, kw, g, pw.group_size,  # type: ignore[assignment]
+                n_blocks)
         if tune:
             ck = _gemm_tuned[grid](*args, x2.stride(0), _MAGIC, **common, BM=bm)
         else:

@@ -40,7 +40,8 @@ def test_bad_recipes_name_the_field(steps, where):
 def test_chain_and_overrides():
     r = parse_recipe({"steps": [
         {"method": "sparsegpt", "pattern": "2:4"},
-        {"method": "gptq", "bits": 4, "overrides": [{"pattern": "down_proj", "bits": 8}, {"pattern": "re:\\.0\\.", "skip": True}]},
+        {"method": "gptq", "bits": 4,
+         "overrides": [{"pattern": "down_proj", "bits": 8}, {"pattern": "re:\\.0\\.", "skip": True}]},
         {"method": "eora", "rank": 32},
         {"method": "lossless"},
     ]})

@@ -50,7 +50,8 @@ def fold_(producer: nn.Module, kind: str, consumers: list[nn.Module], s: torch.T
     """Divide the producer's output channels by ``s`` and multiply the consumers' input columns by ``s``."""
     s = s.float()
     if kind == "norm":
-        producer.weight.data.div_(s.to(producer.weight.device, producer.weight.dtype))
+        weight: torch.Tensor = getattr(producer, "weight").data  # noqa: B009 - nn.Module attrs are untyped
+        weight.div_(s.to(weight.device, weight.dtype))
     else:
         w = get_weight(producer)
         set_weight_(producer, w.float() / s.to(w.device).unsqueeze(1))
