@@ -24,9 +24,9 @@ from presso.commands.remote import show_progress
 DEFAULT_RECIPE = {"steps": [{"method": "rtn", "bits": 4, "group_size": 64}]}
 
 
-def start_service(port: int, data_dir: Path, allowed_root: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def start_service(port: int, data_dir: Path, allowed_roots: list[Path], log_path: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRESSO_")}
-    env.update({"PRESSO_DATA_DIR": str(data_dir), "PRESSO_ALLOWED_FILE_ROOTS": str(allowed_root)})
+    env.update({"PRESSO_DATA_DIR": str(data_dir), "PRESSO_ALLOWED_FILE_ROOTS": ",".join(map(str, allowed_roots))})
     log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the service
     proc = subprocess.Popen([sys.executable, "-m", "presso.cli", "serve", "--port", str(port)], env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -89,12 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(data_dir, ignore_errors=True)  # a fresh embedded service each run: no leftover jobs
     data_dir.mkdir(parents=True)
     print(f"model: {gguf}\nstarting the embedded service on port {args.port} (log: {data_dir / 'serve.log'})")
-    proc = start_service(args.port, data_dir, gguf.parent, data_dir / "serve.log")
+    # Evaluation text: the project's own README (any text file works; without one the model would
+    # write its own, which is slow on a laptop CPU).
+    eval_text = data_dir / "eval-text" / "README.md"
+    eval_text.parent.mkdir()
+    shutil.copy2(Path(__file__).resolve().parents[1] / "README.md", eval_text)
+    proc = start_service(args.port, data_dir, [gguf.parent, eval_text.parent], data_dir / "serve.log")
     try:
         key = (data_dir / "dev-api-key").read_text().strip()
         with PressoClient(f"http://127.0.0.1:{args.port}", key) as client:
             body = {"model_uri": gguf.as_uri(), "recipe": json.loads(args.recipe),
-                    "evaluation": {"windows": 4, "seq_len": 256}}
+                    "evaluation": {"uri": eval_text.as_uri(), "windows": 4, "seq_len": 256}}
             job = client.submit(body)
             print(f"submitted job {job['id']} over HTTP")
             job = client.wait(job["id"], timeout=3600, poll=1.0, on_update=show_progress)
