@@ -16,7 +16,7 @@ Integer zero points (what keeps the artifact compressed-tensors pack-quantized):
 optimised float zero is rounded to the nearest integer in the code range, then the scale is
 re-optimised with that integer zero by the same half-quadratic scheme (closed-form
 least-squares scale on ``W - W_e``). Symmetric schemes (zero fixed at 0) run only this scale
-phase. Finally each group keeps whichever of {HQQ, RTN with the scheme's observer} has the
+phase. Finally each group keeps whichever of {HQQ, RTN (minmax or mse observer)} has the
 lower squared error: HQQ's l_p fit wins on heavy-tailed groups, while the ``mse`` clip search
 is often better in l2 on near-Gaussian ones, and l2 is what the layer output sees. So HQQ is
 never worse than RTN (min/max or mse) in squared weight error.
@@ -123,9 +123,11 @@ def quantize_hqq(w: torch.Tensor, scheme: QuantArgs, hp: HQQParams | None = None
         zf = optimize_zero(rows, s0, qmin - rows.amin(1, keepdim=True) / s0, scheme.bits, hp)
         z = torch.clamp(torch.round(zf), qmin, qmax)
         s = optimize_scale(rows, s0, z, scheme.bits, hp)
-    # per group: keep the better (squared error) of HQQ and RTN with the scheme's own observer
-    s_rtn, z_rtn = choose_params(rows, scheme.model_copy(update={"group_size": -1}))
-    keep = _sq(rows, _dequant(rows, s, z, qmin, qmax)[1]) <= _sq(rows, _dequant(rows, s_rtn, z_rtn, qmin, qmax)[1])
-    s, z = torch.where(keep, s, s_rtn), torch.where(keep, z, z_rtn)
+    # per group: keep the best (squared error) of HQQ and RTN with either observer, so HQQ is never
+    # worse than RTN whatever the scheme's observer
+    for observer in ("minmax", "mse"):
+        s_rtn, z_rtn = choose_params(rows, scheme.model_copy(update={"group_size": -1, "observer": observer}))
+        keep = _sq(rows, _dequant(rows, s, z, qmin, qmax)[1]) <= _sq(rows, _dequant(rows, s_rtn, z_rtn, qmin, qmax)[1])
+        s, z = torch.where(keep, s, s_rtn), torch.where(keep, z, z_rtn)
     q = _dequant(rows, s, z, qmin, qmax)[0].reshape(n, k)
     return make_quantized(q, s.reshape(n, -1), z.reshape(n, -1), scheme)
