@@ -24,13 +24,33 @@ _reaper: Any = None
 def _preload(**_: Any) -> None:
     """Import the job code (torch included) once in the parent, so each fresh per-job child forks warm.
 
-    Importing torch does not initialise CUDA, so forking afterwards is safe.
+    Importing torch does not initialise CUDA, so forking afterwards is safe. transformers resolves its
+    classes lazily; without touching them here every child spent ~10 s importing them on its first
+    ``from_pretrained`` (measured on the tiny-model soak), so the common loading path is resolved too.
     """
     if not get_settings().worker_preload:
         return
     import compression.job  # noqa: F401
     import workers.fetch  # noqa: F401
     import workers.runner  # noqa: F401
+
+    try:
+        import transformers
+        import transformers.core_model_loading  # noqa: F401
+        import transformers.models.llama.modeling_llama  # noqa: F401
+
+        for name in ("AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "PreTrainedTokenizerFast"):
+            getattr(transformers, name)
+    except Exception:  # noqa: BLE001 - an optimisation only; the child imports what it needs
+        log.warning("preloading transformers failed", exc_info=True)
+    try:
+        # botocore loads its service models on the first client: do it once here, not in every child.
+        # The client is dropped unused (no sockets), so nothing connection-bound crosses the fork.
+        from app.storage import make_store
+
+        make_store(get_settings())
+    except Exception:  # noqa: BLE001 - an optimisation only
+        log.warning("preloading the store client failed", exc_info=True)
 
     log.info("job modules preloaded")
 

@@ -21,6 +21,7 @@ from app.jobs.models import Job, JobState
 
 log = logging.getLogger(__name__)
 PUBLISH_GRACE_S = 10.0
+MAX_REPUBLISH_INTERVAL_FACTOR = 8  # a waiting job is re-sent at most every 8 x republish_after_s
 
 
 @dataclass
@@ -31,7 +32,8 @@ class ReapResult:
     republished: int = 0
 
 
-def _expire(session: Session, job: Job, now: dt.datetime, result: ReapResult) -> None:
+def _expire(session: Session, job: Job, now: dt.datetime, result: ReapResult) -> bool:
+    """One expired lease -> cancelled, failed or queued. True when it went back to queued."""
     fence = update(Job).where(Job.id == job.id, Job.attempt == job.attempt, Job.state == JobState.running.value,
                               Job.lease_expires_at < now)
     if job.cancel_requested:
@@ -50,16 +52,60 @@ def _expire(session: Session, job: Job, now: dt.datetime, result: ReapResult) ->
     if session.execute(fence.values(lease_expires_at=None, updated_at=now, **values)).rowcount:  # type: ignore[attr-defined]
         setattr(result, counter, getattr(result, counter) + 1)
         log.warning("job %s attempt %d: lease expired -> %s", job.id, job.attempt, values["state"])
+        return counter == "requeued"
+    return False
 
 
-def reap_expired(factory: sessionmaker[Session], result: ReapResult) -> None:
+def reap_expired(factory: sessionmaker[Session], result: ReapResult) -> list[tuple[str, str, int]]:
+    """Expire leases; returns (id, queue, attempt) of the jobs put back to queued."""
     now = utcnow()
+    requeued: list[tuple[str, str, int]] = []
     with session_scope(factory) as session:
         expired = session.scalars(
             select(Job).where(Job.state == JobState.running.value, Job.lease_expires_at < now).limit(500)
         ).all()
         for job in expired:
-            _expire(session, job, now, result)
+            if _expire(session, job, now, result):
+                requeued.append((job.id, job.queue, job.attempt))
+    return requeued
+
+
+def publish_requeued(factory: sessionmaker[Session], publisher: Publisher, jobs: list[tuple[str, str, int]],
+                     result: ReapResult) -> None:
+    """Publish the jobs just requeued at once (no publish grace: nobody else is publishing them).
+
+    A failed publish leaves ``last_published_at`` empty, so ``republish_stale`` retries after the grace.
+    """
+    for job_id, queue, attempt in jobs:
+        try:
+            publisher.publish(job_id, queue)
+        except Exception:  # noqa: BLE001 - broker down: the stale pass retries
+            log.warning("publishing requeued job %s failed", job_id, exc_info=True)
+            continue
+        with session_scope(factory) as session:
+            session.execute(
+                update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.state == JobState.queued.value,
+                                  Job.last_published_at.is_(None))
+                .values(last_published_at=utcnow())
+            )
+        result.republished += 1
+
+
+def republish_due(job: Job, now: dt.datetime, republish_after_s: float) -> bool:
+    """Whether a queued job that was published already should be sent again.
+
+    The broker says nothing about whether a message is still waiting, so a job that is merely behind a
+    backlog looks like one whose message was lost. Re-sending it every ``republish_after_s`` floods the
+    queue with duplicates (each costs a worker a fresh child process), which was measured to livelock the
+    workers (see tests/faults). The interval doubles with the job's wait instead: re-sent after r, 2r,
+    4r, ... up to 8r, so a lost message is still replaced within max(r, its wait so far, 8r).
+    """
+    if job.last_published_at is None:
+        return True
+    since = (now - job.last_published_at).total_seconds()
+    waited_before = max(0.0, (job.last_published_at - job.queued_at).total_seconds())
+    interval = min(max(republish_after_s, waited_before), MAX_REPUBLISH_INTERVAL_FACTOR * republish_after_s)
+    return since >= interval
 
 
 def republish_stale(factory: sessionmaker[Session], publisher: Publisher, settings: Settings,
@@ -72,9 +118,11 @@ def republish_stale(factory: sessionmaker[Session], publisher: Publisher, settin
             select(Job).where(
                 Job.state == JobState.queued.value, Job.cancel_requested.is_(False),
                 or_(Job.not_before.is_(None), Job.not_before <= now), or_(never, stale),
-            ).limit(500)
+            ).order_by(Job.last_published_at.asc().nulls_first()).limit(2000)
         ).all()
         for job in jobs:
+            if not republish_due(job, now, settings.republish_after_s):
+                continue
             try:
                 publisher.publish(job.id, job.queue)
             except Exception:  # noqa: BLE001 - broker down: try again next round
@@ -87,7 +135,7 @@ def republish_stale(factory: sessionmaker[Session], publisher: Publisher, settin
 
 def reap_once(factory: sessionmaker[Session], publisher: Publisher, settings: Settings) -> ReapResult:
     result = ReapResult()
-    reap_expired(factory, result)
+    publish_requeued(factory, publisher, reap_expired(factory, result), result)
     republish_stale(factory, publisher, settings, result)
     return result
 

@@ -8,6 +8,7 @@ A redelivered message for a job that is not queued is a no-op.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from workers import lease
 from workers.context import WorkerContext
 from workers.heartbeat import Heartbeat
 from workers.spec import build_spec
+from workers.testhooks import with_stage_delays
 from workers.upload import LeaseLost, upload_artifact
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ def run_job(job_id: str, ctx: WorkerContext) -> str:
                    time_limit_s=settings.job_soft_time_limit_s)
     if settings.work_dir:
         settings.work_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_job_dirs(job_id, settings.work_dir)
     with hb, tempfile.TemporaryDirectory(prefix=f"presso-job-{job_id}-", dir=settings.work_dir) as tmp:
         try:
             return _attempt(ctx, claim, hb, Path(tmp))
@@ -46,17 +49,29 @@ def run_job(job_id: str, ctx: WorkerContext) -> str:
             return _on_error(ctx, claim, hb, exc)
 
 
+def remove_stale_job_dirs(job_id: str, work_dir: Path | None) -> None:
+    """Delete temp dirs that earlier attempts of this job left behind (a worker killed with SIGKILL or OOM).
+
+    Safe: only the holder of the job's lease gets here, so no live attempt of the job uses them.
+    """
+    parent = Path(work_dir or tempfile.gettempdir())
+    for stale in parent.glob(f"presso-job-{job_id}-*"):
+        log.warning("job %s: removing %s left by an earlier attempt", job_id, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _attempt(ctx: WorkerContext, claim: lease.Claim, hb: Heartbeat, tmp: Path) -> str:
     from compression.job import run_local
 
-    spec = build_spec(claim, ctx.settings, tmp, progress=hb.progress)
-    hb.progress("compress", 0.0)
-    result = run_local(spec, progress=hb.progress, should_stop=hb.should_stop)
+    progress = with_stage_delays(hb.progress, claim.job_id, claim.attempt)  # test-only hook; inert by default
+    spec = build_spec(claim, ctx.settings, tmp, progress=progress)
+    progress("compress", 0.0)
+    result = run_local(spec, progress=progress, should_stop=hb.should_stop)
     if hb.should_stop():
         raise Stopped("stopped before upload")
     hb.beat()
     manifest_key = upload_artifact(
-        ctx.store, claim, spec.out_dir, listed=result.files, progress=hb.progress,
+        ctx.store, claim, spec.out_dir, listed=result.files, progress=progress,
         still_owner=lambda: not (hb.lost or hb.cancelled),
     )
     metrics: dict[str, Any] = dict(result.metrics)

@@ -31,6 +31,7 @@ def build_spec(
     limits = fetch_limits(settings)
     progress("fetch", 0.0)
     model_dir = fetch_model(claim.model_uri, tmp / "model", limits)
+    progress("fetch", 0.5)
     calib_req: dict[str, Any] = req.get("calibration") or {}
     eval_req: dict[str, Any] = req.get("evaluation") or {}
     calib_path = fetch_file(calib_req["uri"], tmp / "calibration", limits) if calib_req.get("uri") else None

@@ -57,7 +57,10 @@ def make_engine(settings: Settings) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=40)
+    # Per process: N API processes x (pool_size + max_overflow) must stay under Postgres' max_connections
+    # (100 by default); 20 + 40 per process made 4 API workers fail with "too many clients" under load.
+    return create_engine(url, pool_pre_ping=True, pool_size=settings.db_pool_size,
+                         max_overflow=settings.db_max_overflow, pool_timeout=settings.db_pool_timeout_s)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir.")
     broker_url: str | None = Field(default=None, description="Celery broker; default filesystem:// in data_dir.")
     store_url: str | None = Field(default=None, description="s3://bucket/prefix or a directory path.")
+    db_pool_size: int = Field(default=10, ge=1, description="Postgres connections kept per process.")
+    db_max_overflow: int = Field(default=5, ge=0, description="Extra connections per process under load.")
+    db_pool_timeout_s: float = Field(default=10.0, gt=0, description="Wait for a free connection, then 500.")
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     presign_expires_s: int = Field(default=600, ge=30, le=3600)
