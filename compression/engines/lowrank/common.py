@@ -9,6 +9,7 @@ from torch import nn
 
 from compression.core.layout import in_out
 from compression.core.sequential import BlockInputs, forward_block, observe_inputs
+from compression.core.stats import gram_
 from compression.errors import InvalidRecipe
 
 
@@ -30,8 +31,7 @@ class InputCovariance:
         if last is not None and _same_tensor(last[0], x):
             inc = last[1]
         else:
-            xf = x.float()
-            inc = xf.t() @ xf
+            inc = gram_(torch.zeros(x.shape[-1], x.shape[-1], dtype=torch.float32, device=x.device), x)
             self._last = (x, inc)
         if name in self.h:
             self.h[name].add_(inc)

@@ -11,6 +11,7 @@ from torch import nn
 from compression.configs.pruning import SparsityStep
 from compression.core.layout import get_weight, in_out, set_weight_
 from compression.core.sequential import BlockInputs, forward_block, observe_inputs
+from compression.core.stats import gram_
 from compression.engines.pruning.masks import check_nm, layer_mask, nm_mask, row_mask, sparsity_of
 from compression.errors import InvalidRecipe
 
@@ -85,9 +86,9 @@ class Hessians:
         self.counts: dict[str, int] = {}
 
     def __call__(self, name: str, x: torch.Tensor) -> None:
-        x = x.float()
-        xtx = x.t() @ x
-        self.sums[name] = self.sums[name] + xtx if name in self.sums else xtx
+        if name not in self.sums:
+            self.sums[name] = torch.zeros(x.shape[-1], x.shape[-1], dtype=torch.float32, device=x.device)
+        gram_(self.sums[name], x)
         self.counts[name] = self.counts.get(name, 0) + x.shape[0]
 
     def pop(self, name: str) -> torch.Tensor:
