@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("PRESSO_BENCH_DATA", REPO.parent / "shared" / "data" / "wikitext-2"))
 CACHE = Path(os.environ.get("PRESSO_BENCH_CACHE", REPO / "bench" / ".cache"))
 MODEL_DIR_NAME = "smollm2-f32"
+# where compression and perplexity run: "cpu" here, "cuda" on the GPU machine (see bench/README.md)
+DEVICE = torch.device(os.environ.get("PRESSO_BENCH_DEVICE", "cpu"))
 
 CALIB_SAMPLES, EVAL_SAMPLES, SEQ_LEN = 64, 40, 512
 
@@ -62,7 +64,7 @@ def dense_model_dir() -> Path:
     from compression.io.smollm2 import gguf_path
 
     t0 = time.perf_counter()
-    src = gguf_path()
+    src = Path(os.environ["PRESSO_BENCH_GGUF"]) if os.environ.get("PRESSO_BENCH_GGUF") else gguf_path()
     log.info("dequantizing %s to float32 (once) ...", src.name)
     lm = load_model(src)
     tmp = out.with_name(out.name + ".partial")
@@ -121,10 +123,13 @@ def token_windows(tokenizer: Any) -> Windows:
 
 
 def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:
-    """The product's harness (compression.eval.perplexity), on the CPU."""
+    """The product's harness (compression.eval.perplexity), on ``DEVICE``."""
     from compression.eval.perplexity import perplexity as ppl
 
-    return ppl(model, windows, torch.device("cpu"), batch_size=batch_size)
+    try:
+        return ppl(model.to(DEVICE), windows, DEVICE, batch_size=batch_size)
+    finally:
+        model.to("cpu")
 
 
 def cpu_model() -> str:

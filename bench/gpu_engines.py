@@ -35,6 +35,7 @@ SHAPE = dict(
     max_position_embeddings=8192,
     rope_theta=500000.0,
 )
+PROFILE = False
 PRESSO_RECIPES = {
     "gptq": {"method": "gptq", "bits": 4, "group_size": 128, "observer": "minmax"},
     "sparsegpt": {"method": "sparsegpt", "sparsity": 0.5},
@@ -72,12 +73,22 @@ def run_presso(model_dir: Path, method: str, ids: torch.Tensor, out: Path) -> di
     lm = load_model(model_dir)
     t_load = time.perf_counter() - t0
     ctx = StepContext(calibration=ids, device=torch.device("cuda"), batch_size=8)
-    report = compress(lm.model, parse_recipe({"steps": [PRESSO_RECIPES[method]]}), ctx)
+    recipe = parse_recipe({"steps": [PRESSO_RECIPES[method]]})
+    if PROFILE:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            report = compress(lm.model, recipe, ctx)
+        for key in ("self_cuda_time_total", "self_cpu_time_total"):
+            print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
+    else:
+        report = compress(lm.model, recipe, ctx)
     t_comp = time.perf_counter() - t0 - t_load
     write_model(lm.model, None, out)
     return {
         "load_s": t_load,
         "compress_s": t_comp,
+        "write_s": time.perf_counter() - t0 - t_load - t_comp,
         "steps": [{k: v for k, v in s.items() if k != "layers"} for s in report["steps"]],
     }
 
@@ -152,7 +163,10 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--work", type=Path, default=Path("/tmp/presso-gpu-bench"))
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--profile", action="store_true", help="print torch.profiler op tables of Presso's compress step")
     a = p.parse_args()
+    global PROFILE
+    PROFILE = a.profile
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     a.work.mkdir(parents=True, exist_ok=True)
     model_dir = a.work / f"llama8b-shape-{a.layers}l"

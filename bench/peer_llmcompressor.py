@@ -100,7 +100,7 @@ def perplexity(model: Any, windows: Any, batch_size: int = 4) -> float:
     out = []
     with torch.no_grad():
         for batch in windows.split(batch_size):
-            ids = batch
+            ids = batch.to(next(model.parameters()).device)
             logits = model(input_ids=ids, use_cache=False).logits.float()[:, :-1]
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
             out.append(nll.view(ids.shape[0], -1).cpu())
@@ -148,7 +148,8 @@ def run_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
     desc, factory = ROWS[row]
     result: dict[str, Any] = {"row": row, "peer_recipe": desc, "versions": _versions(),
                               "torch_threads": torch.get_num_threads(), "loadavg_start": os.getloadavg()[0]}
-    model = AutoModelForCausalLM.from_pretrained(str(args.model_dir), dtype=torch.float32).eval()
+    device = os.environ.get("PRESSO_BENCH_DEVICE", "cpu")  # as bench/common.py
+    model = AutoModelForCausalLM.from_pretrained(str(args.model_dir), dtype=torch.float32).eval().to(device)
     tokenizer = AutoTokenizer.from_pretrained(str(args.model_dir))
     numels = {n: m.weight.numel() for n, m in model.named_modules()
               if isinstance(m, torch.nn.Linear) and n.startswith("model.layers.")}

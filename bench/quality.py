@@ -45,6 +45,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `compression`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
+    DEVICE,
     REPO,
     Windows,
     dense_model_dir,
@@ -59,7 +60,9 @@ from bench.common import (  # noqa: E402
 
 log = logging.getLogger("bench.quality")
 
-PEER_PY = REPO / ".venv-peer" / "bin" / "python"
+# the peer's interpreter: its own venv here; on the GPU machine PRESSO_PEER_PYTHON names one whose
+# PYTHONPATH holds the carried llmcompressor wheels (the environment is then passed through as is)
+PEER_PY = Path(os.environ.get("PRESSO_PEER_PYTHON", REPO / ".venv-peer" / "bin" / "python"))
 PEER_SCRIPT = REPO / "bench" / "peer_llmcompressor.py"
 PEER_INSTALL = [  # torch first, so the CPU wheel on this disk satisfies llmcompressor's torch pin
     ["{py}", "-m", "pip", "install", "torch==2.13.0"],
@@ -213,7 +216,7 @@ def run_presso(row: Row, dense: Any, tokenizer: Any, windows: Any, numels: dict[
             return {"status": "not run (engine missing)", "missing": missing}
         recipe = parse_recipe(row.recipe)
         model = copy.deepcopy(dense)
-        ctx = StepContext(calibration=windows.calibration, seed=0)
+        ctx = StepContext(calibration=windows.calibration, seed=0, device=DEVICE)
         cpu0, t0 = time.process_time(), time.perf_counter()
         try:
             report = compress(model, recipe, ctx)
@@ -267,7 +270,9 @@ def run_peer(name: str, windows: Any, work: Path, timeout: float) -> dict[str, A
            "--calib", str(windows.calibration_path), "--eval", str(windows.evaluation_path),
            "--out", str(out), "--work-dir", str(work)]
     log.info("peer: %s", " ".join(shlex.quote(c) for c in cmd))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = dict(os.environ)
+    if "PRESSO_PEER_PYTHON" not in env:  # its own venv: nothing of the product's path leaks in
+        env = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     logfile = work / f"peer-{name}.log"  # streamed while it runs: tail -f it
     t0 = time.perf_counter()
     try:

@@ -81,7 +81,7 @@ def get_weight(module: nn.Module, device: torch.device | str | None = None) -> t
     """
     w: torch.Tensor = getattr(module, "weight").data  # noqa: B009 - nn.Module attributes are untyped
     w = w.t() if not isinstance(module, nn.Linear) else w
-    return w.to(device=device or w.device, dtype=torch.float32, copy=True)
+    return w.to(device=device or w.device, copy=True).to(torch.float32)  # move, then widen
 
 
 def set_weight_(module: nn.Module, w: torch.Tensor) -> None:
@@ -98,10 +98,16 @@ def in_out(module: nn.Module) -> tuple[int, int]:
     return in_f, out_f
 
 
-def set_quantized_(module: nn.Module, qw: QuantizedWeight) -> None:
-    """Store the dequantized weight in the module and keep the codes for the packed artifact."""
-    set_weight_(module, qw.dequantize())
+def set_quantized_(module: nn.Module, qw: QuantizedWeight, device: torch.device | str | None = None) -> torch.Tensor:
+    """Store the dequantized weight in the module and keep the codes for the packed artifact.
+
+    Returns the dequantized float32 weight [out, in], computed on ``device`` (default: where the
+    codes are), so engines can measure the error there without dequantizing twice.
+    """
+    w_hat = qw.dequantize(device)
+    set_weight_(module, w_hat)
     module.presso_quant = qw  # type: ignore[assignment]
+    return w_hat
 
 
 def quantized_of(module: nn.Module) -> QuantizedWeight | None:

@@ -19,25 +19,37 @@ def packed_words(k: int, bits: int) -> int:
 
 
 def _pack_rows(u: torch.Tensor, bits: int) -> torch.Tensor:
+    """[n, kp] unsigned codes (int32, kp a multiple of 32) -> int32 words [n, kp*bits/32].
+
+    Every 32 values fill exactly ``bits`` words; value ``i`` of a run lands at bit ``i*bits`` of
+    the run, i.e. word ``i*bits // 32`` at offset ``i*bits % 32``, its high bits spilling into
+    the next word when it straddles (int32 shifts drop the bits above 31, which is the spill).
+    32 vectorized shift/ORs, on whatever device ``u`` is on.
+    """
     n, kp = u.shape
-    shifts = torch.arange(bits, dtype=torch.int64)
-    bitplane = ((u.unsqueeze(-1) >> shifts) & 1).reshape(n, kp * bits // 32, 32)
-    weights = torch.ones(32, dtype=torch.int64) << torch.arange(32, dtype=torch.int64)
-    words = (bitplane * weights).sum(-1)
-    words = torch.where(words >= 2**31, words - 2**32, words)
-    return words.to(torch.int32)
+    runs = u.view(n, kp // 32, 32)
+    words = torch.zeros(n, kp // 32, bits, dtype=torch.int32, device=u.device)
+    for i in range(32):
+        word, off = divmod(i * bits, 32)
+        v = runs[:, :, i]
+        words[:, :, word] |= v << off
+        if off + bits > 32:
+            words[:, :, word + 1] |= v >> (32 - off)
+    return words.view(n, kp // 32 * bits)
 
 
 def pack_int(q: torch.Tensor, bits: int) -> torch.Tensor:
-    """int8 codes [N, K] in the signed range -> int32 [N, ceil(K*bits/32)]."""
+    """int8 codes [N, K] in the signed range -> int32 [N, ceil(K*bits/32)] (on ``q``'s device)."""
     if q.dtype != torch.int8:
         raise TypeError("codes must be int8")
     n, k = q.shape
-    u = q.to(torch.int64) + (1 << (bits - 1))
     kp = math.ceil(k / 32) * 32
-    if kp > k:
-        u = torch.nn.functional.pad(u, (0, kp - k))
-    out = [_pack_rows(u[i : i + _ROWS_PER_CHUNK], bits) for i in range(0, max(n, 1), _ROWS_PER_CHUNK)]
+    out = []
+    for i in range(0, max(n, 1), _ROWS_PER_CHUNK):
+        u = q[i : i + _ROWS_PER_CHUNK].to(torch.int32) + (1 << (bits - 1))
+        if kp > k:
+            u = torch.nn.functional.pad(u, (0, kp - k))
+        out.append(_pack_rows(u, bits))
     return torch.cat(out)[:, : packed_words(k, bits)].contiguous()
 
 

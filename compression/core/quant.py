@@ -141,9 +141,11 @@ class QuantizedWeight:
     bits: int
     group_size: int  # as requested (-1 = per channel)
 
-    def dequantize(self) -> torch.Tensor:
-        zero = self.zero.float() if self.zero is not None else torch.zeros_like(self.scale)
-        return dequantize_codes(self.q, self.scale, zero, self.group_size)
+    def dequantize(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """float32 weights, computed on ``device`` (default: where the codes are)."""
+        q, scale = self.q.to(device or self.q.device), self.scale.to(device or self.q.device)
+        zero = self.zero.to(q.device).float() if self.zero is not None else torch.zeros_like(scale)
+        return dequantize_codes(q, scale, zero, self.group_size)
 
     @property
     def symmetric(self) -> bool:

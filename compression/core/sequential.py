@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,13 +129,17 @@ def run_blockwise(model: nn.Module, layout: Layout, ctx: StepContext, process: B
     results: list[dict[str, Any]] = []
     n = len(layout.blocks)
     for i, block in enumerate(layout.blocks):
+        t0 = time.perf_counter()
         home = next(block.parameters()).device
         block.to(ctx.device)
         res = process(i, block, inputs)
+        t1 = time.perf_counter()
         results.append(res or {})
         inputs = BlockInputs(hidden=forward_block(block, inputs), kwargs=inputs.kwargs)
         block.to(home)
         ctx.report((i + 1) / n)
+        log.info("block %d/%d done in %.2fs (compress %.2fs, forward %.2fs)", i + 1, n,
+                 time.perf_counter() - t0, t1 - t0, time.perf_counter() - t1)
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
     return results

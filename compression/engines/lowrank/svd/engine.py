@@ -65,7 +65,7 @@ class SVDEngine:
 
     def _layer_(self, model: nn.Module, name: str, mod: nn.Module, rank: int | None, cfg: SVDConfig,
                 device: torch.device) -> dict[str, Any]:
-        w = get_weight(mod).to(device)
+        w = get_weight(mod, device)
         u, s, vh = svd(w)
         if rank is None:
             assert cfg.energy is not None

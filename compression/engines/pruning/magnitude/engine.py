@@ -30,7 +30,7 @@ class MagnitudeEngine:
         layers = []
         for i, lins in chosen.items():
             for name, mod in lins.items():
-                scores = get_weight(mod).abs().to(ctx.device, torch.float32)
+                scores = get_weight(mod, ctx.device).abs()
                 keep = threshold_mask(scores, threshold) if threshold is not None else choose_mask(
                     scores, cfg, cfg.sparsity, per_row=False
                 )

@@ -26,7 +26,9 @@ import torch
 
 from compression.configs.quantization import QuantArgs
 from compression.core.quant import QuantizedWeight, choose_params, make_quantized, qrange
+from compression.core.stats import inverse_cholesky_upper
 from compression.engines.pruning.masks import count_pruned, keep_all_but_smallest
+from kernels.obs import obs_block
 
 
 @dataclass
@@ -41,14 +43,8 @@ def inverse_hessian_factor(h: torch.Tensor, damp: float) -> tuple[torch.Tensor, 
     h = h.float().clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
-    base = float(torch.diag(h).mean())
-    eye = torch.eye(h.shape[0], device=h.device, dtype=h.dtype)
-    for attempt in range(6):  # raise the damping when H is numerically not positive definite
-        l_fac, info = torch.linalg.cholesky_ex(h + (damp * 10**attempt) * base * eye)
-        if int(info) == 0:
-            hinv = torch.cholesky_inverse(l_fac)
-            return torch.linalg.cholesky(hinv, upper=True), dead
-    raise torch.linalg.LinAlgError("Hessian is not positive definite even with strong damping")
+    torch.diagonal(h).add_(damp * torch.diagonal(h).mean())
+    return inverse_cholesky_upper(h), dead
 
 
 class _ColumnQuantizer:
@@ -109,13 +105,21 @@ def _block_size(cols: int, block_size: int, qargs: QuantArgs | None) -> int:
 
 
 def _prune_block(w1: torch.Tensor, u1: torch.Tensor, j0: int, sparsity: float, nm: tuple[int, int] | None,
-                 quant: _ColumnQuantizer | None) -> tuple[torch.Tensor, float]:
-    """Prune (and quantize) the columns of one block in place; returns the scaled errors and the loss."""
-    count = w1.shape[1]
+                 quant: _ColumnQuantizer | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune (and quantize) the columns of one block in place; returns the scaled errors and the loss.
+
+    Unstructured pruning without joint quantization fixes the block's mask up front, so the column
+    loop is ``kernels.obs`` (one Triton launch per block on CUDA); N:M masks and joint quantization
+    choose per column group from the updated weights and run the loop here.
+    """
     d = torch.diag(u1)
+    if nm is None and quant is None:
+        q, err1, _ = obs_block(w1, u1, prune=_block_mask(w1, d, sparsity))
+        w1.copy_(q)
+        return err1, err1.pow(2).sum() / 2
+    count = w1.shape[1]
     err1 = torch.zeros_like(w1)
     mask1 = _block_mask(w1, d, sparsity) if nm is None else torch.zeros_like(w1, dtype=torch.bool)
-    loss = 0.0
     for i in range(count):
         if nm is not None and i % nm[1] == 0:
             sal = w1[:, i:i + nm[1]] ** 2 / (d[i:i + nm[1]] ** 2).unsqueeze(0)
@@ -128,11 +132,10 @@ def _prune_block(w1: torch.Tensor, u1: torch.Tensor, j0: int, sparsity: float, n
         if quant is not None:
             q = quant.quantize(j0 + i, q)
         e = (w - q) / d[i]
-        loss += float((e * e).sum()) / 2
         w1[:, i:] -= e.unsqueeze(1) @ u1[i, i:].unsqueeze(0)
         w1[:, i] = q
         err1[:, i] = e
-    return err1, loss
+    return err1, err1.pow(2).sum() / 2
 
 
 def _sparsegpt(w: torch.Tensor, h: torch.Tensor, *, sparsity: float, nm: tuple[int, int] | None = None,
@@ -147,7 +150,7 @@ def _sparsegpt(w: torch.Tensor, h: torch.Tensor, *, sparsity: float, nm: tuple[i
     bs = _block_size(cols, block_size, qargs)
     if nm is not None and bs % nm[1]:
         bs = max(nm[1], bs // nm[1] * nm[1])
-    loss = 0.0
+    loss = torch.zeros((), device=w.device)
     for i1 in range(0, cols, bs):
         i2 = min(i1 + bs, cols)
         w1 = w[:, i1:i2].clone()
@@ -156,7 +159,8 @@ def _sparsegpt(w: torch.Tensor, h: torch.Tensor, *, sparsity: float, nm: tuple[i
         w[:, i2:] -= err1 @ u[i1:i2, i2:]
         loss += block_loss
     qw = quant.result() if quant is not None else None
-    return SparseGPTResult(weight=qw.dequantize().to(w.device) if qw is not None else w, quantized=qw, loss=loss)
+    return SparseGPTResult(weight=qw.dequantize().to(w.device) if qw is not None else w, quantized=qw,
+                           loss=float(loss))
 
 
 def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, *, sparsity: float, nm: tuple[int, int] | None = None,

@@ -74,7 +74,7 @@ def _scale_group(block: nn.Module, prefix: str, members: list[str], producer: Pr
     leader = members[0]
     h = groups.hessian(leader)
     quant = [n for n in members if schemes.get(n) is not None]
-    ws = [get_weight(block.get_submodule(n[len(prefix) + 1 :])).to(h.device, torch.float32) for n in quant]
+    ws = [get_weight(block.get_submodule(n[len(prefix) + 1 :]), h.device) for n in quant]
     s, alpha, errors = search_scales(ws, [schemes[n] for n in quant], h, groups.abs_mean(leader), grid)  # type: ignore[misc]
     if alpha > 0:
         consumers = [block.get_submodule(n[len(prefix) + 1 :]) for n in members]

@@ -63,7 +63,7 @@ def solve_shared(
     """
     records = []
     for scheme, names in _by_scheme(list(mods), schemes):
-        ws = [get_weight(mods[n]).to(device, torch.float32) for n in names]
+        ws = [get_weight(mods[n], device) for n in names]
         w = torch.cat(ws) if len(ws) > 1 else ws[0]
         if gptq is None:
             qw = quantize_rtn(w, scheme)
@@ -71,8 +71,7 @@ def solve_shared(
             qw, _ = quantize_weight(w, h, scheme, damp_percent=gptq.damp_percent, block_size=gptq.block_size,
                                     act_order=gptq.act_order, static_groups=gptq.static_groups)
         for name, w_i, q_i in zip(names, ws, split_rows(qw, [x.shape[0] for x in ws]), strict=True):
-            w_hat = q_i.dequantize().to(device)
-            set_quantized_(mods[name], q_i)
+            w_hat = set_quantized_(mods[name], q_i, device)
             rec = layer_record(name, scheme, relative_error(w_i, w_hat))
             rec["output_error"] = output_error(w_i, w_hat, h)
             if len(names) > 1:
@@ -89,10 +88,9 @@ def uncalled(lins: dict[str, nn.Module], seen: dict[str, str], schemes: dict[str
         if name not in seen:
             scheme = schemes[name]
             assert scheme is not None
-            w = get_weight(mod).to(device, torch.float32)
-            qw = quantize_rtn(w, scheme)
-            set_quantized_(mod, qw)
-            rec = layer_record(name, scheme, relative_error(w, qw.dequantize().to(device)))
+            w = get_weight(mod, device)
+            w_hat = set_quantized_(mod, quantize_rtn(w, scheme), device)
+            rec = layer_record(name, scheme, relative_error(w, w_hat))
             rec["fallback"] = "rtn: no calibration input reached this module"
             log.warning("%s: not reached by the calibration forward; quantized with RTN", name)
             records.append(rec)

@@ -27,7 +27,8 @@ import torch
 
 from compression.configs.quantization import QuantArgs
 from compression.core.quant import QuantizedWeight, choose_params, expand_groups, make_quantized, qrange
-from compression.core.stats import gram_
+from compression.core.stats import gram_, inverse_cholesky_upper
+from kernels.obs import obs_block
 
 
 class HessianAccumulator:
@@ -57,10 +58,6 @@ class _Params:
     zero: torch.Tensor  # [N, G]
 
 
-def _group_args(scheme: QuantArgs) -> QuantArgs:
-    return scheme.model_copy(update={"group_size": -1})
-
-
 def prepare_hessian(h: torch.Tensor, w: torch.Tensor, damp_percent: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Dead columns and dampening; returns (H, dead mask). ``w`` has its dead columns zeroed in place."""
     h = h.clone()
@@ -73,26 +70,6 @@ def prepare_hessian(h: torch.Tensor, w: torch.Tensor, damp_percent: float) -> tu
 
 
 SPARSE_MASK_MIN = 0.10  # fraction of exact zeros above which a layer counts as pruned
-
-
-def inverse_cholesky_upper(h: torch.Tensor) -> torch.Tensor:
-    """Upper Cholesky factor ``U`` of ``H^-1`` (``U^T U = H^-1``), from one Cholesky and one triangular solve.
-
-    With ``J`` the flip, ``J H J = M M^T`` gives ``H^-1 = (J M^-1 J)^T (J M^-1 J)`` and ``J M^-1 J`` is
-    upper triangular: the same factor as ``chol(cholesky_inverse(chol(H)), upper=True)`` at a third
-    of the cost. Retries with more dampening when ``H`` is not positive definite.
-    """
-    k = h.shape[0]
-    eye = torch.eye(k, device=h.device, dtype=h.dtype)
-    mean_diag = torch.mean(torch.diagonal(h))
-    extra = 0.0
-    for _ in range(6):
-        hd = h if extra == 0.0 else h + (extra * mean_diag) * eye
-        lower, info = torch.linalg.cholesky_ex(hd.flip(0, 1))
-        if int(info) == 0:
-            return torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1)
-        extra = 0.01 if extra == 0.0 else extra * 10
-    raise FloatingPointError("Hessian is not positive definite even after extra dampening")
 
 
 def _static_params(w: torch.Tensor, scheme: QuantArgs, group: int) -> _Params:
@@ -157,10 +134,16 @@ def _solve(
     perm: torch.Tensor | None,
     keep_zero: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """The lazy-batch column loop. ``params`` given = static groups (per-column lookup)."""
+    """The lazy-batch column loop. ``params`` given = static groups (per-column lookup).
+
+    Dynamic groups read ``w`` as it is when the solver enters the block holding the group's
+    first column (``w`` itself only changes between blocks), so every group starting in a block
+    is chosen at the block's start and the column loop itself (``kernels.obs``) only looks
+    parameters up.
+    """
     n, k = w.shape
     qmin, qmax = qrange(scheme.bits)
-    codes = torch.zeros_like(w)
+    codes = torch.empty_like(w)
     losses = torch.zeros((), device=w.device)
     if params is not None:
         s_cols, z_cols = _column_params(params, k, group, perm)
@@ -169,30 +152,21 @@ def _solve(
         ngroups = k // group
         scale = torch.zeros(n, ngroups, device=w.device)
         zero = torch.zeros(n, ngroups, device=w.device)
-    one_group = _group_args(scheme)
+        col_group = torch.arange(k, device=w.device) // group
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
-        w1 = w[:, i1:i2].clone()
-        err1 = torch.zeros_like(w1)
-        hinv1 = hinv[i1:i2, i1:i2]
-        d = torch.diagonal(hinv1)
-        for i in range(i2 - i1):
-            col = i1 + i
-            if params is None and col % group == 0:
-                gs, gz = choose_params(w[:, col : col + group], one_group)
-                scale[:, col // group] = gs[:, 0]
-                zero[:, col // group] = gz[:, 0]
-                s, z = gs[:, 0], gz[:, 0]
-            elif params is not None:
-                s, z = s_cols[:, col], z_cols[:, col]
-            c = w1[:, i]
-            qc = torch.clamp(torch.round(c / s) + z, qmin, qmax)
-            if keep_zero is not None:
-                qc = torch.where(keep_zero[:, col], z, qc)
-            codes[:, col] = qc
-            e = (c - (qc - z) * s) / d[i]
-            err1[:, i] = e
-            w1[:, i + 1 :].addr_(e, hinv1[i, i + 1 :], alpha=-1.0)
+        if params is None:
+            g1, g2 = -(-i1 // group), -(-i2 // group)  # groups whose first column is in [i1, i2)
+            if g2 > g1:
+                gs, gz = choose_params(w[:, g1 * group : g2 * group], scheme)
+                scale[:, g1:g2], zero[:, g1:g2] = gs, gz
+            s_blk, z_blk = scale[:, col_group[i1:i2]], zero[:, col_group[i1:i2]]
+        else:
+            s_blk, z_blk = s_cols[:, i1:i2], z_cols[:, i1:i2]
+        prune = keep_zero[:, i1:i2] if keep_zero is not None else None
+        _, err1, c = obs_block(w[:, i1:i2], hinv[i1:i2, i1:i2], s_blk, z_blk, qmin, qmax, prune)
+        assert c is not None
+        codes[:, i1:i2] = c
         losses += err1.pow(2).sum() / 2
         w[:, i2:].addmm_(err1, hinv[i1:i2, i2:], alpha=-1.0)
     return codes, scale, zero, float(losses)

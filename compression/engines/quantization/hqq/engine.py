@@ -31,9 +31,8 @@ class HQQEngine:
                 if scheme is None:
                     layers.append(layer_record(name, None, None))
                     continue
-                w = get_weight(mod).to(ctx.device, torch.float32)
-                qw = quantize_hqq(w, scheme, hp)
-                set_quantized_(mod, qw)
-                layers.append(layer_record(name, scheme, relative_error(w, qw.dequantize().to(w.device))))
+                w = get_weight(mod, ctx.device)
+                w_hat = set_quantized_(mod, quantize_hqq(w, scheme, hp), ctx.device)
+                layers.append(layer_record(name, scheme, relative_error(w, w_hat)))
             ctx.report((i + 1) / len(chosen))
         return {"layers": layers}

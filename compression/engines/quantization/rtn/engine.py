@@ -28,10 +28,9 @@ class RTNEngine:
             for name, mod in lins.items():
                 scheme = schemes[name]
                 if scheme is not None:
-                    w = get_weight(mod).to(ctx.device, torch.float32)
-                    qw = quantize_rtn(w, scheme)
-                    set_quantized_(mod, qw)
-                    layers.append(layer_record(name, scheme, relative_error(w, qw.dequantize().to(w.device))))
+                    w = get_weight(mod, ctx.device)
+                    w_hat = set_quantized_(mod, quantize_rtn(w, scheme), ctx.device)
+                    layers.append(layer_record(name, scheme, relative_error(w, w_hat)))
                 else:
                     layers.append(layer_record(name, None, None))
             ctx.report((i + 1) / len(chosen))

@@ -7,9 +7,9 @@ import torch
 
 from compression.configs.quantization import QuantArgs
 from compression.core.quant import choose_params, qrange, quantize_rtn
+from compression.core.stats import inverse_cholesky_upper
 from compression.engines.quantization.gptq.gptq_math import (
     HessianAccumulator,
-    inverse_cholesky_upper,
     output_error,
     quantize_weight,
 )
