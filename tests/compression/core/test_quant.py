@@ -12,6 +12,7 @@ from compression.core.quant import (
     dequantize_codes,
     expand_groups,
     num_groups,
+    params_from_range,
     qrange,
     quantize_codes,
     quantize_rtn,
@@ -97,3 +98,26 @@ def test_bad_schemes_rejected_at_validation(bad):
 def test_unknown_field_rejected():
     with pytest.raises(ValidationError):
         GPTQConfig(bits=4, dampening=0.1)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_scale_is_the_correctly_rounded_quotient(symmetric):
+    # Group extremes sit exactly on a rounding tie (w / scale = +-7.5 at 4 bits), so the scale must
+    # be the IEEE quotient on every device, never a multiply by a rounded reciprocal.
+    w = torch.randn(256, 64, generator=torch.Generator().manual_seed(0))
+    lo, hi = w.amin(1, keepdim=True).clamp_max(0), w.amax(1, keepdim=True).clamp_min(0)
+    scale, _ = params_from_range(lo, hi, 4, symmetric)
+    span = torch.maximum(lo.abs(), hi).double() / 7.5 if symmetric else (hi - lo).double() / 15
+    assert torch.equal(scale, span.float())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_params_identical_on_cpu_and_cuda(symmetric):
+    w = torch.randn(512, 576, generator=torch.Generator().manual_seed(1))
+    args = QuantArgs(bits=4, group_size=64, symmetric=symmetric, observer="minmax")
+    s_cpu, z_cpu = choose_params(w, args)
+    s_gpu, z_gpu = choose_params(w.cuda(), args)
+    assert torch.equal(s_cpu, s_gpu.cpu()) and torch.equal(z_cpu, z_gpu.cpu())
+    assert torch.equal(quantize_rtn(w, args).q, quantize_rtn(w.cuda(), args).q)
