@@ -17,11 +17,10 @@ from torch import nn
 from compression.configs.pruning import SparseGPTConfig
 from compression.configs.quantization import QuantArgs
 from compression.core.context import StepContext
-from compression.core.layout import find_layout, get_weight, in_out, select_linears, set_quantized_, set_weight_
+from compression.core.layout import get_weight, in_out, set_quantized_, set_weight_
 from compression.core.quant import resolve_group
-from compression.core.sequential import BlockInputs, run_blockwise
-from compression.engines.pruning.common import Hessians, layer_record, observe, preflight, summarize
-from compression.engines.pruning.owl import block_sparsities
+from compression.engines.pruning.calibrated import plan, prune_blockwise
+from compression.engines.pruning.common import Hessians, layer_record, summarize
 from compression.engines.pruning.sparsegpt.sparsegpt_math import sparsegpt_prune
 from compression.errors import InvalidRecipe
 from compression.registry import register
@@ -42,24 +41,14 @@ def joint_args(cfg: SparseGPTConfig, module: nn.Module, name: str) -> QuantArgs 
 class SparseGPTEngine:
     @torch.no_grad()
     def apply_(self, model: nn.Module, cfg: SparseGPTConfig, ctx: StepContext) -> dict[str, Any]:
-        layout = find_layout(model)
-        chosen = select_linears(model, layout, cfg.targets, cfg.ignore)
-        preflight(chosen, cfg)
-        schemes = {n: joint_args(cfg, m, n) for lins in chosen.values() for n, m in lins.items()}
-        sparsities = block_sparsities(model, layout, chosen, cfg, ctx)
-        layers: list[dict[str, Any]] = []
+        p = plan(model, cfg, ctx)
+        schemes = {n: joint_args(cfg, m, n) for lins in p.chosen.values() for n, m in lins.items()}
 
-        def process(i: int, block: nn.Module, inputs: BlockInputs) -> None:
-            lins = chosen[i]
-            if not lins:
-                return
-            acc = Hessians()
-            observe(block, inputs, lins, acc)
-            for name, mod in lins.items():
-                layers.append(self._prune_one(name, mod, acc.pop(name), cfg, sparsities[i], schemes[name]))
+        def prune_layer(name: str, mod: nn.Module, hessians: Hessians, sparsity: float) -> dict[str, Any]:
+            return self._prune_one(name, mod, hessians.pop(name), cfg, sparsity, schemes[name])
 
-        run_blockwise(model, layout, ctx, process)
-        out = {"layers": layers, "allocation": cfg.allocation, "block_sparsity": sparsities, **summarize(layers)}
+        layers = prune_blockwise(model, p, ctx, Hessians, prune_layer)
+        out = {"layers": layers, "allocation": cfg.allocation, "block_sparsity": p.sparsities, **summarize(layers)}
         if cfg.bits is not None:
             out["bits"] = cfg.bits
         return out

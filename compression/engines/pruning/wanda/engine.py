@@ -13,19 +13,15 @@ from torch import nn
 
 from compression.configs.pruning import WandaConfig
 from compression.core.context import StepContext
-from compression.core.layout import find_layout, select_linears
-from compression.core.sequential import BlockInputs, run_blockwise
+from compression.engines.pruning.calibrated import plan, prune_blockwise
 from compression.engines.pruning.common import (
     SquaredNorms,
     apply_mask_,
     choose_mask,
     layer_record,
-    observe,
-    preflight,
     summarize,
     wanda_scores,
 )
-from compression.engines.pruning.owl import block_sparsities
 from compression.registry import register
 
 
@@ -33,23 +29,11 @@ from compression.registry import register
 class WandaEngine:
     @torch.no_grad()
     def apply_(self, model: nn.Module, cfg: WandaConfig, ctx: StepContext) -> dict[str, Any]:
-        layout = find_layout(model)
-        chosen = select_linears(model, layout, cfg.targets, cfg.ignore)
-        preflight(chosen, cfg)
-        sparsities = block_sparsities(model, layout, chosen, cfg, ctx)
-        layers: list[dict[str, Any]] = []
+        p = plan(model, cfg, ctx)
 
-        def process(i: int, block: nn.Module, inputs: BlockInputs) -> None:
-            lins = chosen[i]
-            if not lins:
-                return
-            acc = SquaredNorms()
-            observe(block, inputs, lins, acc)
-            for name, mod in lins.items():
-                keep = choose_mask(wanda_scores(mod, acc.norm(name)), cfg, sparsities[i], per_row=True)
-                apply_mask_(mod, keep)
-                layers.append(layer_record(name, mod, sparsities[i] if cfg.nm is None else cfg.effective_sparsity,
-                                           cfg))
+        def prune_layer(name: str, mod: nn.Module, norms: SquaredNorms, sparsity: float) -> dict[str, Any]:
+            apply_mask_(mod, choose_mask(wanda_scores(mod, norms.norm(name)), cfg, sparsity, per_row=True))
+            return layer_record(name, mod, sparsity if cfg.nm is None else cfg.effective_sparsity, cfg)
 
-        run_blockwise(model, layout, ctx, process)
-        return {"layers": layers, "allocation": cfg.allocation, "block_sparsity": sparsities, **summarize(layers)}
+        layers = prune_blockwise(model, p, ctx, SquaredNorms, prune_layer)
+        return {"layers": layers, "allocation": cfg.allocation, "block_sparsity": p.sparsities, **summarize(layers)}

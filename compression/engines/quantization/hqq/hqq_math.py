@@ -62,12 +62,15 @@ def _sq(w: torch.Tensor, w_r: torch.Tensor) -> torch.Tensor:
     return (w - w_r).pow(2).sum(dim=1, keepdim=True)
 
 
-def optimize_zero(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int, hp: HQQParams) -> torch.Tensor:
-    """Float zero points [R, 1] for rows ``w`` [R, g] with fixed scales ``s`` (HQQ's main loop)."""
+def _half_quadratic(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int, hp: HQQParams,
+                    solve_zero: bool) -> torch.Tensor:
+    """HQQ's alternating loop: shrink the error with the lp prox, then solve the free parameter
+    (zero points when ``solve_zero``, else scales) in closed form; returns the best one seen by l1 error."""
     qmin, qmax = qrange(bits)
     beta = hp.beta
-    best_err = torch.full_like(z, float("inf"))
-    best_z = z.clone()
+    param = z if solve_zero else s
+    best_err = torch.full_like(param, float("inf"))
+    best = param.clone()
     for _ in range(hp.iters):
         q, w_r = _dequant(w, s, z, qmin, qmax)
         err = _l1(w, w_r)
@@ -75,34 +78,27 @@ def optimize_zero(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int, 
         if not bool(better.any()):
             break
         best_err = torch.where(better, err, best_err)
-        best_z = torch.where(better, z, best_z)
+        best = torch.where(better, z if solve_zero else s, best)
         w_e = shrink_lp(w - w_r, beta, hp.lp_norm)
-        z = torch.mean(q - (w - w_e) / s, dim=1, keepdim=True)
+        if solve_zero:
+            z = torch.mean(q - (w - w_e) / s, dim=1, keepdim=True)
+        else:  # least-squares scale for the fixed (integer) zero points
+            c = q - z
+            den = (c * c).sum(dim=1, keepdim=True)
+            new_s = ((w - w_e) * c).sum(dim=1, keepdim=True) / den.clamp_min(1e-12)
+            s = torch.where((den > 0) & (new_s > 0), new_s, s)
         beta *= hp.kappa
-    return best_z
+    return best
+
+
+def optimize_zero(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int, hp: HQQParams) -> torch.Tensor:
+    """Float zero points [R, 1] for rows ``w`` [R, g] with fixed scales ``s`` (HQQ's main loop)."""
+    return _half_quadratic(w, s, z, bits, hp, solve_zero=True)
 
 
 def optimize_scale(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int, hp: HQQParams) -> torch.Tensor:
     """Scales [R, 1] for fixed (integer) zero points: half-quadratic with a least-squares scale step."""
-    qmin, qmax = qrange(bits)
-    beta = hp.beta
-    best_err = torch.full_like(s, float("inf"))
-    best_s = s.clone()
-    for _ in range(hp.iters):
-        q, w_r = _dequant(w, s, z, qmin, qmax)
-        err = _l1(w, w_r)
-        better = err < best_err
-        if not bool(better.any()):
-            break
-        best_err = torch.where(better, err, best_err)
-        best_s = torch.where(better, s, best_s)
-        w_e = shrink_lp(w - w_r, beta, hp.lp_norm)
-        c = q - z
-        den = (c * c).sum(dim=1, keepdim=True)
-        new_s = ((w - w_e) * c).sum(dim=1, keepdim=True) / den.clamp_min(1e-12)
-        s = torch.where((den > 0) & (new_s > 0), new_s, s)
-        beta *= hp.kappa
-    return best_s
+    return _half_quadratic(w, s, z, bits, hp, solve_zero=False)
 
 
 def quantize_hqq(w: torch.Tensor, scheme: QuantArgs, hp: HQQParams | None = None) -> QuantizedWeight:
