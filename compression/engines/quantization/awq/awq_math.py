@@ -51,17 +51,18 @@ def search_scales(
     """Best input-channel scales for the group: (s [K], alpha, error per grid point)."""
     ws = [w.float() for w in ws]
     h = h.float()
-    errors = []
-    best = (float("inf"), 0.0)
-    for j in range(grid):
-        alpha = j / grid
-        err = scaled_error(ws, schemes, h, awq_scales(x_abs_mean, alpha))
-        errors.append(err)
-        if err < best[0]:
-            best = (err, alpha)
-    alpha = best[1]
-    s = awq_scales(x_abs_mean, alpha) if alpha > 0 else torch.ones_like(x_abs_mean, dtype=torch.float32)
-    return s, alpha, errors
+    errors = [scaled_error(ws, schemes, h, awq_scales(x_abs_mean, j / grid)) for j in range(grid)]
+    alpha = ranked_alphas(errors)[0]
+    return scales_for(x_abs_mean, alpha), alpha, errors
+
+
+def ranked_alphas(errors: list[float]) -> list[float]:
+    """Grid exponents from the lowest error to the highest (grid point j is alpha = j / len(errors))."""
+    return [j / len(errors) for j in sorted(range(len(errors)), key=lambda j: (errors[j], j))]
+
+
+def scales_for(x_abs_mean: torch.Tensor, alpha: float) -> torch.Tensor:
+    return awq_scales(x_abs_mean, alpha) if alpha > 0 else torch.ones_like(x_abs_mean, dtype=torch.float32)
 
 
 def scale_hessian(h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

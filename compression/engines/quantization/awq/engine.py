@@ -4,8 +4,11 @@ Per block (layer-sequential, see compression.core.sequential):
 1. one forward over the calibration batches groups every linear of the block by the tensor it
    reads and accumulates each group's Hessian and mean |x| per channel (gptq.observe);
 2. each group's producer is found and verified (fold.py; planned on the first block);
-3. groups with a producer: ``alpha`` search (awq_math), the scales folded into the producer and
-   every linear reading that input (targeted or not, so the function is unchanged);
+3. groups with a producer: ``alpha`` search (awq_math) on the linears' exact output error; the
+   ``verify`` best exponents are then re-ranked by the decoder block's own output error on a few
+   calibration sequences (the linear-level error ignores the attention softmax and the MLP gate,
+   which made 3-bit AWQ pick harmful exponents); the winner's scales are folded into the producer
+   and every linear reading that input (targeted or not, so the function is unchanged);
 4. every targeted linear is quantized with RTN or GPTQ (``cfg.solver``) on the scaled weights
    with the scaled Hessian. A group without a foldable producer is quantized as is, and its
    records say so (``awq.producer = null`` with the reason).
@@ -14,6 +17,7 @@ Per block (layer-sequential, see compression.core.sequential):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,9 +25,23 @@ from torch import nn
 
 from compression.configs.quantization import AWQConfig, GPTQConfig, QuantArgs
 from compression.core.context import StepContext
-from compression.core.layout import block_linears, find_layout, get_weight, in_out, is_linear, select_linears
-from compression.core.sequential import BlockInputs, run_blockwise
-from compression.engines.quantization.awq.awq_math import scale_hessian, search_scales
+from compression.core.layout import (
+    block_linears,
+    find_layout,
+    get_weight,
+    in_out,
+    is_linear,
+    select_linears,
+    set_weight_,
+)
+from compression.core.sequential import BlockInputs, forward_block, run_blockwise
+from compression.engines.quantization.awq.awq_math import (
+    fake_quant,
+    ranked_alphas,
+    scale_hessian,
+    scales_for,
+    search_scales,
+)
 from compression.engines.quantization.awq.fold import Producer, fold_, fold_is_exact, identity_producers, norm_like
 from compression.engines.quantization.common import layer_record, schemes_for
 from compression.engines.quantization.gptq.engine import solve_shared, uncalled
@@ -68,20 +86,67 @@ def plan_block(block: nn.Module, prefix: str, groups: InputGroups, inputs: Block
     return plan
 
 
+def calibration_subset(inputs: BlockInputs, samples: int) -> BlockInputs:
+    """The first calibration batches holding at least ``samples`` sequences."""
+    n, k = 0, 0
+    while k < len(inputs.hidden) and n < samples:
+        n += inputs.hidden[k].shape[0]
+        k += 1
+    return BlockInputs(hidden=inputs.hidden[:k], kwargs=inputs.kwargs[:k])
+
+
+@dataclass
+class Verifier:
+    """Re-ranks candidate exponents by the error of the decoder block's output on a calibration subset."""
+
+    block: nn.Module
+    inputs: BlockInputs
+    target: list[torch.Tensor]  # the block's output before this block's quantization
+
+    def error(self, producer: nn.Module, kind: str, consumers: list[nn.Module], quantized: dict[nn.Module, QuantArgs],
+              s: torch.Tensor) -> float:
+        """Output error with ``s`` folded and the targeted consumers fake-quantized; leaves no trace."""
+        params = [t for m in (producer, *consumers) for t in m.parameters(recurse=False)]
+        saved = [t.detach().clone() for t in params]
+        try:
+            fold_(producer, kind, consumers, s)
+            for mod, scheme in quantized.items():
+                w = get_weight(mod, s.device)
+                set_weight_(mod, fake_quant(w, scheme))
+            out = forward_block(self.block, self.inputs)
+            return sum(float((o.float() - t.float()).pow(2).sum()) for o, t in zip(out, self.target, strict=True))
+        finally:
+            for t, v in zip(params, saved, strict=True):
+                t.data.copy_(v)
+
+
 def _scale_group(block: nn.Module, prefix: str, members: list[str], producer: Producer, groups: InputGroups,
-                 schemes: dict[str, QuantArgs | None], grid: int) -> tuple[torch.Tensor, dict[str, Any]]:
+                 schemes: dict[str, QuantArgs | None], cfg: AWQConfig, verifier: Verifier | None
+                 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Search and fold one group's scales; returns the Hessian of the scaled inputs and the report note."""
     leader = members[0]
     h = groups.hessian(leader)
     quant = [n for n in members if schemes.get(n) is not None]
-    ws = [get_weight(block.get_submodule(n[len(prefix) + 1 :]), h.device) for n in quant]
-    s, alpha, errors = search_scales(ws, [schemes[n] for n in quant], h, groups.abs_mean(leader), grid)  # type: ignore[misc]
+    mod = {n: block.get_submodule(n[len(prefix) + 1 :]) for n in members}
+    x_abs = groups.abs_mean(leader)
+    ws = [get_weight(mod[n], h.device) for n in quant]
+    s, alpha, errors = search_scales(ws, [schemes[n] for n in quant], h, x_abs, cfg.grid)  # type: ignore[misc]
+    note: dict[str, Any] = {"producer": f"{prefix}.{producer.name}", "alpha_linear": alpha}
+    if verifier is not None and cfg.verify > 0:
+        prod = block.get_submodule(producer.name)
+        consumers = [mod[n] for n in members]
+        quantized = {mod[n]: schemes[n] for n in quant}
+        block_err = {a: verifier.error(prod, producer.kind, consumers, quantized, scales_for(x_abs, a))  # type: ignore[arg-type]
+                     for a in ranked_alphas(errors)[: cfg.verify]}
+        alpha = min(block_err, key=lambda a: block_err[a])
+        s = scales_for(x_abs, alpha)
+        note["block_error_vs_linear_choice"] = block_err[alpha] / max(block_err[note["alpha_linear"]], 1e-30)
     if alpha > 0:
-        consumers = [block.get_submodule(n[len(prefix) + 1 :]) for n in members]
-        fold_(block.get_submodule(producer.name), producer.kind, consumers, s)
+        fold_(block.get_submodule(producer.name), producer.kind, [mod[n] for n in members], s)
         h = scale_hessian(h, s)
-    ratio = min(errors) / max(errors[0], 1e-30)
-    return h, {"producer": f"{prefix}.{producer.name}", "alpha": alpha, "error_vs_rtn": ratio}
+    note["alpha"] = alpha
+    note["error_vs_rtn"] = errors[round(alpha * cfg.grid)] / max(errors[0], 1e-30)
+    return h, note
 
 
 @register(AWQConfig)
@@ -102,6 +167,10 @@ class AWQEngine:
                 return {"layers": records}
             groups = observe_block(block, inputs, block_linears(block, prefix), ctx.device)
             plan_block(block, prefix, groups, inputs, plan)
+            verifier = None
+            if cfg.verify > 0:
+                subset = calibration_subset(inputs, cfg.verify_samples)
+                verifier = Verifier(block, subset, forward_block(block, subset))
             pending = []
             for members in groups.groups().values():
                 if not any(n in quant for n in members):
@@ -110,7 +179,7 @@ class AWQEngine:
                 if producer is None:
                     h, note = groups.hessian(members[0]), {"producer": None, "reason": "no foldable producer"}
                 else:
-                    h, note = _scale_group(block, prefix, members, producer, groups, schemes, cfg.grid)
+                    h, note = _scale_group(block, prefix, members, producer, groups, schemes, cfg, verifier)
                 pending.append(({n: quant[n] for n in members if n in quant}, h, note))
             for mods, h, note in pending:
                 for rec in solve_shared(mods, schemes, h, ctx.device, gptq):

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from compression.configs.quantization import AWQConfig, GPTQConfig, HQQConfig, QuantOverride, RTNConfig
+from compression.configs.quantization import AWQConfig, GPTQConfig, HQQConfig, QuantArgs, QuantOverride, RTNConfig
 from compression.core.context import StepContext
 from compression.core.layout import find_layout, get_weight, is_linear, quantized_of
 from compression.errors import InvalidRecipe, NoTargetModules
@@ -160,3 +160,35 @@ def test_hqq_engine_asymmetric_integer_zero_points(make_model):
     qw = quantized_of(model.model.layers[0].mlp.up_proj)
     assert qw.zero is not None and qw.zero.dtype == torch.int8
     assert int(qw.zero.min()) >= -8 and int(qw.zero.max()) <= 7
+
+
+def test_awq_block_verifier_leaves_weights_untouched(make_model, calib):
+    from compression.core.sequential import BlockInputs, forward_block
+    from compression.engines.quantization.awq.engine import Verifier, calibration_subset
+
+    model = make_model("llama")
+    block = model.model.layers[0]
+    hidden = [model.model.embed_tokens(calib[:4]), model.model.embed_tokens(calib[4:])]
+    pos = torch.arange(calib.shape[1]).unsqueeze(0)
+    kw = {"position_embeddings": model.model.rotary_emb(hidden[0], pos)}
+    inputs = BlockInputs(hidden=hidden, kwargs=[kw, kw])
+    subset = calibration_subset(inputs, 3)
+    assert len(subset.hidden) == 1  # the first batch already holds 4 >= 3 sequences
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    v = Verifier(block, subset, forward_block(block, subset))
+    mlp = block.mlp
+    scheme = QuantArgs(bits=3, group_size=32)
+    s = torch.rand(mlp.gate_proj.in_features) + 0.5
+    err = v.error(block.post_attention_layernorm, "norm", [mlp.gate_proj, mlp.up_proj],
+                  {mlp.gate_proj: scheme, mlp.up_proj: scheme}, s)
+    assert err > 0  # 3-bit weights change the block output
+    assert all(torch.equal(before[k], t) for k, t in block.state_dict().items())
+    assert v.error(block.post_attention_layernorm, "norm", [mlp.gate_proj, mlp.up_proj], {}, s) < 1e-6 * err  # exact fold
+
+
+def test_awq_verified_choice_no_worse_on_the_block_output(make_model, calib):
+    model = make_model("llama")
+    report = _run(model, AWQConfig(bits=3, group_size=32, grid=10, verify=4, verify_samples=8), calib)
+    notes = [r["awq"] for r in report["layers"] if r["awq"]["producer"]]
+    assert notes and all(n["block_error_vs_linear_choice"] <= 1.0 for n in notes)
+    assert all(0 <= n["alpha"] < 1 for n in notes)
