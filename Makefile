@@ -9,13 +9,14 @@ PG_DB ?= presso_test
 DEMO_PORT ?= 8765
 DEMO_DIR ?= .presso/demo
 
-.PHONY: setup test demo bench lint services help
+.PHONY: setup test demo bench bench-service lint services help
 
 help:
 	@echo "make setup   create .venv and install (idempotent)"
 	@echo "make test    setup, start Postgres + Redis if needed, run the whole suite"
 	@echo "make demo    setup, start the embedded service, compress SmolLM2-135M over HTTP"
-	@echo "make bench   submit-latency benchmark against Postgres"
+	@echo "make bench   quality matrix, Presso vs llmcompressor (bench/quality.py; hours on 2 CPU cores, cached per row)"
+	@echo "make bench-service  submit latency, pickup, S3 transfer and soak (bench/service.py)"
 	@echo "make lint    ruff + mypy"
 
 setup: $(STAMP)
@@ -42,8 +43,12 @@ test: setup services
 demo: setup
 	$(PY) -m presso.demo --port $(DEMO_PORT) --data-dir $(DEMO_DIR) --out demo-out
 
-bench: setup services
-	$(PY) bench/submit_latency.py --rates 50,200,500
+bench: setup
+	test -x .venv-peer/bin/python || PYTHONPATH=. $(PY) bench/quality.py --setup-peer
+	PYTHONPATH=. $(PY) bench/quality.py
+
+bench-service: setup services
+	$(PY) bench/service.py
 
 lint: setup
 	$(VENV)/bin/ruff check app workers presso compression kernels tests bench
