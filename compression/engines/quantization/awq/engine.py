@@ -4,11 +4,12 @@ Per block (layer-sequential, see compression.core.sequential):
 1. one forward over the calibration batches groups every linear of the block by the tensor it
    reads and accumulates each group's Hessian and mean |x| per channel (gptq.observe);
 2. each group's producer is found and verified (fold.py; planned on the first block);
-3. groups with a producer: ``alpha`` search (awq_math) on the linears' exact output error; the
-   ``verify`` best exponents are then re-ranked by the decoder block's own output error on a few
-   calibration sequences (the linear-level error ignores the attention softmax and the MLP gate,
-   which made 3-bit AWQ pick harmful exponents); the winner's scales are folded into the producer
-   and every linear reading that input (targeted or not, so the function is unchanged);
+3. groups with a producer: ``alpha`` search (awq_math) on the linears' exact output error;
+   optionally (``verify`` > 0) the best few exponents are re-ranked by the decoder block's own
+   output error on a few calibration sequences (that error sees the attention softmax and the MLP
+   gate; at 4 bits on SmolLM2 it measured worse than the linear-level choice, so it is off by
+   default); the winner's scales are folded into the producer and every linear reading that input
+   (targeted or not, so the function is unchanged);
 4. every targeted linear is quantized with RTN or GPTQ (``cfg.solver``) on the scaled weights
    with the scaled Hessian. A group without a foldable producer is quantized as is, and its
    records say so (``awq.producer = null`` with the reason).
