@@ -3,32 +3,19 @@ a local HTTP server for hostile responses (loopback allowed explicitly by the se
 
 from __future__ import annotations
 
-import sys
-import threading
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # security_helpers (pytest runs with importlib mode)
-
-from security_helpers import Served, make_handler  # noqa: E402
-from svc_helpers import worker_context  # noqa: E402
+from http_helpers import Served, serve_http
+from svc_helpers import worker_context
 
 
 @pytest.fixture
 def http_server() -> Iterator[Served]:
-    served = Served()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(served))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    served.base = f"http://127.0.0.1:{server.server_address[1]}"
-    yield served
-    server.shutdown()
-    server.server_close()
+    with serve_http() as served:
+        yield served
 
 
 @pytest.fixture

@@ -170,7 +170,7 @@ def test_header_declaring_1e13_parameters_in_s3(env: dict[str, Any]) -> None:
 
 
 def test_never_ending_response(env: dict[str, Any], http_server: Any) -> None:
-    from security_helpers import endless
+    from http_helpers import endless
 
     http_server.routes["/inf/model.gguf"] = endless(http_server)
     job = _run(env, f"{http_server.base}/inf/model.gguf")
@@ -187,7 +187,7 @@ def test_never_ending_response(env: dict[str, Any], http_server: Any) -> None:
                                     "http://[::ffff:169.254.169.254]/model.safetensors",
                                     "http://10.0.0.1/model.safetensors", "http://100.64.0.1/model.safetensors"])
 def test_redirect_to_metadata_address(env: dict[str, Any], http_server: Any, target: str) -> None:
-    from security_helpers import redirect
+    from http_helpers import redirect_to as redirect
 
     http_server.routes["/r/model.safetensors"] = redirect(target)
     job = _run(env, f"{http_server.base}/r/model.safetensors")

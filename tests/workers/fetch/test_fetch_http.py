@@ -182,8 +182,8 @@ def test_declared_10e13_params_refused_before_download(
         handler.send_header("Content-Range", f"bytes {lo}-{hi}/{total}")
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
+        http_server.count(handler.path, len(body))  # before writing (the test asserts right after reading)
         handler.wfile.write(body)
-        http_server.count(handler.path, len(body))
 
     http_server.routes["/huge.safetensors"] = virtual
     with pytest.raises(ModelTooLargeError) as info:
