@@ -93,8 +93,9 @@ class Stack:
         }
         from app.core.migrate import upgrade
         from app.core.settings import Settings
+        from bench.submit_latency import ensure_database
 
-        _ensure_database(args.database_url)
+        ensure_database(args.database_url)
         upgrade(Settings(database_url=args.database_url))
         _close_leftovers(args.database_url)
         self.api = f"http://127.0.0.1:{_port()}"
@@ -167,17 +168,6 @@ class Stack:
                 proc.wait(timeout=20)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _ensure_database(url: str) -> None:
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    with psycopg.connect(f"host={u.host} port={u.port or 5432} user={u.username} dbname=postgres",
-                         autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (u.database,)).fetchone() is None:
-            conn.execute(f'CREATE DATABASE "{u.database}"')
 
 
 def _close_leftovers(url: str) -> None:

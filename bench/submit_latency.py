@@ -58,7 +58,7 @@ def start_api(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
     from app.core.migrate import upgrade
     from app.core.settings import Settings
 
-    _ensure_database(args.database_url)
+    ensure_database(args.database_url)
     upgrade(Settings(database_url=args.database_url))
     port = _free_port()
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
@@ -74,7 +74,8 @@ def start_api(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("API did not start")
 
 
-def _ensure_database(url: str) -> None:
+def ensure_database(url: str) -> None:
+    """Create the benchmark's database on the Postgres server of ``url`` when missing."""
     import psycopg
     from sqlalchemy.engine import make_url
 
