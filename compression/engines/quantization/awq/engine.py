@@ -129,13 +129,13 @@ def _scale_group(block: nn.Module, prefix: str, members: list[str], producer: Pr
     h = groups.hessian(leader)
     quant = [n for n in members if schemes.get(n) is not None]
     mod = {n: block.get_submodule(n[len(prefix) + 1 :]) for n in members}
+    prod = block.get_submodule(producer.name)
     x_abs = groups.abs_mean(leader)
     ws = [get_weight(mod[n], h.device) for n in quant]
     s, alpha, errors = search_scales(ws, [schemes[n] for n in quant], h, x_abs, cfg.grid)  # type: ignore[misc]
     note: dict[str, Any] = {"producer": f"{prefix}.{producer.name}", "alpha_linear": alpha}
-    if verifier is not None and cfg.verify > 0:
-        prod = block.get_submodule(producer.name)
-        consumers = [mod[n] for n in members]
+    consumers = [mod[n] for n in members]
+    if verifier is not None:  # built only when cfg.verify > 0
         quantized = {mod[n]: schemes[n] for n in quant}
         block_err = {a: verifier.error(prod, producer.kind, consumers, quantized, scales_for(x_abs, a))  # type: ignore[arg-type]
                      for a in ranked_alphas(errors)[: cfg.verify]}
@@ -143,7 +143,7 @@ def _scale_group(block: nn.Module, prefix: str, members: list[str], producer: Pr
         s = scales_for(x_abs, alpha)
         note["block_error_vs_linear_choice"] = block_err[alpha] / max(block_err[note["alpha_linear"]], 1e-30)
     if alpha > 0:
-        fold_(block.get_submodule(producer.name), producer.kind, [mod[n] for n in members], s)
+        fold_(prod, producer.kind, consumers, s)
         h = scale_hessian(h, s)
     note["alpha"] = alpha
     note["error_vs_rtn"] = errors[round(alpha * cfg.grid)] / max(errors[0], 1e-30)
