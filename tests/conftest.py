@@ -1,12 +1,12 @@
 """Shared fixtures of the service tests: the REAL Postgres, Redis and an S3 server (moto), no mocks.
 
-Postgres: PRESSO_TEST_DATABASE_URL (default database presso_test on 127.0.0.1:5432, user postgres).
+Postgres: PRESSO_TEST_DATABASE_URL (default presso_test on 127.0.0.1:5432, user postgres); each session works
+in its own copy of that name with a random suffix, dropped at the end.
 Redis: PRESSO_TEST_REDIS_URL (default db 11). `make test` starts both when they are not answering.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import sys
 import uuid
@@ -42,25 +42,31 @@ def _ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{u.database}"')
 
 
+def _drop_database(url: str) -> None:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    conninfo = f"host={u.host} port={u.port or 5432} user={u.username} dbname=postgres"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
-def pg_url() -> str:
-    """Migrated test database. Jobs left active by earlier sessions are closed so no reaper revives them."""
-    from sqlalchemy import create_engine, text
+def pg_url() -> Iterator[str]:
+    """A migrated database of this session's own (PRESSO_TEST_DATABASE_URL's name + a random suffix),
+    dropped at the end: concurrent sessions on one Postgres never see, reap or cancel each other's jobs."""
+    from sqlalchemy.engine import make_url
 
     from app.core.migrate import upgrade
     from app.core.settings import Settings
 
-    _ensure_database(PG_URL)
-    upgrade(Settings(database_url=PG_URL))
-    engine = create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(
-            text("UPDATE jobs SET state = 'cancelled', error_code = 'cancelled' "
-                 "WHERE state IN ('queued', 'running') AND created_at < :t"),
-            {"t": dt.datetime.now(dt.UTC)},
-        )
-    engine.dispose()
-    return PG_URL
+    base = make_url(PG_URL)
+    url = base.set(database=f"{base.database}_{uuid.uuid4().hex[:8]}").render_as_string(hide_password=False)
+    _ensure_database(url)
+    upgrade(Settings(database_url=url))
+    yield url
+    _drop_database(url)
 
 
 @pytest.fixture(scope="session")
