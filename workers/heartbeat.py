@@ -70,6 +70,12 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def stop(self) -> None:
+        """Stop beating (waits for a beat in flight); call before finishing the job, or the next beat
+        would find the lease released by the finish and report it lost."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10)
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

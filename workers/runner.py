@@ -77,6 +77,7 @@ def _attempt(ctx: WorkerContext, claim: lease.Claim, hb: Heartbeat, tmp: Path) -
     metrics: dict[str, Any] = dict(result.metrics)
     if getattr(result, "attempts", None):
         metrics.setdefault("attempts", result.attempts)
+    hb.stop()
     done = lease.finish(ctx.session_factory, claim, JobState.succeeded, metrics=metrics,
                         manifest_key=manifest_key, progress_stage="done", progress_fraction=1.0)
     if not done:
