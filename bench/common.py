@@ -160,6 +160,7 @@ def machine_info() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "compressed_tensors": ct,
         "git_commit": _git_head(),
+        "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU",
     }
 
 

