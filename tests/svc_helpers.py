@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,29 @@ class Api:
 
     def post(self, url: str, **kw: Any) -> Any:
         return self.client.post(url, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+
+@contextmanager
+def serve_api(settings: Settings) -> Iterator[str]:
+    """The real API (uvicorn) in a thread of this process on a free port; yields its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from app.main import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def new_tenant(client: Any, name: str | None = None, **fields: Any) -> Api:

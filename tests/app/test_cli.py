@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
-from svc_helpers import ADMIN_KEY, RTN, free_port
+from svc_helpers import ADMIN_KEY, RTN, serve_api
 
 from presso.cli import build_parser, main
 
@@ -28,18 +26,8 @@ def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.fixture
 def live_url(make_settings: Any) -> Iterator[str]:
-    from app.main import create_app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(make_settings()), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_api(make_settings()) as url:
+        yield url
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,9 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from faultkit import ROOT, STAGE_DELAY_S, Cluster, publisher_for
-from svc_helpers import ARTIFACT_BUCKET, RTN, free_port
+from svc_helpers import ARTIFACT_BUCKET, RTN, free_port, serve_api
 
 from app.tenants.service import create_key
 
@@ -125,18 +123,8 @@ def test_s3_outage_mid_upload(cluster: Cluster, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def api_url(cluster: Cluster) -> Iterator[str]:
-    from app.main import create_app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(cluster.settings), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_api(cluster.settings) as url:
+        yield url
 
 
 def _download(api_url: str, key: str, job_id: str, out: Path) -> Any:
