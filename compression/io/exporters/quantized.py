@@ -12,6 +12,7 @@ from torch import nn
 from compression.core.layout import quantized_of
 from compression.core.packing import pack_int, pack_zero_points
 
+
 def _pack_device() -> torch.device:
     """Where to bit-pack: a worker with a GPU packs there (the 8B-shape write fell from ~80 s to ~8 s
     with the int32 packer on the H200); the codes themselves stay on the CPU."""
