@@ -187,9 +187,14 @@ def test_awq_block_verifier_leaves_weights_untouched(make_model, calib):
     assert unquantized < 1e-6 * err  # the fold alone is exact
 
 
-def test_awq_verified_choice_no_worse_on_the_block_output(make_model, calib):
-    model = make_model("llama")
-    report = _run(model, AWQConfig(bits=3, group_size=32, grid=10, verify=4, verify_samples=8), calib)
-    notes = [r["awq"] for r in report["layers"] if r["awq"]["producer"]]
-    assert notes and all(n["block_error_vs_linear_choice"] <= 1.0 for n in notes)
-    assert all(0 <= n["alpha"] < 1 for n in notes)
+def test_awq_verify_reranks_only_the_given_candidates(make_model, calib):
+    def notes(verify: int) -> list[dict]:
+        report = _run(make_model("llama"), AWQConfig(bits=3, group_size=32, grid=10, verify=verify, verify_samples=8),
+                      calib)
+        return [r["awq"] for r in report["layers"] if r["awq"]["producer"]]
+
+    one = notes(1)  # a single candidate: the linear-level choice, re-measured but never replaced
+    assert one and all(n["alpha"] == n["alpha_linear"] and n["block_error_vs_linear_choice"] == 1.0 for n in one)
+    four = notes(4)
+    assert four and all(0 < n["block_error_vs_linear_choice"] <= 1.0 and 0 <= n["alpha"] < 1 for n in four)
+    assert "block_error_vs_linear_choice" not in notes(0)[0]
