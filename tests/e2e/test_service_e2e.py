@@ -11,8 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +19,7 @@ from typing import Any
 import boto3
 import httpx
 import pytest
-import uvicorn
-from svc_helpers import ADMIN_KEY, ARTIFACT_BUCKET, MODEL_BUCKET, RTN, free_port, upload_dir
+from svc_helpers import ADMIN_KEY, ARTIFACT_BUCKET, MODEL_BUCKET, RTN, serve_api, upload_dir
 
 from presso.client import PressoClient
 
@@ -50,31 +47,21 @@ def stack(pg_url: str, redis_url: str, s3_endpoint: str, tmp_path_factory: pytes
     worker = subprocess.Popen([sys.executable, "-m", "presso.cli", "worker", "--loglevel", "INFO"], cwd=ROOT,
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     from app.core.settings import Settings
-    from app.main import create_app
 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    settings = Settings()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-    tenant = admin.post("/v1/admin/tenants", json={"name": f"e2e-{uuid.uuid4().hex[:8]}"}).json()
-    key = admin.post(f"/v1/admin/tenants/{tenant['id']}/keys", json={"name": "e2e"}).json()["secret"]
     try:
-        yield {"url": url, "key": key, "worker": worker, "log": tmp / "worker.log", "tmp": tmp}
+        with serve_api(Settings()) as url:
+            admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+            tenant = admin.post("/v1/admin/tenants", json={"name": f"e2e-{uuid.uuid4().hex[:8]}"}).json()
+            key = admin.post(f"/v1/admin/tenants/{tenant['id']}/keys", json={"name": "e2e"}).json()["secret"]
+            yield {"url": url, "key": key, "worker": worker, "log": tmp / "worker.log", "tmp": tmp}
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         try:
             worker.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(worker.pid, signal.SIGKILL)
-        server.should_exit = True
-        thread.join(timeout=10)
         log.close()
         for k, v in saved.items():
             if v is None:
