@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import os
 import signal
 import statistics
@@ -211,24 +210,17 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - t
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def bench_transfer(stack: Stack, mib: int, reps: int) -> str:
     import boto3
 
     from app.storage.s3 import S3Store
+    from compression.io.artifact import sha256_file
 
     src = stack.work / "artifact.bin"
     with open(src, "wb") as fh:
         for _ in range(mib // 16):
             fh.write(os.urandom(16 << 20))
-    digest = _sha(src)
+    digest = sha256_file(src)
     store = S3Store(BUCKETS[0], "transfer", endpoint_url=stack.s3_url)
     plain = boto3.client("s3", endpoint_url=stack.s3_url, region_name="us-east-1")
     rows: dict[str, list[tuple[float, float]]] = {"presso": [], "boto3": []}
@@ -241,7 +233,7 @@ def bench_transfer(stack: Stack, mib: int, reps: int) -> str:
             else:
                 up = _timed(lambda: plain.upload_file(str(src), BUCKETS[0], "plain/model.safetensors"))
                 down = _timed(lambda d=dest: plain.download_file(BUCKETS[0], "plain/model.safetensors", str(d)))
-            assert _sha(dest) == digest, f"{name} download differs"
+            assert sha256_file(dest) == digest, f"{name} download differs"
             dest.unlink()
             rows[name].append((mib / up, mib / down))
     src.unlink()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -12,6 +11,7 @@ from typing import Any
 from app.core.db import utcnow
 from app.jobs.artifacts import MANIFEST, attempt_prefix
 from app.storage import ArtifactStore
+from compression.io.artifact import sha256_file
 from workers.lease import Claim
 
 log = logging.getLogger(__name__)
@@ -19,14 +19,6 @@ log = logging.getLogger(__name__)
 
 class LeaseLost(Exception):
     """The job was taken from this worker (reaped or cancelled) before its manifest was written."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def artifact_files(out_dir: Path, listed: Iterable[Path] | None = None) -> list[Path]:
