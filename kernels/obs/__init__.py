@@ -7,19 +7,12 @@ needs CUDA or Triton.
 
 from __future__ import annotations
 
-import importlib.util
-from functools import lru_cache
-
 import torch
 
 from kernels.obs.reference import obs_block_ref
+from kernels.support import triton_available
 
 __all__ = ["obs_block", "obs_block_ref", "triton_available"]
-
-
-@lru_cache(maxsize=1)
-def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
 
 
 def obs_block(

@@ -7,12 +7,11 @@ pure-torch reference otherwise. Importing this package never needs CUDA or Trito
 
 from __future__ import annotations
 
-import importlib.util
-from functools import lru_cache
 from typing import Any
 
 import torch
 
+from kernels.support import triton_available
 from kernels.w4a16.reference import dequantize, pack_int, unpack_int, w4a16_matmul_ref
 
 __all__ = [
@@ -26,12 +25,6 @@ __all__ = [
 ]
 
 _prepared: dict[int, tuple[Any, int, Any]] = {}
-
-
-@lru_cache(maxsize=1)
-def triton_available() -> bool:
-    """True when Triton is importable and a CUDA device is present."""
-    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
 
 
 def _triton_module():
