@@ -1,7 +1,8 @@
 """W4A16 kernel benchmark (benchmarks.md section 3) on one CUDA GPU.
 
 Measures, in one run: device-to-device copy bandwidth (bytes read + written), the bf16
-torch.matmul rate (8192^3), and the Triton W4A16 kernel at batch 1/16/64 on
+torch.matmul rate (8192^3), and the W4A16 kernels (tensor-core CUDA ``mma`` when nvcc is
+there, and the Triton ones) at batch 1/16/64 on
 (K, N) = 4096x4096, 4096x14336, 14336x4096 against bf16 ``F.linear`` of the same shape.
 Every run first checks the kernel against the pure-torch reference on fresh random
 inputs (relative error <= 1e-2) and fails loudly otherwise.
@@ -101,6 +102,10 @@ def bench_shape(tk, do_bench, k, n, batches, bits, gs, calls, args_dump=None):
     runs = [(m, None) for m in batches]
     if 1 in batches:
         runs.insert(batches.index(1) + 1, (1, "loop"))  # the alternative M=1 kernel, for comparison
+    from kernels.w4a16 import mma
+
+    if bits == 4 and mma.available():
+        rows += bench_mma(mma, do_bench, k, n, batches, packed, scale, gs, calls, dense, n_bf)
     for m, variant in runs:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         y = tk.w4a16_matmul_prepared(x, pw, gemv=variant)  # autotunes on first use
@@ -138,6 +143,39 @@ def bench_shape(tk, do_bench, k, n, batches, bits, gs, calls, args_dump=None):
     return rows
 
 
+def bench_mma(mma, do_bench, k, n, batches, packed, scale, gs, calls, dense, n_bf):
+    """The tensor-core kernel (kernels/w4a16/mma.cu) on the same weight, same protocol."""
+    pw = mma.prepare(packed, scale, None, gs, k)
+    n_w = max(2, math.ceil(ROTATE_BYTES / pw.nbytes))
+    copies = [pw] + [
+        dataclasses.replace(
+            pw,
+            words=torch.randint(-(2**31), 2**31 - 1, pw.words.shape, device="cuda", dtype=torch.int32),
+            scale=torch.rand_like(pw.scale) * 0.002,
+        )
+        for _ in range(n_w - 1)
+    ]
+    rows = []
+    for m in batches:
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        y = mma.matmul(x, pw)  # autotunes on first use
+        want = ref.w4a16_matmul_ref(x, packed, scale, None, 4, gs)
+        err = float((y.float() - want.float()).norm() / want.float().norm())
+        ok = bool(torch.isfinite(y).all()) and err <= 1e-2
+        xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
+        t_q = graph_time(lambda i, xs=xs: mma.matmul(xs[i % 4], copies[i % n_w]), calls, do_bench)
+        t_d = graph_time(lambda i, xs=xs: F.linear(xs[i % 4], dense[i % n_bf]), calls, do_bench)
+        t_q1 = do_bench(lambda x=x: mma.matmul(x, pw), return_mode="median") * 1e-3
+        t_d1 = do_bench(lambda x=x: F.linear(x, dense[0]), return_mode="median") * 1e-3
+        key = (pw.npad, pw.kpad, (m + 7) // 8, False)
+        warps, unroll = mma._tuned.get(key, ("?", "?"))
+        rows.append(dict(k=k, n=n, m=m, label=f"{m} (mma)", t_q=t_q, t_d=t_d, t_q1=t_q1, t_d1=t_d1,
+                         bytes=pw.nbytes, err=err, ok=ok, cfg=f"mma w{warps} u{unroll}", regs=""))
+        log(f"K={k} N={n} M={m} (mma): w4 {t_q * 1e6:.2f} us (1-launch {t_q1 * 1e6:.2f}), bf16 {t_d * 1e6:.2f} us "
+            f"(1-launch {t_d1 * 1e6:.2f}), err {err:.2e} {'OK' if ok else 'FAIL'} cfg w{warps} u{unroll}")
+    return rows
+
+
 def _config_of(tk, key: str) -> str:
     tuner = {"gemv": tk._gemv_tuned, "wide": tk._wide_tuned, "gemm": tk._gemm_tuned}[key]
     cfg = getattr(tuner, "best_config", None)
@@ -165,7 +203,9 @@ def render(meta: dict, rows: list[dict], copy_gbs: float, mm_tflops: float) -> s
         f"Copy bandwidth (device-to-device copy of 1 GiB, read + written): **{copy_gbs:.0f} GB/s**; "
         f"bf16 torch.matmul 8192^3: **{mm_tflops:.0f} TFLOP/s**.",
         f"W{meta['bits']}A16, group {meta['gs']}, symmetric; times are per call, median over a CUDA graph "
-        f"of {meta['calls']} calls rotating over weight copies (> L2). Weight bytes = packed int32 + bf16 scales.",
+        f"of {meta['calls']} calls rotating over weight copies (> L2). Weight bytes = packed int32 + scales "
+        "(bf16 for Triton, float32 for mma). `(mma)` rows: the tensor-core CUDA kernel (kernels/w4a16/mma.cu); "
+        "others: the Triton kernels.",
         "",
     ]
     return "\n".join(head + lines) + "\n"

@@ -94,19 +94,23 @@ def set_weight_(module: nn.Module, w: torch.Tensor) -> None:
 
 
 def in_out(module: nn.Module) -> tuple[int, int]:
-    out_f, in_f = get_weight(module).shape
-    return in_f, out_f
+    """(in_features, out_features) from the weight's shape; no copy (an 8B model has 224 linears)."""
+    w: torch.Tensor = getattr(module, "weight")  # noqa: B009
+    out_f, in_f = w.shape if isinstance(module, nn.Linear) else w.shape[::-1]
+    return int(in_f), int(out_f)
 
 
 def set_quantized_(module: nn.Module, qw: QuantizedWeight, device: torch.device | str | None = None) -> torch.Tensor:
     """Store the dequantized weight in the module and keep the codes for the packed artifact.
 
     Returns the dequantized float32 weight [out, in], computed on ``device`` (default: where the
-    codes are), so engines can measure the error there without dequantizing twice.
+    codes are), so engines can measure the error there without dequantizing twice. The codes are
+    dequantized where they were made and only then copied to host memory: one device-to-host copy
+    of the codes, no round trip.
     """
     w_hat = qw.dequantize(device)
     set_weight_(module, w_hat)
-    module.presso_quant = qw  # type: ignore[assignment]
+    module.presso_quant = qw.cpu()  # type: ignore[assignment]
     return w_hat
 
 

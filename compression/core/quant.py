@@ -145,6 +145,16 @@ class QuantizedWeight:
     bits: int
     group_size: int  # as requested (-1 = per channel)
 
+    def cpu(self) -> QuantizedWeight:
+        """The same codes and parameters in host memory (where modules keep them for export)."""
+        return QuantizedWeight(
+            q=self.q.cpu(),
+            scale=self.scale.cpu(),
+            zero=None if self.zero is None else self.zero.cpu(),
+            bits=self.bits,
+            group_size=self.group_size,
+        )
+
     def dequantize(self, device: torch.device | str | None = None) -> torch.Tensor:
         """float32 weights, computed on ``device`` (default: where the codes are)."""
         q, scale = self.q.to(device or self.q.device), self.scale.to(device or self.q.device)
@@ -164,10 +174,11 @@ def quantize_rtn(w: torch.Tensor, args: QuantArgs) -> QuantizedWeight:
 
 
 def make_quantized(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, args: QuantArgs) -> QuantizedWeight:
+    """Codes and parameters on the device they were computed on (``set_quantized_`` moves them to host)."""
     return QuantizedWeight(
-        q=q.to(torch.int8).cpu(),
-        scale=scale.float().cpu(),
-        zero=None if args.symmetric else zero.to(torch.int8).cpu(),
+        q=q.to(torch.int8),
+        scale=scale.float(),
+        zero=None if args.symmetric else zero.to(torch.int8),
         bits=args.bits,
         group_size=args.group_size if args.group_size > 0 else -1,
     )

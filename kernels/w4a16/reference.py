@@ -191,3 +191,56 @@ def planar_unpack(planar: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     u = (words >> shifts) & ((1 << bits) - 1)  # [n, blocks, r, j]
     u = u.transpose(2, 3).reshape(n, -1)[:, :k]
     return (u - (1 << (bits - 1))).to(torch.int8)
+
+
+# --- tensor-core layout (kernels/w4a16/mma.cu) ---------------------------------------
+
+MMA_ROWS = 16  # output rows per stripe (the m of an m16n8k16 tile)
+MMA_CHUNK = 64  # K values per chunk (4 tiles of 16); a lane's uint4 covers one chunk
+
+
+def _mma_view(n: int, kp: int) -> tuple[int, ...]:
+    # rows r = rh*8 + g; chunk-local k = 16t + 4i + 2h + e (lane t, tile i, register half h, element e)
+    return (n // MMA_ROWS, 2, 8, kp // MMA_CHUNK, 4, 4, 2, 2)
+
+
+# permute the view above to [stripe, chunk, g, t, i, rh, h, e]
+_MMA_ORDER = (0, 3, 2, 4, 5, 1, 6, 7)
+
+
+def _mma_shifts(device: torch.device) -> torch.Tensor:
+    """Bit position of (rh, h, e) in a word: register j = rh + 2h at bits 4j, element e in the high half."""
+    rh = torch.arange(2, device=device).view(2, 1, 1)
+    h = torch.arange(2, device=device).view(1, 2, 1)
+    e = torch.arange(2, device=device).view(1, 1, 2)
+    return (4 * (rh + 2 * h) + 16 * e).to(torch.int64)
+
+
+def mma_repack(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """4-bit compressed-tensors words -> the tensor-core kernel's layout, int32 ``[S, C, 32, 4]``.
+
+    Rows are padded to a multiple of 16 (stripes, S) and K to a multiple of 64 (chunks, C), with
+    the code 8 (q = 0). Word ``i`` of lane ``(g, t)`` (lane = 4g + t) in chunk ``c`` of stripe ``s``
+    holds its m16n8k16 A fragment for tile ``i``: register ``a_j`` (j = rh + 2h: a0/a2 row g,
+    a1/a3 row g + 8) is the pair of chunk-local K values ``16t + 4i + 2h + {0, 1}`` and sits at
+    bits ``4j`` (first value) and ``16 + 4j`` (second), so ``(word >> 4j) & 0x000F000F`` is that
+    register's pair. K is permuted inside each chunk (tile i's k-columns 2t.., 2t+8.. are the
+    chunk's ``16t + 4i + ..``); the B fragment reads the activations with the same permutation.
+    """
+    n = packed.shape[0]
+    u = unpack_int(packed, 4, k).to(torch.int64) + 8
+    npad, kp = -(-n // MMA_ROWS) * MMA_ROWS, -(-k // MMA_CHUNK) * MMA_CHUNK
+    u = torch.nn.functional.pad(u, (0, kp - k, 0, npad - n), value=8)
+    u = u.view(_mma_view(npad, kp)).permute(_MMA_ORDER)
+    words = (u << _mma_shifts(u.device)).sum(dim=(-3, -2, -1))  # [S, C, g, t, i]
+    return _to_int32(words.reshape(npad // MMA_ROWS, kp // MMA_CHUNK, 32, 4)).contiguous()
+
+
+def mma_unpack(words: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Inverse of ``mma_repack``: signed int8 ``[n, k]``."""
+    s, c = words.shape[:2]
+    w = _unsigned_words(words).view(s, c, 8, 4, 4, 1, 1, 1)
+    u = (w >> _mma_shifts(words.device)) & 0xF  # [S, C, g, t, i, rh, h, e]
+    inv = [_MMA_ORDER.index(d) for d in range(8)]
+    u = u.permute(inv).reshape(s * MMA_ROWS, c * MMA_CHUNK)
+    return (u[:n, :k] - 8).to(torch.int8)

@@ -1,0 +1,156 @@
+"""The tensor-core W4A16 kernel (kernels/w4a16/mma.cu): its layout on the CPU, the kernel on CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.w4a16 import reference as ref
+
+# --- CPU: the layout, and the kernel's fragment arithmetic emulated ----------------------
+
+
+@pytest.mark.parametrize("n,k", [(16, 64), (300, 1000), (33, 576), (5, 7)])
+def test_mma_repack_round_trip(n: int, k: int) -> None:
+    q = torch.randint(-8, 8, (n, k), generator=torch.Generator().manual_seed(n + k), dtype=torch.int8)
+    words = ref.mma_repack(ref.pack_int(q, 4), k)
+    assert words.shape == (-(-n // 16), -(-k // 64), 32, 4)
+    assert torch.equal(ref.mma_unpack(words, n, k), q)
+
+
+def _emulate(words: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
+    """y = x @ W.T computed the way mma.cu does it: per lane, its A fragment from its word (the
+    PTX m16n8k16 fragment map), its B fragment from the activations, one 16x16x8 product a tile."""
+    m, kp = x.shape[0], words.shape[1] * 64
+    xp = torch.nn.functional.pad(x.double(), (0, kp - x.shape[1], 0, 8 - m))
+    w = words.to(torch.int64) & 0xFFFFFFFF
+    y = torch.zeros(8, words.shape[0] * 16, dtype=torch.float64)
+    for s in range(words.shape[0]):
+        for c in range(words.shape[1]):
+            for i in range(4):
+                a = torch.zeros(16, 16, dtype=torch.float64)
+                b = torch.zeros(16, 8, dtype=torch.float64)
+                for lane in range(32):
+                    g, t = lane // 4, lane % 4
+                    word = int(w[s, c, lane, i])
+                    for j in range(4):  # (word >> 4j) & 0x000F000F, minus 8: register a_j
+                        pair = (word >> (4 * j)) & 0x000F000F
+                        lo, hi = (pair & 0xF) - 8, ((pair >> 16) & 0xF) - 8
+                        row = g + (8 if j in (1, 3) else 0)
+                        col = 2 * t + (8 if j >= 2 else 0)
+                        a[row, col], a[row, col + 1] = lo, hi
+                    span = xp[g, c * 64 + 16 * t: c * 64 + 16 * t + 16]  # two 16-byte loads
+                    b[2 * t: 2 * t + 2, g] = span[4 * i: 4 * i + 2]  # b0 = 32-bit word 2i
+                    b[2 * t + 8: 2 * t + 10, g] = span[4 * i + 2: 4 * i + 4]  # b1 = word 2i + 1
+                y[:, s * 16: s * 16 + 16] += (a @ b).t()
+    return y[:m, :n]
+
+
+@pytest.mark.parametrize("n,k,m", [(16, 64, 1), (40, 200, 3), (17, 128, 8)])
+def test_fragment_emulation_matches_dense(n: int, k: int, m: int) -> None:
+    gen = torch.Generator().manual_seed(7 * n + k)
+    q = torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)
+    x = torch.randn(m, k, generator=gen)
+    words = ref.mma_repack(ref.pack_int(q, 4), k)
+    want = x.double() @ q.double().t()
+    assert torch.allclose(_emulate(words, x, n), want, rtol=1e-9, atol=1e-9)
+
+
+def test_supports() -> None:
+    from kernels.w4a16 import mma
+
+    assert mma.supports(4, 128, 4096) and mma.supports(4, 64, 576) and mma.supports(4, None, 100)
+    assert not mma.supports(8, 128, 4096) and not mma.supports(4, 32, 4096)
+
+
+def test_prepare_layout_on_cpu() -> None:
+    from kernels.w4a16 import mma
+
+    n, k, gs = 300, 1000, 64
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)
+    scale = torch.rand(n, -(-k // gs), generator=gen)
+    z = torch.randint(-2, 2, (n, scale.shape[1]), generator=gen, dtype=torch.int8)
+    pw = mma.prepare(ref.pack_int(q, 4), scale, z, gs, k)
+    assert (pw.npad, pw.kpad, pw.chunks_per_group) == (304, 1024, 1)
+    assert torch.equal(pw.scale[:, :n], scale.t()) and not pw.scale[:, n:].any()
+    assert pw.zoff is not None and torch.equal(pw.zoff[:, :n], z.t().float() + 136)
+
+
+# --- CUDA: the kernel against the reference -------------------------------------------
+
+
+def _mma():
+    from kernels.w4a16 import mma
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    if not mma.available():
+        pytest.skip("needs nvcc to build the kernel")
+    return mma
+
+
+def _make(n, k, gs, asym, seed):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    g = 1 if gs is None else -(-k // gs)
+    q = torch.randint(-8, 8, (n, k), generator=gen, device="cuda", dtype=torch.int8)
+    scale = (torch.rand(n, g, generator=gen, device="cuda") * 0.02 + 0.002).to(torch.bfloat16)
+    zp = None
+    if asym:
+        z = torch.randint(-3, 3, (n, g), generator=gen, device="cuda", dtype=torch.int8)
+        zp = ref.pack_int(z.t().contiguous(), 4).t().contiguous()
+    return ref.pack_int(q, 4), scale, zp
+
+
+def _rel_err(y: torch.Tensor, want: torch.Tensor) -> float:
+    assert torch.isfinite(y).all()
+    return float((y.float() - want.float()).norm() / want.float().norm())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 16, 64])
+@pytest.mark.parametrize("k,n", [(4096, 4096), (4096, 14336), (14336, 4096)])
+def test_mma_matches_reference_bench_shapes(m: int, k: int, n: int) -> None:
+    mma = _mma()
+    packed, scale, zp = _make(n, k, 128, False, seed=k + n + m)
+    pw = mma.prepare(packed, scale, zp, 128, k)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    y = mma.matmul(x, pw)
+    assert _rel_err(y, ref.w4a16_matmul_ref(x, packed, scale, zp, 4, 128)) <= 1e-2
+    assert torch.equal(mma.matmul(x, pw), y)  # fixed-order reduction: bit-equal repeats
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 2, 5, 8, 9, 17, 33, 64])
+@pytest.mark.parametrize(
+    "n,k,gs,asym",
+    [
+        (768, 1000, 128, False),  # ragged last group, K padded to 1024
+        (300, 1000, 64, True),  # zero points, N not a multiple of 16
+        (576, 576, 64, False),  # SmolLM2's width
+        (256, 512, None, False),  # channel-wise
+        (200, 4096, 256, True),
+    ],
+)
+def test_mma_matches_reference_formats(m, n, k, gs, asym) -> None:
+    mma = _mma()
+    packed, scale, zp = _make(n, k, gs, asym, seed=n * 7 + k + m)
+    pw = mma.prepare(packed, scale, zp, gs, k)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    want = ref.w4a16_matmul_ref(x, packed, scale, zp, 4, gs)
+    for cfg in mma.CONFIGS:  # every launch configuration computes the same product
+        if cfg[0] <= (8 if m > 16 else 16):
+            assert _rel_err(mma.matmul(x, pw, config=cfg), want) <= 1e-2, cfg
+
+
+@pytest.mark.gpu
+def test_public_entry_point_uses_mma_for_bf16() -> None:
+    _mma()
+    import kernels
+
+    packed, scale, zp = _make(512, 1024, 128, False, seed=21)
+    x = torch.randn(3, 2, 1024, device="cuda", dtype=torch.bfloat16)
+    y = kernels.w4a16_matmul(x, packed, scale, zp, 4, 128)
+    assert any(k[0] == "mma" for k in kernels.w4a16._prepared)
+    assert y.shape == (3, 2, 512)
+    assert _rel_err(y, ref.w4a16_matmul_ref(x, packed, scale, zp, 4, 128)) <= 1e-2
