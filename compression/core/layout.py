@@ -14,6 +14,7 @@ from torch import nn
 
 from compression.configs.base import selected
 from compression.core.quant import QuantizedWeight
+from compression.core.staging import copy_to_host_, to_device
 from compression.errors import NoTargetModules, UnsupportedModel
 
 try:  # transformers' GPT-2 style linear
@@ -81,14 +82,18 @@ def get_weight(module: nn.Module, device: torch.device | str | None = None) -> t
     """
     w: torch.Tensor = getattr(module, "weight").data  # noqa: B009 - nn.Module attributes are untyped
     w = w.t() if not isinstance(module, nn.Linear) else w
-    return w.to(device=device or w.device, copy=True).to(torch.float32)  # move, then widen
+    return to_device(w, device or w.device).to(torch.float32)  # move (pinned staging), then widen
 
 
 def set_weight_(module: nn.Module, w: torch.Tensor) -> None:
     """Write a [out, in] weight back in the module's own layout and dtype; drops stale quant state."""
     target: torch.Tensor = getattr(module, "weight").data  # noqa: B009
     src = w.t() if not isinstance(module, nn.Linear) else w
-    target.copy_(src.to(dtype=target.dtype, device=target.device))
+    src = src.to(dtype=target.dtype)  # narrow where the result is, then move
+    if src.device != target.device and target.device.type == "cpu":
+        copy_to_host_(target, src)
+    else:
+        target.copy_(src)
     if hasattr(module, "presso_quant"):
         del module.presso_quant
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from compression.configs.quantization import QuantArgs
+from compression.core.staging import to_host
 
 _CLIP_GRID = torch.linspace(1.0, 0.70, 13).tolist()
 
@@ -148,9 +149,9 @@ class QuantizedWeight:
     def cpu(self) -> QuantizedWeight:
         """The same codes and parameters in host memory (where modules keep them for export)."""
         return QuantizedWeight(
-            q=self.q.cpu(),
-            scale=self.scale.cpu(),
-            zero=None if self.zero is None else self.zero.cpu(),
+            q=to_host(self.q),
+            scale=to_host(self.scale),
+            zero=None if self.zero is None else to_host(self.zero),
             bits=self.bits,
             group_size=self.group_size,
         )

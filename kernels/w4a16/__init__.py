@@ -1,7 +1,7 @@
 """Weight-only quantized matmul (W4A16 / W8A16) on compressed-tensors' pack-quantized layout.
 
 ``w4a16_matmul`` picks, for CUDA tensors: the tensor-core kernel (``mma.cu``; 4-bit, group size a
-multiple of 64 or channel-wise, bf16, 1..64 rows; needs ``nvcc`` once to build), else the Triton
+multiple of 64 or channel-wise, bf16, 1..16 rows; needs ``nvcc`` once to build), else the Triton
 kernels (4 or 8 bits, group size a multiple of 16 or channel-wise), else the pure-torch
 reference. Importing this package never needs CUDA, nvcc or Triton.
 """
@@ -62,7 +62,7 @@ def _use_mma(x: torch.Tensor, bits: int, group_size: int | None, k: int, n_group
     from kernels.w4a16 import mma
 
     rows = x.numel() // max(k, 1)
-    return (x.dtype == torch.bfloat16 and 1 <= rows <= mma.MAX_BATCH
+    return (x.dtype == torch.bfloat16 and 1 <= rows <= mma.DISPATCH_MAX_BATCH
             and mma.supports(bits, group_size, k, n_groups) and mma.available())
 
 

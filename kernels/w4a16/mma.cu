@@ -14,8 +14,9 @@
 // of a float32 accumulation.
 //
 // Work split: one block per stripe, its warps split the chunks (warp w takes chunks w*U ..,
-// then every warps*U), each warp issues U 512-byte coalesced weight loads before computing,
-// and the warps' partial sums are added in shared memory in a fixed order (deterministic).
+// then every warps*U), each warp keeps 2U 512-byte coalesced weight loads in flight (the next
+// stage's while it computes this one), and the warps' partial sums are added in shared memory
+// in a fixed order (deterministic).
 // Batches of up to 8 rows share one mma per tile (batch row = g); NT tiles of 8 cover 64 rows.
 
 #include <cuda_bf16.h>
@@ -66,6 +67,24 @@ __device__ __forceinline__ uint32_t neg_pair(float v) {
   return *reinterpret_cast<uint32_t*>(&p);
 }
 
+// B fragments of one chunk for NT tiles: lane (g, t) reads x[n*8 + g][c*64 + 16t .. +15] (zeros past M).
+template <int NT>
+__device__ __forceinline__ void load_x(const __nv_bfloat16* __restrict__ x, int M, int Kpad, int c, int g, int t,
+                                       uint32_t (&xb)[NT][8]) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    const int b = n * 8 + g;
+    uint4 v0 = make_uint4(0, 0, 0, 0), v1 = v0;
+    if (b < M) {
+      const uint4* xp = reinterpret_cast<const uint4*>(x + (size_t)b * Kpad + c * 64 + 16 * t);
+      v0 = __ldg(xp);
+      v1 = __ldg(xp + 1);
+    }
+    xb[n][0] = v0.x; xb[n][1] = v0.y; xb[n][2] = v0.z; xb[n][3] = v0.w;
+    xb[n][4] = v1.x; xb[n][5] = v1.y; xb[n][6] = v1.z; xb[n][7] = v1.w;
+  }
+}
+
 template <int NT, int U, bool ASYM>
 __global__ void __launch_bounds__(NT >= 4 ? 256 : 512) w4a16_mma_kernel(
     const __nv_bfloat16* __restrict__ x,  // [M, Kpad], 16-byte aligned rows
@@ -82,6 +101,7 @@ __global__ void __launch_bounds__(NT >= 4 ? 256 : 512) w4a16_mma_kernel(
   const uint4* wp = w + (size_t)stripe * chunks * 32 + lane;
   const int row = stripe * 16 + g;
   constexpr uint32_t kSymOff = 0xC308C308u;  // -136, twice
+  constexpr bool kHoist = NT <= 2;  // registers: hoisting 8 x-words per chunk and tile only for small batches
 
   float acc[NT][4];
 #pragma unroll
@@ -89,36 +109,40 @@ __global__ void __launch_bounds__(NT >= 4 ? 256 : 512) w4a16_mma_kernel(
 #pragma unroll
     for (int c = 0; c < 4; ++c) acc[n][c] = 0.f;
 
-  for (int base = warp * U; base < chunks; base += warps * U) {
-    uint4 wv[U];
+  // Software pipeline: the next stage's U weight loads are in flight while this stage computes,
+  // and the stage's activations and scales (L1/L2 hits) are all requested before the first mma,
+  // so each warp waits on DRAM once per stage at most and never on L2 chunk by chunk.
+  const int step = warps * U;
+  uint4 wv[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (base + u < chunks) wv[u] = load_stream(wp + (size_t)(base + u) * 32);
+  for (int u = 0; u < U; ++u)
+    wv[u] = (warp * U + u < chunks) ? load_stream(wp + (size_t)(warp * U + u) * 32) : make_uint4(0, 0, 0, 0);
+  for (int base = warp * U; base < chunks; base += step) {
+    uint4 wn[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = base + step + u;
+      wn[u] = (c < chunks) ? load_stream(wp + (size_t)c * 32) : make_uint4(0, 0, 0, 0);
+    }
+    float s0[U], s1[U];
+    uint32_t o0[U], o1[U];
+    uint32_t xb[kHoist ? U : 1][NT][8];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = min(base + u, chunks - 1);
+      const size_t gi = (size_t)(c / chunks_per_group) * Npad + row;
+      s0[u] = scale[gi];
+      s1[u] = scale[gi + 8];
+      o0[u] = ASYM ? neg_pair(zoff[gi]) : kSymOff;
+      o1[u] = ASYM ? neg_pair(zoff[gi + 8]) : kSymOff;
+      if (kHoist) load_x<NT>(x, M, Kpad, c, g, t, xb[kHoist ? u : 0]);
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = base + u;
       if (c >= chunks) break;  // uniform across the warp
-      const size_t gi = (size_t)(c / chunks_per_group) * Npad + row;
-      const float s0 = scale[gi], s1 = scale[gi + 8];
-      uint32_t o0 = kSymOff, o1 = kSymOff;
-      if (ASYM) {
-        o0 = neg_pair(zoff[gi]);
-        o1 = neg_pair(zoff[gi + 8]);
-      }
-      uint32_t xb[NT][8];
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        const int b = n * 8 + g;
-        if (b < M) {
-          const uint4* xp = reinterpret_cast<const uint4*>(x + (size_t)b * Kpad + c * 64 + 16 * t);
-          const uint4 v0 = __ldg(xp), v1 = __ldg(xp + 1);
-          xb[n][0] = v0.x; xb[n][1] = v0.y; xb[n][2] = v0.z; xb[n][3] = v0.w;
-          xb[n][4] = v1.x; xb[n][5] = v1.y; xb[n][6] = v1.z; xb[n][7] = v1.w;
-        } else {
-#pragma unroll
-          for (int j = 0; j < 8; ++j) xb[n][j] = 0u;
-        }
-      }
+      uint32_t (&xc)[NT][8] = xb[kHoist ? u : 0];
+      if (!kHoist) load_x<NT>(x, M, Kpad, c, g, t, xc);
       const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
       float part[NT][4];
 #pragma unroll
@@ -128,18 +152,20 @@ __global__ void __launch_bounds__(NT >= 4 ? 256 : 512) w4a16_mma_kernel(
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         uint32_t a[4];
-        dequant(words[i], o0, o1, a);
+        dequant(words[i], o0[u], o1[u], a);
 #pragma unroll
-        for (int n = 0; n < NT; ++n) mma_bf16(part[n], a, xb[n][2 * i], xb[n][2 * i + 1]);
+        for (int n = 0; n < NT; ++n) mma_bf16(part[n], a, xc[n][2 * i], xc[n][2 * i + 1]);
       }
 #pragma unroll
       for (int n = 0; n < NT; ++n) {
-        acc[n][0] = fmaf(s0, part[n][0], acc[n][0]);
-        acc[n][1] = fmaf(s0, part[n][1], acc[n][1]);
-        acc[n][2] = fmaf(s1, part[n][2], acc[n][2]);
-        acc[n][3] = fmaf(s1, part[n][3], acc[n][3]);
+        acc[n][0] = fmaf(s0[u], part[n][0], acc[n][0]);
+        acc[n][1] = fmaf(s0[u], part[n][1], acc[n][1]);
+        acc[n][2] = fmaf(s1[u], part[n][2], acc[n][2]);
+        acc[n][3] = fmaf(s1[u], part[n][3], acc[n][3]);
       }
     }
+#pragma unroll
+    for (int u = 0; u < U; ++u) wv[u] = wn[u];
   }
 
   constexpr int kPer = NT * 4;
@@ -188,7 +214,6 @@ int launch_u(const void* x, const void* w, const float* scale, const float* zoff
   switch (unroll) {
     case 2: return launch_zp<NT, 2>(x, w, scale, zoff, y, M, N, Kpad, Npad, cpg, warps, s);
     case 4: return launch_zp<NT, 4>(x, w, scale, zoff, y, M, N, Kpad, Npad, cpg, warps, s);
-    case 8: return launch_zp<NT, 8>(x, w, scale, zoff, y, M, N, Kpad, Npad, cpg, warps, s);
     default: return (int)cudaErrorInvalidValue;
   }
 }

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("mma.cu")
 MAX_BATCH = 64
-CONFIGS = [(w, u) for w in (4, 8, 16) for u in (2, 4, 8)]  # (warps a block, chunks a warp loads at once)
+DISPATCH_MAX_BATCH = 16  # w4a16_matmul routes 1..16 rows here; measured slower than Triton at 64 (docs/kernels.md)
+CONFIGS = [(w, u) for w in (4, 8, 16) for u in (2, 4)]  # (warps a block, chunks a warp has in flight per stage)
 
 
 def nvcc_path() -> str | None:
