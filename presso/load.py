@@ -8,6 +8,8 @@ needs no trust_remote_code and runs no code from the artifact:
   with ``from_config``, each factorized layer is replaced by a ``FactorizedLinear``, pack-quantized
   tensors are dequantized (``unpack_int`` x scales) into plain Linear weights and the state dict is
   loaded strictly (memory: the dequantized weights, and the factors, never their dense product);
+  with ``packed=True`` they stay packed instead, as ``PackedLinear`` layers that compute with
+  ``kernels.w4a16_matmul`` (memory: the codes and scales);
 - any other quantization format: transformers' own ``from_pretrained``;
 - ``adapter/`` (EoRA residuals) is applied as ``LoRAResidualLinear`` modules unless
   ``adapter=False`` (PEFT is not needed; ``PeftModel.from_pretrained`` on the base gives the same).
@@ -31,15 +33,19 @@ log = logging.getLogger(__name__)
 LOWRANK_KEY = "presso_lowrank"
 
 
-def load(path: str | Path, *, adapter: bool = True, dtype: Any = None, device: str = "cpu") -> nn.Module:
-    """The model of the artifact directory ``path``, in eval mode, on ``device``."""
+def load(path: str | Path, *, adapter: bool = True, dtype: Any = None, device: str = "cpu",
+         packed: bool = False) -> nn.Module:
+    """The model of the artifact directory ``path``, in eval mode, on ``device``.
+
+    ``packed=True`` keeps pack-quantized layers packed (``PackedLinear``: the W4A16 kernels on a GPU,
+    the reference elsewhere) instead of dequantizing them into dense Linear weights."""
     path = Path(path)
     raw = json.loads((path / "config.json").read_text())
     factorized = (raw.get(LOWRANK_KEY) or {}).get("factorized") or {}
     qcfg = raw.get("quantization_config") or {}
     presso_written = qcfg.get("format") in ("pack-quantized", "dense") or "sparsity_config" in qcfg
     if factorized or not qcfg or presso_written:
-        model = _load_state_dict(path, raw, factorized, dtype)
+        model = _load_state_dict(path, raw, factorized, dtype, packed)
     else:
         from compression.io.loading import load_model
 
@@ -49,7 +55,8 @@ def load(path: str | Path, *, adapter: bool = True, dtype: Any = None, device: s
     return model.to(device).eval()
 
 
-def _load_state_dict(path: Path, raw: dict[str, Any], factorized: dict[str, Any], dtype: Any) -> nn.Module:
+def _load_state_dict(path: Path, raw: dict[str, Any], factorized: dict[str, Any], dtype: Any,
+                     packed: bool = False) -> nn.Module:
     import torch
     from transformers import AutoConfig
 
@@ -66,8 +73,9 @@ def _load_state_dict(path: Path, raw: dict[str, Any], factorized: dict[str, Any]
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     state = _read_state(path)
     decompress_state_(state)  # sparse-bitmask layers back to dense weights (no-op without them)
-    if (raw.get("quantization_config") or {}).get("config_groups"):
-        dequantize_packed_(state, raw["quantization_config"], dtype)
+    qcfg = raw.get("quantization_config") or {}
+    if qcfg.get("config_groups") and not packed:
+        dequantize_packed_(state, qcfg, dtype)
     cls: Any = _auto_class(config)[0]
     with _no_init():
         model = cls.from_config(config, dtype=dtype)
@@ -75,12 +83,14 @@ def _load_state_dict(path: Path, raw: dict[str, Any], factorized: dict[str, Any]
         mod = FactorizedLinear(int(spec["in_features"]), int(spec["out_features"]), int(spec["rank"]),
                                bias=f"{name}.B.bias" in state, dtype=dtype)
         replace_module_(model, name, mod)
+    if qcfg.get("config_groups") and packed:
+        log.info("kept %d pack-quantized layers packed", pack_layers_(model, state, qcfg, dtype))
     try:
         result = model.load_state_dict(
             {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise ModelLoadError(f"artifact does not match its architecture: {exc}") from exc
-    tied = _tied_keys(model)
+    tied = _tied_keys(model) | _packed_keys(model)
     missing = [k for k in result.missing_keys if k not in tied]
     if missing or result.unexpected_keys:
         raise ModelLoadError(f"artifact does not match its architecture: missing {missing[:5]}, "
@@ -108,6 +118,13 @@ def _tied_keys(model: nn.Module) -> set[str]:
     if out is None:
         return set()
     return {f"{n}.weight" for n, m in model.named_modules() if m is out}
+
+
+def _packed_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of PackedLinear layers: filled when they were built, not by load_state_dict."""
+    from compression.io.packed_linear import PackedLinear
+
+    return {f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, PackedLinear) for k in m.state_dict()}
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -146,8 +163,47 @@ def dequantize_packed_(state: dict[str, torch.Tensor], qcfg: dict[str, Any], dty
         scale = state.pop(f"{name}.weight_scale").float()
         zp = state.pop(f"{name}.weight_zero_point", None)
         zero = unpack_zero_points(zp, bits, n).float() if zp is not None else torch.zeros_like(scale)
-        group = k // scale.shape[1] if k % scale.shape[1] == 0 else -(-k // scale.shape[1])
+        group = _group_size(_weight_args(name, qcfg), k, scale.shape[1]) or k
         state[f"{name}.weight"] = dequantize_codes(q, scale, zero, group).to(dtype)
+
+
+def _group_size(args: dict[str, Any], k: int, n_groups: int) -> int | None:
+    """The layer's group size (None: one scale per output channel), checked against its scales."""
+    from compression.errors import ModelLoadError
+
+    if n_groups == 1:
+        return None
+    group = args.get("group_size")
+    if not group:  # an older writer without the field: the only size that yields n_groups groups
+        group = -(-k // n_groups)
+    if -(-k // int(group)) != n_groups:
+        raise ModelLoadError(f"{n_groups} scale groups do not fit K={k} with group_size={group}")
+    return int(group)
+
+
+def pack_layers_(model: nn.Module, state: dict[str, torch.Tensor], qcfg: dict[str, Any], dtype: torch.dtype) -> int:
+    """Replace every pack-quantized Linear by a ``PackedLinear`` holding its codes (removed from ``state``)."""
+    import torch
+
+    from compression.engines.lowrank.modules import replace_module_
+    from compression.errors import ModelLoadError
+    from compression.io.packed_linear import PackedLinear
+
+    if qcfg.get("format") not in (None, "pack-quantized"):
+        raise ModelLoadError(f"presso.load reads pack-quantized layers, not {qcfg.get('format')!r}")
+    names = [k[: -len(".weight_packed")] for k in state if k.endswith(".weight_packed")]
+    for name in names:
+        args = _weight_args(name, qcfg)
+        n, k = (int(d) for d in state.pop(f"{name}.weight_shape").tolist())
+        scale = state.pop(f"{name}.weight_scale")
+        scale = scale.to(dtype) if dtype in (torch.bfloat16, torch.float16) else scale.float()
+        bias = state.pop(f"{name}.bias", None)
+        mod = PackedLinear(k, n, int(args.get("num_bits", 4)), _group_size(args, k, scale.shape[1]),
+                           state.pop(f"{name}.weight_packed"), scale, state.pop(f"{name}.weight_zero_point", None),
+                           None if bias is None else bias.to(dtype))
+        replace_module_(model, name, mod)
+    return len(names)
+
 
 
 def apply_adapter_(model: nn.Module, adapter_dir: Path) -> None:
@@ -162,13 +218,18 @@ def apply_adapter_(model: nn.Module, adapter_dir: Path) -> None:
     tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
     prefix = "base_model.model."
     names = sorted({k[len(prefix):].rsplit(".lora_", 1)[0] for k in tensors if k.startswith(prefix)})
+    from compression.io.packed_linear import PackedLinear
+
     for name in names:
         base = model.get_submodule(name)
-        if not isinstance(base, torch.nn.Linear):
-            raise ModelLoadError(f"adapter targets {name}, which is not a Linear layer")
         a = tensors[f"{prefix}{name}.lora_A.weight"]
         b = tensors[f"{prefix}{name}.lora_B.weight"]
         r = cfg.get("rank_pattern", {}).get(name, cfg["r"])
         alpha = cfg.get("alpha_pattern", {}).get(name, cfg.get("lora_alpha", r))
+        if isinstance(base, PackedLinear):
+            base.add_residual_(b * (alpha / r), a)
+            continue
+        if not isinstance(base, torch.nn.Linear):
+            raise ModelLoadError(f"adapter targets {name}, which is not a Linear layer")
         replace_module_(model, name, LoRAResidualLinear.wrap(base, b * (alpha / r), a))
     log.info("applied %d LoRA residuals from %s", len(names), adapter_dir)

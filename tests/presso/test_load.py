@@ -72,3 +72,52 @@ def test_load_sparse_bitmask_artifact(tmp_path):
         str(tmp_path / "a" / "model.safetensors")))
     ids = torch.randint(0, 128, (2, 12))
     assert torch.equal(load(tmp_path / "a")(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("steps", [
+    [{"method": "rtn", "bits": 4, "group_size": 16}],
+    [{"method": "rtn", "bits": 4, "group_size": 32, "symmetric": False}],
+    [{"method": "rtn", "bits": 8, "group_size": -1}],
+    [{"method": "gptq", "bits": 3, "group_size": 32}, {"method": "eora", "rank": 4}],
+])
+def test_packed_load_keeps_codes_and_matches_the_dense_load(steps, tmp_path):
+    from compression.io.packed_linear import PackedLinear
+
+    model = tiny_llama()
+    compress(model, parse_recipe({"steps": steps}), StepContext(calibration=IDS, batch_size=2))
+    write_model(model, None, tmp_path)
+    dense, packed = load(tmp_path), load(tmp_path, packed=True)
+    layers = [m for m in packed.modules() if isinstance(m, PackedLinear)]
+    assert len(layers) == 14  # 7 linears in each of the 2 blocks
+    assert all(m.weight_packed.dtype == torch.int32 for m in layers)
+    if steps[-1]["method"] == "eora":
+        assert all(m.lora_A is not None for m in layers)
+    bytes_dense = sum(t.numel() * t.element_size() for n, t in dense.state_dict().items() if ".layers." in n)
+    bytes_packed = sum(t.numel() * t.element_size() for n, t in packed.state_dict().items() if ".layers." in n)
+    assert bytes_packed < bytes_dense / 2
+    with torch.no_grad():
+        want = model(IDS).logits
+        assert torch.allclose(packed(IDS).logits, want, atol=1e-4)
+        assert torch.allclose(dense(IDS).logits, want, atol=1e-5)
+
+
+def test_ragged_groups_of_other_writers_dequantize_with_the_written_group():
+    """K = 40, groups of 16: 3 groups, the last one short, as llm-compressor writes for widths that do not
+    divide (Presso itself picks a dividing group). K / 3 would give the wrong size."""
+    from compression.io.packed_linear import PackedLinear
+    from kernels.w4a16 import reference as ref
+    from presso.load import dequantize_packed_
+
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randint(-8, 8, (6, 40), generator=gen, dtype=torch.int8)
+    scale = torch.rand(6, 3, generator=gen)
+    packed = ref.pack_int(q, 4)
+    qcfg = {"format": "pack-quantized", "config_groups": {"group_0": {
+        "targets": ["Linear"], "weights": {"num_bits": 4, "strategy": "group", "group_size": 16}}}}
+    state = {"l.weight_packed": packed, "l.weight_scale": scale, "l.weight_shape": torch.tensor([6, 40])}
+    dequantize_packed_(state, qcfg, torch.float32)
+    want = ref.dequantize(packed, scale, None, 4, 16, 40, dtype=torch.float32)
+    assert torch.equal(state["l.weight"], want)
+    x = torch.randn(3, 40, generator=gen)
+    layer = PackedLinear(40, 6, 4, 16, packed, scale)
+    assert torch.allclose(layer(x), x @ want.t(), atol=1e-5)
