@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compression.core import staging
 from compression.core.context import StepContext
 from compression.core.layout import find_layout, get_weight, is_linear
 from compression.errors import CalibrationRequired
@@ -58,4 +59,5 @@ def compress(model: nn.Module, recipe: Recipe, ctx: StepContext, after_step: Aft
         log.info("step %d %s done in %.1fs", i + 1, step.method, seconds)
         steps.append(entry)
     model.to("cpu")
+    staging.release()  # pinned staging memory is not kept between jobs
     return {"steps": steps, "seconds": time.perf_counter() - t_all}

@@ -8,6 +8,8 @@ is a DMA at bus speed; the next upload waits (an event) until the previous DMA l
 
 Tensors under ``MIN_BYTES`` or over ``MAX_BYTES`` (embeddings) take the plain path, and
 ``PRESSO_PINNED_STAGING=0`` turns staging off. Not thread-safe: one engine per process uses it.
+The buffers (the largest weight moved, at least 64 MiB, per direction) live until ``release()``,
+which ``compression.pipeline.compress`` calls at the end of every recipe.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ class _Stage:
 
 
 _up, _down = _Stage(), _Stage()
+
+
+def release() -> None:
+    """Free both pinned buffers (after waiting for any copy still using them)."""
+    for stage in (_up, _down):
+        if stage.event is not None:
+            stage.event.synchronize()
+        stage.buf, stage.event = None, None
 
 
 def _staged(t: torch.Tensor, device: torch.device) -> bool:

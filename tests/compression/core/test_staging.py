@@ -34,3 +34,6 @@ def test_staged_round_trips_match_plain_copies() -> None:
         staging.copy_to_host_(dst, u * 1)
         assert torch.equal(dst, t)
         assert torch.equal(staging.to_host(u), t)
+    staging.release()
+    assert staging._up.buf is None and staging._down.buf is None
+    assert torch.equal(staging.to_device(tensors[0], "cuda").cpu(), tensors[0])  # usable again
