@@ -11,12 +11,8 @@ from torch import nn
 
 from compression.core.layout import quantized_of
 from compression.core.packing import pack_int, pack_zero_points
-
-
-def _pack_device() -> torch.device:
-    """Where to bit-pack: a worker with a GPU packs there (the 8B-shape write fell from ~80 s to ~8 s
-    with the int32 packer on the H200); the codes themselves stay on the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from compression.core.staging import to_device, to_host
+from compression.io.exporters.device import export_device
 
 
 def _scheme_key(qw: Any) -> tuple[int, int, bool]:
@@ -40,14 +36,14 @@ def _weights_args(bits: int, group_size: int, symmetric: bool) -> dict[str, Any]
 class PackQuantizedExporter:
     def export_(self, model: nn.Module, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
         groups: dict[tuple[int, int, bool], list[str]] = defaultdict(list)
-        device = _pack_device()
+        device = export_device()
         for name, mod in model.named_modules():
             qw = quantized_of(mod)
             if qw is None or f"{name}.weight" not in state or not isinstance(mod, nn.Linear):
                 continue
             dtype = state[f"{name}.weight"].dtype
             del state[f"{name}.weight"]
-            state[f"{name}.weight_packed"] = pack_int(qw.q.to(device), qw.bits).cpu()
+            state[f"{name}.weight_packed"] = to_host(pack_int(to_device(qw.q, device), qw.bits))
             state[f"{name}.weight_scale"] = qw.scale.to(dtype)
             state[f"{name}.weight_shape"] = torch.tensor(list(qw.q.shape), dtype=torch.int64)
             if qw.zero is not None:

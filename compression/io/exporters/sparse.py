@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from compression.core.layout import quantized_of
+from compression.core.staging import to_device, to_host
+from compression.io.exporters.device import export_device
 
 SUFFIXES = ("compressed", "bitmask", "row_offsets", "shape")
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -46,18 +48,48 @@ def sparse_bytes(t: torch.Tensor, nnz: int) -> int:
     return nnz * t.element_size() + rows * ((cols + 7) // 8) + rows * 8 + 16
 
 
-def encode(t: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Dense 2-D tensor -> the four sparse-bitmask tensors (local names)."""
-    t = t.detach().cpu().contiguous()
-    mask = nonzero_mask(t)
+def packbits(mask: torch.Tensor) -> torch.Tensor:
+    """bool [rows, cols] -> uint8 [rows, ceil(cols / 8)], little bit order (numpy.packbits'), on mask's device."""
+    if mask.device.type == "cpu":  # numpy's packer is ~20x faster than the torch expression there
+        return torch.from_numpy(np.packbits(mask.numpy(), axis=-1, bitorder="little"))
+    return packbits_torch(mask)
+
+
+def packbits_torch(mask: torch.Tensor) -> torch.Tensor:
+    """``packbits`` as torch ops, for masks on a GPU."""
+    rows, cols = mask.shape
+    m = torch.nn.functional.pad(mask.to(torch.uint8), (0, (-cols) % 8)).view(rows, -1, 8)
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=mask.device)
+    return (m * weights).sum(dim=-1, dtype=torch.uint8)
+
+
+def encode(t: torch.Tensor, device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Dense 2-D tensor -> the four sparse-bitmask tensors (local names, in host memory).
+
+    The work runs on ``device`` (default: where ``t`` is); the exporter passes the GPU when there is one."""
+    src = _on(t, device)
+    return _parts(src, nonzero_mask(src))
+
+
+def _on(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    t = t.detach()
+    return to_device(t, device) if device is not None and device != t.device else t.contiguous()
+
+
+def _parts(src: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     counts = mask.sum(dim=1)
-    bitmask = torch.from_numpy(np.packbits(mask.numpy(), axis=-1, bitorder="little"))
     return {
-        "compressed": t[mask].contiguous(),
-        "bitmask": bitmask,
-        "row_offsets": (torch.cumsum(counts, 0) - counts).to(torch.int64),
-        "shape": torch.tensor(list(t.shape), dtype=torch.int64),
+        "compressed": to_host(src[mask]),
+        "bitmask": to_host(packbits(mask)),
+        "row_offsets": to_host(torch.cumsum(counts, 0) - counts),
+        "shape": torch.tensor(list(src.shape), dtype=torch.int64),
     }
+
+
+def is_two_four(mask: torch.Tensor) -> bool:
+    """At most 2 values in every aligned group of 4 along each row."""
+    rows, cols = mask.shape
+    return cols % 4 == 0 and not bool((mask.view(rows, cols // 4, 4).sum(dim=2) > 2).any())
 
 
 def decode(parts: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -81,32 +113,29 @@ def decompress_state_(state: dict[str, torch.Tensor]) -> list[str]:
     return [k[: -len(".weight")] for k in names]
 
 
-def _structure(model: nn.Module, names: list[str]) -> str:
-    mods = dict(model.named_modules())
-    for n in names:
-        w = mods[n].weight
-        rows, cols = w.shape
-        if cols % 4 or bool(((w != 0).reshape(rows, cols // 4, 4).sum(dim=2) > 2).any()):
-            return "unstructured"
-    return "2:4"
-
-
 class SparseBitmaskExporter:
     """Claims every dense ``nn.Linear`` weight that is smaller stored as a bitmask."""
 
     def export_(self, model: nn.Module, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
         names: list[str] = []
         zeros = total = 0
+        two_four = True
+        device = export_device()
         for name, mod in model.named_modules():
             key = f"{name}.weight"
             if not isinstance(mod, nn.Linear) or key not in state or quantized_of(mod) is not None:
                 continue
             t = state[key]
-            nnz = int(nonzero_mask(t).sum())
-            if t.ndim != 2 or sparse_bytes(t, nnz) >= t.numel() * t.element_size():
+            if t.ndim != 2:
+                continue
+            src = _on(t, device)
+            mask = nonzero_mask(src)  # one mask per layer: size decision, parts and structure
+            nnz = int(mask.sum())
+            if sparse_bytes(t, nnz) >= t.numel() * t.element_size():
                 continue
             del state[key]
-            state.update({f"{key}.{s}": v for s, v in encode(t).items()})
+            state.update({f"{key}.{s}": v for s, v in _parts(src, mask).items()})
+            two_four = two_four and is_two_four(mask)
             names.append(name)
             zeros += t.numel() - nnz
             total += t.numel()
@@ -117,7 +146,7 @@ class SparseBitmaskExporter:
         qc["sparsity_config"] = {
             "format": "sparse-bitmask",
             "global_sparsity": round(zeros / total, 6),
-            "sparsity_structure": _structure(model, names),
+            "sparsity_structure": "2:4" if two_four else "unstructured",
             "targets": ["re:^(" + "|".join(re.escape(n) for n in names) + ")$"],
             "ignore": [],
         }

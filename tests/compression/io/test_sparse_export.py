@@ -24,6 +24,28 @@ def test_bitmask_round_trip_is_bit_exact(dtype):
     assert back.dtype == dtype and torch.equal(back.view(torch.uint8), t.view(torch.uint8))
 
 
+@pytest.mark.parametrize("cols", [64, 61, 8, 3])
+def test_torch_packbits_matches_numpy(cols):
+    """The torch packer (what a mask on a GPU takes) computes numpy.packbits' bytes."""
+    import numpy as np
+
+    from compression.io.exporters import sparse
+
+    mask = torch.rand(17, cols, generator=torch.Generator().manual_seed(cols)) < 0.4
+    want = torch.from_numpy(np.packbits(mask.numpy(), axis=-1, bitorder="little"))
+    assert torch.equal(sparse.packbits(mask), want)
+    assert torch.equal(sparse.packbits_torch(mask), want)
+
+
+def test_two_four_detection():
+    from compression.io.exporters.sparse import is_two_four
+
+    mask = torch.tensor([[1, 1, 0, 0, 0, 1, 1, 0]], dtype=torch.bool)
+    assert is_two_four(mask)
+    assert not is_two_four(torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool))
+    assert not is_two_four(torch.zeros(2, 6, dtype=torch.bool))  # width not a multiple of 4
+
+
 def test_layout_matches_compressed_tensors_bitmask():
     from compressed_tensors.utils import pack_bitmasks, unpack_bitmasks
 
