@@ -97,10 +97,13 @@ def available() -> bool:
 
 
 def supports(bits: int, group_size: int | None, k: int, n_groups: int | None = None) -> bool:
+    """4-bit, and either one scale per row or groups that are whole 64-wide chunks."""
     if bits != 4:
         return False
-    if n_groups == 1 or group_size is None or group_size <= 0 or group_size >= k:
+    if n_groups == 1:
         return True
+    if group_size is None or group_size <= 0 or group_size >= k:  # channel-wise
+        return n_groups is None
     return group_size % ref.MMA_CHUNK == 0
 
 

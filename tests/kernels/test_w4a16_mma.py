@@ -61,6 +61,7 @@ def test_supports() -> None:
 
     assert mma.supports(4, 128, 4096) and mma.supports(4, 64, 576) and mma.supports(4, None, 100)
     assert not mma.supports(8, 128, 4096) and not mma.supports(4, 32, 4096)
+    assert mma.supports(4, None, 4096, n_groups=1) and not mma.supports(4, None, 4096, n_groups=32)
 
 
 def test_prepare_layout_on_cpu() -> None:
