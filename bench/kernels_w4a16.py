@@ -81,6 +81,29 @@ def graph_time(fn, n_calls: int, do_bench) -> float:
     return ms * 1e-3 / n_calls
 
 
+def measure(call, x, want, dense, calls, do_bench) -> dict:
+    """Check ``call(x, 0)`` (weight copy 0 = the real weight) against ``want``, then time it: a CUDA graph
+    of ``calls`` calls rotating over weight copies and activations, beside bf16 F.linear the same way,
+    and single launches of both."""
+    y = call(x, 0)
+    err = float((y.float() - want.float()).norm() / want.float().norm())
+    xs = [torch.randn_like(x) for _ in range(4)]
+    return dict(
+        t_q=graph_time(lambda i: call(xs[i % 4], i), calls, do_bench),
+        t_d=graph_time(lambda i: F.linear(xs[i % 4], dense[i % len(dense)]), calls, do_bench),
+        t_q1=do_bench(lambda: call(x, 0), return_mode="median") * 1e-3,
+        t_d1=do_bench(lambda: F.linear(x, dense[0]), return_mode="median") * 1e-3,
+        err=err,
+        ok=bool(torch.isfinite(y).all()) and err <= 1e-2,
+    )
+
+
+def log_row(r: dict) -> None:
+    log(f"K={r['k']} N={r['n']} M={r['label']}: w4 {r['t_q'] * 1e6:.2f} us (1-launch {r['t_q1'] * 1e6:.2f}), "
+        f"bf16 {r['t_d'] * 1e6:.2f} us (1-launch {r['t_d1'] * 1e6:.2f}), err {r['err']:.2e} "
+        f"{'OK' if r['ok'] else 'FAIL'} cfg {r['cfg']} {r['regs']}")
+
+
 def bench_shape(tk, do_bench, k, n, batches, bits, gs, calls, args_dump=None):
     torch.manual_seed(k * 31 + n)
     w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
@@ -105,35 +128,21 @@ def bench_shape(tk, do_bench, k, n, batches, bits, gs, calls, args_dump=None):
     from kernels.w4a16 import mma
 
     if bits == 4 and mma.available():
-        rows += bench_mma(mma, do_bench, k, n, batches, packed, scale, gs, calls, dense, n_bf)
+        rows += bench_mma(mma, do_bench, k, n, batches, packed, scale, gs, calls, dense)
     for m, variant in runs:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        y = tk.w4a16_matmul_prepared(x, pw, gemv=variant)  # autotunes on first use
-        want = ref.w4a16_matmul_ref(x, packed, scale, None, bits, gs)
-        err = float((y.float() - want.float()).norm() / want.float().norm())
-        ok = bool(torch.isfinite(y).all()) and err <= 1e-2
-        xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
 
-        def run_q(i, xs=xs, variant=variant):
-            return tk.w4a16_matmul_prepared(xs[i % 4], copies[i % n_w4], gemv=variant)
+        def call(x, i, variant=variant):  # autotunes on first use
+            return tk.w4a16_matmul_prepared(x, copies[i % n_w4], gemv=variant)
 
-        t_q = graph_time(run_q, calls, do_bench)
-        t_d = graph_time(lambda i, xs=xs: F.linear(xs[i % 4], dense[i % n_bf]), calls, do_bench)
-        t_q1 = do_bench(lambda x=x, v=variant: tk.w4a16_matmul_prepared(x, pw, gemv=v), return_mode="median") * 1e-3
-        t_d1 = do_bench(lambda x=x: F.linear(x, dense[0]), return_mode="median") * 1e-3
+        res = measure(call, x, ref.w4a16_matmul_ref(x, packed, scale, None, bits, gs), dense, calls, do_bench)
         key = "gemm" if m > 1 else ("gemv" if variant == "loop" else "wide")
         ck = tk.last_launch.get("gemm" if m > 1 else "gemv")
         cfg = _config_of(tk, key)
         regs = f"{getattr(ck, 'n_regs', '?')}r/{getattr(ck, 'n_spills', '?')}s"
         label = f"{m} ({variant})" if variant else str(m)
-        row = dict(k=k, n=n, m=m, label=label, t_q=t_q, t_d=t_d, t_q1=t_q1, t_d1=t_d1, bytes=pw.nbytes, err=err, ok=ok)
-        row.update(cfg=f"{key} {cfg}", regs=regs)
-        rows.append(row)
-        log(
-            f"K={k} N={n} M={label}: w4 {t_q * 1e6:.2f} us (1-launch {t_q1 * 1e6:.2f}), "
-            f"bf16 {t_d * 1e6:.2f} us (1-launch {t_d1 * 1e6:.2f}), err {err:.2e} {'OK' if ok else 'FAIL'} "
-            f"cfg {key} {cfg} {regs}"
-        )
+        rows.append(dict(k=k, n=n, m=m, label=label, bytes=pw.nbytes, cfg=f"{key} {cfg}", regs=regs, **res))
+        log_row(rows[-1])
         if m == 1 and args_dump is not None:
             for kind in ("sass", "ttgir"):
                 try:
@@ -143,7 +152,7 @@ def bench_shape(tk, do_bench, k, n, batches, bits, gs, calls, args_dump=None):
     return rows
 
 
-def bench_mma(mma, do_bench, k, n, batches, packed, scale, gs, calls, dense, n_bf):
+def bench_mma(mma, do_bench, k, n, batches, packed, scale, gs, calls, dense):
     """The tensor-core kernel (kernels/w4a16/mma.cu) on the same weight, same protocol."""
     pw = mma.prepare(packed, scale, None, gs, k)
     n_w = max(2, math.ceil(ROTATE_BYTES / pw.nbytes))
@@ -158,21 +167,12 @@ def bench_mma(mma, do_bench, k, n, batches, packed, scale, gs, calls, dense, n_b
     rows = []
     for m in batches:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        y = mma.matmul(x, pw)  # autotunes on first use
-        want = ref.w4a16_matmul_ref(x, packed, scale, None, 4, gs)
-        err = float((y.float() - want.float()).norm() / want.float().norm())
-        ok = bool(torch.isfinite(y).all()) and err <= 1e-2
-        xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
-        t_q = graph_time(lambda i, xs=xs: mma.matmul(xs[i % 4], copies[i % n_w]), calls, do_bench)
-        t_d = graph_time(lambda i, xs=xs: F.linear(xs[i % 4], dense[i % n_bf]), calls, do_bench)
-        t_q1 = do_bench(lambda x=x: mma.matmul(x, pw), return_mode="median") * 1e-3
-        t_d1 = do_bench(lambda x=x: F.linear(x, dense[0]), return_mode="median") * 1e-3
-        key = (pw.npad, pw.kpad, (m + 7) // 8, False)
-        warps, unroll = mma._tuned.get(key, ("?", "?"))
-        rows.append(dict(k=k, n=n, m=m, label=f"{m} (mma)", t_q=t_q, t_d=t_d, t_q1=t_q1, t_d1=t_d1,
-                         bytes=pw.nbytes, err=err, ok=ok, cfg=f"mma w{warps} u{unroll}", regs=""))
-        log(f"K={k} N={n} M={m} (mma): w4 {t_q * 1e6:.2f} us (1-launch {t_q1 * 1e6:.2f}), bf16 {t_d * 1e6:.2f} us "
-            f"(1-launch {t_d1 * 1e6:.2f}), err {err:.2e} {'OK' if ok else 'FAIL'} cfg w{warps} u{unroll}")
+        res = measure(lambda x, i: mma.matmul(x, copies[i % n_w]),  # autotunes on first use
+                      x, ref.w4a16_matmul_ref(x, packed, scale, None, 4, gs), dense, calls, do_bench)
+        warps, unroll = mma._tuned.get((pw.npad, pw.kpad, (m + 7) // 8, False), ("?", "?"))
+        rows.append(dict(k=k, n=n, m=m, label=f"{m} (mma)", bytes=pw.nbytes, cfg=f"mma w{warps} u{unroll}", regs="",
+                         **res))
+        log_row(rows[-1])
     return rows
 
 
