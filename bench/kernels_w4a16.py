@@ -104,7 +104,7 @@ def log_row(r: dict) -> None:
         f"{'OK' if r['ok'] else 'FAIL'} cfg {r['cfg']} {r['regs']}")
 
 
-def bench_shape(tk, do_bench, k, n, batches, bits, gs, calls, args_dump=None):
+def bench_shape(tk, do_bench, k, n, batches, bits, gs, calls, args_dump=None, triton_rows=True):
     torch.manual_seed(k * 31 + n)
     w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
     packed, scale = quantize_sym(w, bits, gs)
@@ -129,7 +129,7 @@ def bench_shape(tk, do_bench, k, n, batches, bits, gs, calls, args_dump=None):
 
     if bits == 4 and mma.available():
         rows += bench_mma(mma, do_bench, k, n, batches, packed, scale, gs, calls, dense)
-    for m, variant in runs:
+    for m, variant in runs if triton_rows else []:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
 
         def call(x, i, variant=variant):  # autotunes on first use
@@ -152,8 +152,38 @@ def bench_shape(tk, do_bench, k, n, batches, bits, gs, calls, args_dump=None):
     return rows
 
 
+def read_floor(do_bench, words: list[torch.Tensor], calls: int) -> tuple[float, float]:
+    """What any kernel pays under this protocol: seconds a call of an empty kernel, and of a plain
+    streaming read (Triton, sum of int32) of the same bytes, rotating over the same buffers."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _empty(out):
+        pass
+
+    @triton.jit
+    def _read(p, out, n, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+        v = tl.load(p + offs, mask=offs < n, other=0, eviction_policy="evict_first")
+        tl.store(out + pid, tl.sum(v, axis=0))
+
+    out = torch.empty(1 << 16, device="cuda", dtype=torch.int32)
+    block = 4096
+    flat = [w.view(-1) for w in words]
+
+    def read(i):
+        w = flat[i % len(flat)]
+        _read[(triton.cdiv(w.numel(), block),)](w, out, w.numel(), BLOCK=block, num_warps=8)
+
+    return (graph_time(lambda i: _empty[(1,)](out), calls, do_bench), graph_time(read, calls, do_bench))
+
+
 def bench_mma(mma, do_bench, k, n, batches, packed, scale, gs, calls, dense):
-    """The tensor-core kernel (kernels/w4a16/mma.cu) on the same weight, same protocol."""
+    """The tensor-core kernel (kernels/w4a16/mma.cu) on the same weight, same protocol: every launch
+    configuration (logged), then the product's autotuned choice, without and with programmatic
+    dependent launch (the next call's weight loads overlap this call's end)."""
     pw = mma.prepare(packed, scale, None, gs, k)
     n_w = max(2, math.ceil(ROTATE_BYTES / pw.nbytes))
     copies = [pw] + [
@@ -164,15 +194,26 @@ def bench_mma(mma, do_bench, k, n, batches, packed, scale, gs, calls, dense):
         )
         for _ in range(n_w - 1)
     ]
+    empty, read = read_floor(do_bench, [c.words for c in copies], calls)
+    log(f"K={k} N={n}: empty kernel {empty * 1e6:.2f} us/call; plain read of the words "
+        f"{read * 1e6:.2f} us/call ({pw.words.numel() * 4 / read / 1e9:.0f} GB/s)")
     rows = []
-    for m in batches:
+    for m in [b for b in batches if b <= mma.MAX_BATCH]:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        res = measure(lambda x, i: mma.matmul(x, copies[i % n_w]),  # autotunes on first use
-                      x, ref.w4a16_matmul_ref(x, packed, scale, None, 4, gs), dense, calls, do_bench)
-        warps, unroll = mma._tuned.get((pw.npad, pw.kpad, (m + 7) // 8, False), ("?", "?"))
-        rows.append(dict(k=k, n=n, m=m, label=f"{m} (mma)", bytes=pw.nbytes, cfg=f"mma w{warps} u{unroll}", regs="",
-                         **res))
-        log_row(rows[-1])
+        want = ref.w4a16_matmul_ref(x, packed, scale, None, 4, gs)
+        xs = [torch.randn_like(x) for _ in range(4)]
+        sweep = {cfg: graph_time(lambda i, cfg=cfg, xs=xs: mma.matmul(xs[i % 4], copies[i % n_w], config=cfg),
+                                 calls, do_bench)
+                 for cfg in mma.usable_configs(pw, m)}
+        log(f"K={k} N={n} M={m} sweep: " + ", ".join(f"w{w}d{d} {t * 1e6:.2f}" for (w, d), t in sweep.items()))
+        for pdl in (False, True):
+            res = measure(lambda x, i, pdl=pdl: mma.matmul(x, copies[i % n_w], pdl=pdl),  # autotunes on first use
+                          x, want, dense, calls, do_bench)
+            warps, depth = mma.tuned_config(pw, m) or ("?", "?")
+            rows.append(dict(k=k, n=n, m=m, label=f"{m} (mma{'+PDL' if pdl else ''})", bytes=pw.nbytes,
+                             cfg=f"mma w{warps} d{depth}", regs=f"(sweep best {min(sweep.values()) * 1e6:.2f})",
+                             floor=(empty, read), **res))
+            log_row(rows[-1])
     return rows
 
 
@@ -204,8 +245,9 @@ def render(meta: dict, rows: list[dict], copy_gbs: float, mm_tflops: float) -> s
         f"bf16 torch.matmul 8192^3: **{mm_tflops:.0f} TFLOP/s**.",
         f"W{meta['bits']}A16, group {meta['gs']}, symmetric; times are per call, median over a CUDA graph "
         f"of {meta['calls']} calls rotating over weight copies (> L2). Weight bytes = packed int32 + scales "
-        "(bf16 for Triton, float32 for mma). `(mma)` rows: the tensor-core CUDA kernel (kernels/w4a16/mma.cu); "
-        "others: the Triton kernels.",
+        "(bf16). `(mma)` rows: the tensor-core CUDA kernel (kernels/w4a16/mma.cu); `(mma+PDL)`: the same "
+        "launched with programmatic dependent launch (each call's first weight loads overlap the previous "
+        "call's end); others: the Triton kernels.",
         "",
     ]
     return "\n".join(head + lines) + "\n"
@@ -219,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bits", type=int, default=4, choices=[4, 8])
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--calls", type=int, default=48, help="matmuls per CUDA graph replay")
+    ap.add_argument("--no-triton", action="store_true", help="only the tensor-core kernel's rows")
     ap.add_argument("--dump-sass", type=Path, help="write the GEMV/GEMM kernels' SASS and PTX here")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -245,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     for shape in args.shapes.split(","):
         k, n = (int(v) for v in shape.lower().split("x"))
         dump = args.dump_sass if (args.dump_sass and (k, n) == (4096, 14336)) else None
-        rows += bench_shape(tk, do_bench, k, n, batches, args.bits, args.group_size, args.calls, dump)
+        rows += bench_shape(tk, do_bench, k, n, batches, args.bits, args.group_size, args.calls, dump,
+                            triton_rows=not args.no_triton)
     table = render(meta, rows, copy_gbs, mm)
     log("")
     log(table)

@@ -1,11 +1,13 @@
-// W4A16 matmul on tensor cores for batch 1..64: y[M, N] = x[M, K] @ W[N, K]^T, W 4-bit grouped.
+// W4A16 matmul on tensor cores for batch 1..16: y[M, N] = x[M, K] @ W[N, K]^T, W 4-bit grouped.
 //
-// Layout (built by kernels/w4a16/reference.py: mma_repack, which documents it): the weight is
-// cut into stripes of 16 output rows and chunks of 64 K; a chunk of a stripe is 32 uint4 (512 B),
-// one per lane, and lane (g = lane / 4, t = lane % 4) finds in word i of its uint4 exactly its
-// A fragment of an m16n8k16 tile: rows g and g + 8, the four K values 16t + 4i + {0..3}.
+// Layout (built by kernels/w4a16/reference.py: mma_repack / mma_pair_rows, which document it): the
+// weight is cut into stripes of 16 output rows and chunks of 64 K; a chunk of a stripe is 32 uint4
+// (512 B), one per lane, and lane (g = lane / 4, t = lane % 4) finds in word i of its uint4 exactly
+// its A fragment of an m16n8k16 tile: rows g and g + 8, the four K values 16t + 4i + {0..3}.
 // The same permutation of K inside the chunk is applied to the activations by the B fragment:
 // lane (g, t) reads x[batch g][chunk*64 + 16t .. +15] with two 16-byte loads.
+// Scales (and zero-point offsets) are stored per stripe and group as 8 pairs: pair g holds rows
+// g and g + 8, so a lane reads both of its scales with one load.
 //
 // Dequantization: (w >> 4j) & 0x000F000F | 0x43004300 is the bf16 pair (128 + u_lo, 128 + u_hi)
 // (one LOP3); one bf16x2 FMA subtracts 136 + z exactly (q - z, small integers are exact in bf16).
@@ -13,15 +15,23 @@
 // group: the group size is a multiple of 64), so the products are exact and the precision is that
 // of a float32 accumulation.
 //
-// Work split: one block per stripe, its warps split the chunks (warp w takes chunks w*U ..,
-// then every warps*U), each warp keeps 2U 512-byte coalesced weight loads in flight (the next
-// stage's while it computes this one), and the warps' partial sums are added in shared memory
-// in a fixed order (deterministic).
-// Batches of up to 8 rows share one mma per tile (batch row = g); NT tiles of 8 cover 64 rows.
+// Work split: one block per stripe; its warps take the chunks in rounds of warps * D (warp w takes
+// chunks w*D .. w*D + D - 1 of each round). Each warp keeps a ring of D chunks in flight (weights
+// and their scales, loaded with volatile asm so that the compiler cannot sink a load to its use):
+// the slot a chunk is computed from is refilled at once with the chunk one round later, and the
+// activations of the next chunk are requested before this one's mma. The warps' partial sums are
+// added in shared memory in a fixed order (deterministic).
+//
+// Programmatic dependent launch (sm_90+, opt-in at launch): the weights and scales of the first
+// round are requested before griddepcontrol.wait, so they stream in while the previous kernel of
+// the stream finishes; activations are read and outputs written only after it. Safe only when the
+// weights were not written by the kernel just before (true for a prepared, static weight).
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+
+#include <type_traits>
 
 namespace {
 
@@ -37,12 +47,23 @@ __device__ __forceinline__ uint32_t fma_bf16x2(uint32_t a, uint32_t b, uint32_t 
   return d;
 }
 
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+// Activations are reused by the block's warps: via L1.
+__device__ __forceinline__ uint4 load_v4(const void* p) {
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
   return v;
+}
+
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void grid_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
 }
 
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -62,11 +83,6 @@ __device__ __forceinline__ void dequant(uint32_t w, uint32_t off_g, uint32_t off
   a[3] = fma_bf16x2(lop3_and_or(w >> 12, kMask, kExp), kOne, off_g8);
 }
 
-__device__ __forceinline__ uint32_t neg_pair(float v) {
-  __nv_bfloat162 p = __float2bfloat162_rn(-v);
-  return *reinterpret_cast<uint32_t*>(&p);
-}
-
 // B fragments of one chunk for NT tiles: lane (g, t) reads x[n*8 + g][c*64 + 16t .. +15] (zeros past M).
 template <int NT>
 __device__ __forceinline__ void load_x(const __nv_bfloat16* __restrict__ x, int M, int Kpad, int c, int g, int t,
@@ -77,103 +93,150 @@ __device__ __forceinline__ void load_x(const __nv_bfloat16* __restrict__ x, int 
     uint4 v0 = make_uint4(0, 0, 0, 0), v1 = v0;
     if (b < M) {
       const uint4* xp = reinterpret_cast<const uint4*>(x + (size_t)b * Kpad + c * 64 + 16 * t);
-      v0 = __ldg(xp);
-      v1 = __ldg(xp + 1);
+      v0 = load_v4(xp);
+      v1 = load_v4(xp + 1);
     }
     xb[n][0] = v0.x; xb[n][1] = v0.y; xb[n][2] = v0.z; xb[n][3] = v0.w;
     xb[n][4] = v1.x; xb[n][5] = v1.y; xb[n][6] = v1.z; xb[n][7] = v1.w;
   }
 }
 
-template <int NT, int U, bool ASYM>
-__global__ void __launch_bounds__(NT >= 4 ? 256 : 512) w4a16_mma_kernel(
-    const __nv_bfloat16* __restrict__ x,  // [M, Kpad], 16-byte aligned rows
-    const uint4* __restrict__ w,          // [S][C][32] (mma_repack)
-    const float* __restrict__ scale,      // [G, Npad]
-    const float* __restrict__ zoff,       // [G, Npad] = 136 + z (ASYM only)
-    __nv_bfloat16* __restrict__ y,        // [M, N]
-    int M, int N, int Kpad, int Npad, int chunks_per_group) {
-  extern __shared__ float red[];  // [warps][32][NT * 4]
+struct Args {
+  const __nv_bfloat16* x;  // [M, Kpad], 16-byte aligned rows
+  const uint4* w;          // [S][C][32] (mma_repack)
+  const void* scale;       // [S][G][8] pairs of float32 or bf16 (mma_pair_rows)
+  const uint2* zoff;       // [S][G][8] pairs of bf16x2 words -(136 + z), twice (ASYM only)
+  __nv_bfloat16* y;        // [M, N]
+  int M, N, Kpad, G, cpg_shift;  // the group of chunk c is c >> cpg_shift
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* dst, const void* src) {
+  if (BYTES == 16) {
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src));
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(smem_addr(dst)), "l"(src), "n"(BYTES));
+  }
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+// A stage of a warp's ring: one chunk's weights and this lane's scales (and offsets) for it. Every
+// lane copies, and later reads back, only its own entries: no synchronization between lanes.
+template <bool BF16S, bool ASYM>
+struct Stage {
+  uint4 w[32];
+  typename std::conditional<BF16S, uint32_t, uint2>::type s[32];
+  uint2 z[ASYM ? 32 : 1];
+};
+
+template <bool BF16S, bool ASYM>
+__device__ __forceinline__ void issue(const Args& a, const uint4* wp, int stripe, int g, int lane, int c,
+                                      Stage<BF16S, ASYM>& st) {
+  cp_async<16>(&st.w[lane], wp + (size_t)c * 32);
+  const size_t pair = ((size_t)stripe * a.G + (c >> a.cpg_shift)) * 8 + g;
+  cp_async<BF16S ? 4 : 8>(&st.s[lane], static_cast<const char*>(a.scale) + pair * (BF16S ? 4 : 8));
+  if (ASYM) cp_async<8>(&st.z[lane], a.zoff + pair);
+}
+
+template <int NT, int D, bool ASYM, bool BF16S>
+__global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
+  using St = Stage<BF16S, ASYM>;
+  extern __shared__ __align__(16) unsigned char smem[];  // [warps][D] stages; then [warps][32][NT * 4] sums
+  grid_launch_dependents();  // only the pre-wait part of a dependent kernel may overlap this one
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int stripe = blockIdx.x;
-  const int chunks = Kpad >> 6;
-  const uint4* wp = w + (size_t)stripe * chunks * 32 + lane;
-  const int row = stripe * 16 + g;
+  const int chunks = a.Kpad >> 6;
+  const uint4* wp = a.w + (size_t)stripe * chunks * 32 + lane;
+  St* ring = reinterpret_cast<St*>(smem) + (size_t)warp * D;
+  const int mine = warp < chunks ? (chunks - warp + warps - 1) / warps : 0;  // chunks warp + j * warps
   constexpr uint32_t kSymOff = 0xC308C308u;  // -136, twice
-  constexpr bool kHoist = NT <= 2;  // registers: hoisting 8 x-words per chunk and tile only for small batches
+
+  // Ring of D stages; group j holds chunk warp + j * warps. Groups are committed even when empty so
+  // that "all but the newest D - 1 groups are complete" always means "stage j has landed".
+#pragma unroll
+  for (int j = 0; j < D - 1; ++j) {
+    if (j < mine) issue<BF16S, ASYM>(a, wp, stripe, g, lane, warp + j * warps, ring[j]);
+    cp_async_commit();
+  }
+  grid_dependency_wait();  // x is the previous kernel's output
 
   float acc[NT][4];
 #pragma unroll
   for (int n = 0; n < NT; ++n)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) acc[n][c] = 0.f;
+    for (int j = 0; j < 4; ++j) acc[n][j] = 0.f;
 
-  // Software pipeline: the next stage's U weight loads are in flight while this stage computes,
-  // and the stage's activations and scales (L1/L2 hits) are all requested before the first mma,
-  // so each warp waits on DRAM once per stage at most and never on L2 chunk by chunk.
-  const int step = warps * U;
-  uint4 wv[U];
+  uint32_t xn[NT][8];
+  if (mine > 0) load_x<NT>(a.x, a.M, a.Kpad, warp, g, t, xn);
+  for (int j = 0; j < mine; ++j) {
+    const int c = warp + j * warps;
+    if (j + D - 1 < mine) issue<BF16S, ASYM>(a, wp, stripe, g, lane, c + (D - 1) * warps, ring[(j + D - 1) % D]);
+    cp_async_commit();
+    uint32_t xc[NT][8];
 #pragma unroll
-  for (int u = 0; u < U; ++u)
-    wv[u] = (warp * U + u < chunks) ? load_stream(wp + (size_t)(warp * U + u) * 32) : make_uint4(0, 0, 0, 0);
-  for (int base = warp * U; base < chunks; base += step) {
-    uint4 wn[U];
+    for (int n = 0; n < NT; ++n)
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int c = base + step + u;
-      wn[u] = (c < chunks) ? load_stream(wp + (size_t)c * 32) : make_uint4(0, 0, 0, 0);
+      for (int i = 0; i < 8; ++i) xc[n][i] = xn[n][i];
+    if (j + 1 < mine) load_x<NT>(a.x, a.M, a.Kpad, c + warps, g, t, xn);
+    cp_async_wait<D - 1>();
+    const St& st = ring[j % D];
+    const uint4 wv = st.w[lane];
+    float s0, s1;
+    if constexpr (BF16S) {
+      const uint32_t raw = st.s[lane];
+      s0 = __uint_as_float(raw << 16);
+      s1 = __uint_as_float(raw & 0xFFFF0000u);
+    } else {
+      const uint2 raw = st.s[lane];
+      s0 = __uint_as_float(raw.x);
+      s1 = __uint_as_float(raw.y);
     }
-    float s0[U], s1[U];
-    uint32_t o0[U], o1[U];
-    uint32_t xb[kHoist ? U : 1][NT][8];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int c = min(base + u, chunks - 1);
-      const size_t gi = (size_t)(c / chunks_per_group) * Npad + row;
-      s0[u] = scale[gi];
-      s1[u] = scale[gi + 8];
-      o0[u] = ASYM ? neg_pair(zoff[gi]) : kSymOff;
-      o1[u] = ASYM ? neg_pair(zoff[gi + 8]) : kSymOff;
-      if (kHoist) load_x<NT>(x, M, Kpad, c, g, t, xb[kHoist ? u : 0]);
+    uint32_t o0 = kSymOff, o1 = kSymOff;
+    if constexpr (ASYM) {
+      const uint2 z = st.z[lane];
+      o0 = z.x;
+      o1 = z.y;
     }
+    const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+    float part[NT][4];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int c = base + u;
-      if (c >= chunks) break;  // uniform across the warp
-      uint32_t (&xc)[NT][8] = xb[kHoist ? u : 0];
-      if (!kHoist) load_x<NT>(x, M, Kpad, c, g, t, xc);
-      const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
-      float part[NT][4];
+    for (int n = 0; n < NT; ++n)
 #pragma unroll
-      for (int n = 0; n < NT; ++n)
+      for (int i = 0; i < 4; ++i) part[n][i] = 0.f;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) part[n][j] = 0.f;
+    for (int i = 0; i < 4; ++i) {
+      uint32_t fa[4];
+      dequant(words[i], o0, o1, fa);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        uint32_t a[4];
-        dequant(words[i], o0[u], o1[u], a);
-#pragma unroll
-        for (int n = 0; n < NT; ++n) mma_bf16(part[n], a, xc[n][2 * i], xc[n][2 * i + 1]);
-      }
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        acc[n][0] = fmaf(s0[u], part[n][0], acc[n][0]);
-        acc[n][1] = fmaf(s0[u], part[n][1], acc[n][1]);
-        acc[n][2] = fmaf(s1[u], part[n][2], acc[n][2]);
-        acc[n][3] = fmaf(s1[u], part[n][3], acc[n][3]);
-      }
+      for (int n = 0; n < NT; ++n) mma_bf16(part[n], fa, xc[n][2 * i], xc[n][2 * i + 1]);
     }
 #pragma unroll
-    for (int u = 0; u < U; ++u) wv[u] = wn[u];
+    for (int n = 0; n < NT; ++n) {
+      acc[n][0] = fmaf(s0, part[n][0], acc[n][0]);
+      acc[n][1] = fmaf(s0, part[n][1], acc[n][1]);
+      acc[n][2] = fmaf(s1, part[n][2], acc[n][2]);
+      acc[n][3] = fmaf(s1, part[n][3], acc[n][3]);
+    }
   }
+  cp_async_wait<0>();
+  __syncthreads();  // the sums below reuse the stages' memory
 
   constexpr int kPer = NT * 4;
-  float* mine = red + ((size_t)warp * 32 + lane) * kPer;
+  float* red = reinterpret_cast<float*>(smem);
+  float* out = red + ((size_t)warp * 32 + lane) * kPer;
 #pragma unroll
   for (int n = 0; n < NT; ++n)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) mine[n * 4 + c] = acc[n][c];
+    for (int i = 0; i < 4; ++i) out[n * 4 + i] = acc[n][i];
   __syncthreads();
   const int total = 32 * kPer;
   for (int j = threadIdx.x; j < total; j += blockDim.x) {
@@ -182,56 +245,66 @@ __global__ void __launch_bounds__(NT >= 4 ? 256 : 512) w4a16_mma_kernel(
     const int ln = j / kPer, r = j % kPer, n = r >> 2, ci = r & 3;
     const int out_row = stripe * 16 + (ln >> 2) + ((ci & 2) ? 8 : 0);
     const int b = n * 8 + 2 * (ln & 3) + (ci & 1);
-    if (out_row < N && b < M) y[(size_t)b * N + out_row] = __float2bfloat16_rn(s);
+    if (out_row < a.N && b < a.M) a.y[(size_t)b * a.N + out_row] = __float2bfloat16_rn(s);
   }
 }
 
-template <int NT, int U, bool ASYM>
-int launch(const void* x, const void* w, const float* scale, const float* zoff, void* y, int M, int N,
-           int Kpad, int Npad, int chunks_per_group, int warps, cudaStream_t stream) {
-  auto kernel = w4a16_mma_kernel<NT, U, ASYM>;
-  const size_t smem = (size_t)warps * 32 * NT * 4 * sizeof(float);
-  if (smem > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+template <int NT, int D, bool ASYM, bool BF16S>
+int launch(const Args& a, int Npad, int warps, bool pdl, cudaStream_t stream) {
+  auto kernel = w4a16_mma_kernel<NT, D, ASYM, BF16S>;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(Npad / 16);
+  cfg.blockDim = dim3(warps * 32);
+  const size_t ring = (size_t)warps * D * sizeof(Stage<BF16S, ASYM>);
+  const size_t sums = (size_t)warps * 32 * NT * 4 * sizeof(float);
+  cfg.dynamicSmemBytes = ring > sums ? ring : sums;
+  if (cfg.dynamicSmemBytes > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)cfg.dynamicSmemBytes);
     if (e != cudaSuccess) return (int)e;
   }
-  kernel<<<Npad / 16, warps * 32, smem, stream>>>(
-      static_cast<const __nv_bfloat16*>(x), static_cast<const uint4*>(w), scale, zoff,
-      static_cast<__nv_bfloat16*>(y), M, N, Kpad, Npad, chunks_per_group);
-  return (int)cudaGetLastError();
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, a);
+  return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
 }
 
-template <int NT, int U>
-int launch_zp(const void* x, const void* w, const float* scale, const float* zoff, void* y, int M, int N,
-              int Kpad, int Npad, int cpg, int warps, cudaStream_t s) {
-  return zoff ? launch<NT, U, true>(x, w, scale, zoff, y, M, N, Kpad, Npad, cpg, warps, s)
-              : launch<NT, U, false>(x, w, scale, zoff, y, M, N, Kpad, Npad, cpg, warps, s);
+template <int NT, int D>
+int launch_flags(const Args& a, int Npad, int warps, bool asym, bool bf16s, bool pdl, cudaStream_t s) {
+  if (asym) return bf16s ? launch<NT, D, true, true>(a, Npad, warps, pdl, s) : launch<NT, D, true, false>(a, Npad, warps, pdl, s);
+  return bf16s ? launch<NT, D, false, true>(a, Npad, warps, pdl, s) : launch<NT, D, false, false>(a, Npad, warps, pdl, s);
 }
 
 template <int NT>
-int launch_u(const void* x, const void* w, const float* scale, const float* zoff, void* y, int M, int N,
-             int Kpad, int Npad, int cpg, int warps, int unroll, cudaStream_t s) {
-  switch (unroll) {
-    case 2: return launch_zp<NT, 2>(x, w, scale, zoff, y, M, N, Kpad, Npad, cpg, warps, s);
-    case 4: return launch_zp<NT, 4>(x, w, scale, zoff, y, M, N, Kpad, Npad, cpg, warps, s);
+int launch_depth(const Args& a, int Npad, int warps, int depth, bool asym, bool bf16s, bool pdl, cudaStream_t s) {
+  switch (depth) {
+    case 4: return launch_flags<NT, 4>(a, Npad, warps, asym, bf16s, pdl, s);
+    case 8: return launch_flags<NT, 8>(a, Npad, warps, asym, bf16s, pdl, s);
+    case 16: return launch_flags<NT, 16>(a, Npad, warps, asym, bf16s, pdl, s);
     default: return (int)cudaErrorInvalidValue;
   }
 }
 
 }  // namespace
 
-// Returns a cudaError_t value (0 = success). zoff may be null (symmetric). M in 1..64; warps <= 16
-// (<= 8 for M > 16, whose kernels keep 255 registers a thread).
-extern "C" int presso_w4a16_mma(const void* x, const void* w, const float* scale, const float* zoff, void* y,
-                                int M, int N, int Kpad, int Npad, int chunks_per_group, int warps, int unroll,
-                                void* stream) {
-  if (M < 1 || M > 64 || Kpad % 64 || Npad % 16 || warps < 1 || warps > (M > 16 ? 8 : 16) || chunks_per_group < 1)
+// Returns a cudaError_t value (0 = success). zoff may be null (symmetric). M in 1..16, warps in 1..16,
+// depth 4, 8 or 16, chunks_per_group a power of two unless G == 1; flags: bit 0 = bf16 scales (else float32), bit 1 = programmatic dependent launch.
+extern "C" int presso_w4a16_mma(const void* x, const void* w, const void* scale, const void* zoff, void* y, int M,
+                                int N, int Kpad, int Npad, int G, int chunks_per_group, int warps, int depth,
+                                int flags, void* stream) {
+  const bool pow2 = chunks_per_group > 0 && (chunks_per_group & (chunks_per_group - 1)) == 0;
+  if (M < 1 || M > 16 || Kpad % 64 || Npad % 16 || warps < 1 || warps > 16 || G < 1 || (G > 1 && !pow2))
     return (int)cudaErrorInvalidValue;
+  const int shift = G == 1 ? 30 : __builtin_ctz(chunks_per_group);
+  Args a{static_cast<const __nv_bfloat16*>(x), static_cast<const uint4*>(w), scale, static_cast<const uint2*>(zoff),
+         static_cast<__nv_bfloat16*>(y), M, N, Kpad, G, shift};
+  const bool bf16s = flags & 1, pdl = flags & 2, asym = zoff != nullptr;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (M <= 8) return launch_u<1>(x, w, scale, zoff, y, M, N, Kpad, Npad, chunks_per_group, warps, unroll, s);
-  if (M <= 16) return launch_u<2>(x, w, scale, zoff, y, M, N, Kpad, Npad, chunks_per_group, warps, unroll, s);
-  if (M <= 32) return launch_u<4>(x, w, scale, zoff, y, M, N, Kpad, Npad, chunks_per_group, warps, unroll, s);
-  return launch_u<8>(x, w, scale, zoff, y, M, N, Kpad, Npad, chunks_per_group, warps, unroll, s);
+  if (M <= 8) return launch_depth<1>(a, Npad, warps, depth, asym, bf16s, pdl, s);
+  return launch_depth<2>(a, Npad, warps, depth, asym, bf16s, pdl, s);
 }
 
 extern "C" const char* presso_cuda_error_string(int code) {

@@ -19,7 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,9 +30,10 @@ from kernels.w4a16 import reference as ref
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("mma.cu")
-MAX_BATCH = 64
-DISPATCH_MAX_BATCH = 16  # w4a16_matmul routes 1..16 rows here; measured slower than Triton at 64 (docs/kernels.md)
-CONFIGS = [(w, u) for w in (4, 8, 16) for u in (2, 4)]  # (warps a block, chunks a warp has in flight per stage)
+MAX_BATCH = 16
+DISPATCH_MAX_BATCH = 16  # w4a16_matmul routes 1..16 rows here, Triton above (docs/kernels.md)
+CONFIGS = [(w, d) for w in (4, 8, 16) for d in (4, 8, 16)]  # (warps a block, chunks a warp keeps in flight)
+_BF16_SCALES, _PDL = 1, 2  # launch flags (mma.cu)
 
 
 def nvcc_path() -> str | None:
@@ -86,7 +87,7 @@ def _library() -> ctypes.CDLL | None:
         log.warning("tensor-core W4A16 kernel unavailable: %s", exc)
         return None
     lib.presso_w4a16_mma.restype = ctypes.c_int
-    lib.presso_w4a16_mma.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 7 + [ctypes.c_void_p]
+    lib.presso_w4a16_mma.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 9 + [ctypes.c_void_p]
     lib.presso_cuda_error_string.restype = ctypes.c_char_p
     lib.presso_cuda_error_string.argtypes = [ctypes.c_int]
     return lib
@@ -97,23 +98,24 @@ def available() -> bool:
 
 
 def supports(bits: int, group_size: int | None, k: int, n_groups: int | None = None) -> bool:
-    """4-bit, and either one scale per row or groups that are whole 64-wide chunks."""
+    """4-bit, and either one scale per row or groups of a power-of-two number of 64-wide chunks."""
     if bits != 4:
         return False
     if n_groups == 1:
         return True
     if group_size is None or group_size <= 0 or group_size >= k:  # channel-wise
         return n_groups is None
-    return group_size % ref.MMA_CHUNK == 0
+    chunks = group_size // ref.MMA_CHUNK
+    return group_size % ref.MMA_CHUNK == 0 and chunks & (chunks - 1) == 0
 
 
 @dataclass(frozen=True)
 class MMAWeight:
     """A 4-bit weight repacked for the tensor-core kernel (make it once, at load time)."""
 
-    words: torch.Tensor  # int32 [S, C, 32, 4]
-    scale: torch.Tensor  # float32 [G, Npad]
-    zoff: torch.Tensor | None  # float32 [G, Npad], 136 + z; None when symmetric
+    words: torch.Tensor  # int32 [S, C, 32, 4] (reference.mma_repack)
+    scale: torch.Tensor  # bf16 (when given in bf16) or float32 [S, G, 8, 2] (reference.mma_pair_rows)
+    zoff: torch.Tensor | None  # int32 [S, G, 8, 2]: bf16x2 words -(136 + z), twice; None when symmetric
     n: int
     k: int
     chunks_per_group: int
@@ -127,10 +129,20 @@ class MMAWeight:
         return int(self.words.shape[0]) * ref.MMA_ROWS
 
     @property
+    def n_groups(self) -> int:
+        return int(self.scale.shape[1])
+
+    @property
     def nbytes(self) -> int:
         """Bytes the kernel reads for the weight (codes + scales + zero points)."""
-        b = self.words.numel() * 4 + self.scale.numel() * 4
+        b = self.words.numel() * 4 + self.scale.numel() * self.scale.element_size()
         return b + (self.zoff.numel() * 4 if self.zoff is not None else 0)
+
+
+def _offset_words(zp: torch.Tensor) -> torch.Tensor:
+    """Zero points -> int32 words holding bf16 -(136 + z) in both halves."""
+    bits = (-(zp + 136.0)).to(torch.bfloat16).view(torch.int16).to(torch.int64) & 0xFFFF
+    return ref._to_int32(bits | (bits << 16))
 
 
 def prepare(packed: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
@@ -141,68 +153,116 @@ def prepare(packed: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor 
     if not supports(4, group_size, k, n_groups):
         raise ValueError(f"unsupported format for the tensor-core path: group_size={group_size}")
     words = ref.mma_repack(packed, k)
-    npad, chunks = words.shape[0] * ref.MMA_ROWS, words.shape[1]
+    chunks = words.shape[1]
     if n_groups == 1:
         cpg = chunks
     else:
         assert group_size is not None
         ref.group_index(k, group_size, n_groups, packed.device)  # validates the scale's width
         cpg = group_size // ref.MMA_CHUNK
-    pad = (0, npad - n)
-    scale_t = torch.nn.functional.pad(scale.to(torch.float32).t(), pad).contiguous()
+    # bf16 scales stay bf16 (exact, fewer bytes); anything else is read as float32
+    scale_k = scale if scale.dtype == torch.bfloat16 else scale.to(torch.float32)
     zp = ref.zero_point_values(zero_point, 4, n)
-    zoff = None if zp is None else torch.nn.functional.pad((zp + 136.0).t(), pad, value=136.0).contiguous()
-    return MMAWeight(words=words, scale=scale_t, zoff=zoff, n=n, k=k, chunks_per_group=cpg)
+    zoff = None if zp is None else ref.mma_pair_rows(_offset_words(zp))
+    return MMAWeight(words=words, scale=ref.mma_pair_rows(scale_k), zoff=zoff, n=n, k=k, chunks_per_group=cpg)
 
 
-def _launch(x: torch.Tensor, pw: MMAWeight, y: torch.Tensor, warps: int, unroll: int) -> None:
+def _launch(x: torch.Tensor, pw: MMAWeight, y: torch.Tensor, warps: int, depth: int, pdl: bool) -> None:
     lib = _library()
     assert lib is not None
     zoff = pw.zoff.data_ptr() if pw.zoff is not None else None
+    flags = (_BF16_SCALES if pw.scale.dtype == torch.bfloat16 else 0) | (_PDL if pdl else 0)
     err = lib.presso_w4a16_mma(x.data_ptr(), pw.words.data_ptr(), pw.scale.data_ptr(), zoff, y.data_ptr(),
-                               x.shape[0], pw.n, pw.kpad, pw.npad, pw.chunks_per_group, warps, unroll,
-                               torch.cuda.current_stream(x.device).cuda_stream)
+                               x.shape[0], pw.n, pw.kpad, pw.npad, pw.n_groups, pw.chunks_per_group, warps, depth,
+                               flags, torch.cuda.current_stream(x.device).cuda_stream)
     if err:
         raise RuntimeError(f"w4a16 mma kernel launch failed: {lib.presso_cuda_error_string(err).decode()}")
 
 
-def _valid(m: int, warps: int) -> bool:
-    return warps <= (8 if m > 16 else 16)
+_DEFAULT_CONFIG = (8, 4)
+_tuned: dict[tuple[int, int, int, bool, bool], tuple[int, int]] = {}
 
 
-def _default_config(m: int) -> tuple[int, int]:
-    return (8, 4) if m <= 16 else (4, 2)
+def tuned_config(pw: MMAWeight, m: int) -> tuple[int, int] | None:
+    """The configuration autotuning chose for this weight's shape and ``m`` rows (None: not tuned yet)."""
+    return _tuned.get(_tune_key(pw, m))
 
 
-_tuned: dict[tuple[int, int, int, bool], tuple[int, int]] = {}
+def _tune_key(pw: MMAWeight, m: int) -> tuple[int, int, int, bool, bool]:
+    return (pw.npad, pw.kpad, (m + 7) // 8, pw.zoff is not None, pw.scale.dtype == torch.bfloat16)
+
+
+def stage_bytes(pw: MMAWeight) -> int:
+    """Shared memory of one pipeline stage (``Stage`` in mma.cu): a chunk's words, each lane's scales
+    and, with zero points, offsets (one unused pair without)."""
+    return 512 + 32 * pw.scale.element_size() * 2 + (32 if pw.zoff is not None else 1) * 8
+
+
+def usable_configs(pw: MMAWeight, m: int, device: torch.device | None = None) -> list[tuple[int, int]]:
+    """The configurations whose shared memory fits the device (a block may opt in to all of an SM's
+    shared memory but the 1 KiB the system reserves, sm_80 and later)."""
+    props = torch.cuda.get_device_properties(device or torch.cuda.current_device())
+    limit = props.shared_memory_per_multiprocessor - 1024
+    nt = (m + 7) // 8
+    return [(w, d) for w, d in CONFIGS if max(w * d * stage_bytes(pw), w * 32 * nt * 4 * 4) <= limit]
+
+
+def _scratch_copies(pw: MMAWeight) -> list[MMAWeight]:
+    """Weights of the same shape with random codes, enough of them to overflow L2 twice: tuning on
+    the real weight alone would time it from L2, which decode never does."""
+    l2 = torch.cuda.get_device_properties(pw.words.device).L2_cache_size
+    n = max(2, -(-2 * l2 // pw.nbytes))
+    return [replace(
+        pw, words=torch.randint(-(2**31), 2**31 - 1, pw.words.shape, device=pw.words.device, dtype=torch.int32),
+        scale=torch.rand_like(pw.scale) * 0.01) for _ in range(n)]
+
+
+def _graph_seconds(x: torch.Tensor, copies: list[MMAWeight], y: torch.Tensor, cfg: tuple[int, int]) -> float:
+    """Seconds a call, one CUDA graph launching the kernel once on each copy (launch gaps amortized)."""
+    stream = torch.cuda.Stream(x.device)
+    stream.wait_stream(torch.cuda.current_stream(x.device))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        _launch(x, copies[0], y, *cfg, pdl=False)  # loads the module outside the capture
+        with torch.cuda.graph(graph, stream=stream):
+            for pw in copies:
+                _launch(x, pw, y, *cfg, pdl=False)
+    graph.replay()
+    best = float("inf")
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) * 1e-3 / len(copies))
+    return best
 
 
 def _autotune(x: torch.Tensor, pw: MMAWeight, y: torch.Tensor) -> tuple[int, int]:
-    bucket = (x.shape[0] + 7) // 8
-    key = (pw.npad, pw.kpad, bucket, pw.zoff is not None)
+    """The fastest usable configuration for this shape, timed in a CUDA graph on weights not in L2
+    (once per shape and batch bucket; ~2x the L2 size of scratch memory while it runs)."""
+    key = _tune_key(pw, x.shape[0])
     hit = _tuned.get(key)
     if hit is None:
-        times = {}
-        for cfg in CONFIGS:
-            if not _valid(x.shape[0], cfg[0]):
-                continue
-            for _ in range(3):
-                _launch(x, pw, y, *cfg)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(20):
-                _launch(x, pw, y, *cfg)
-            end.record()
-            end.synchronize()
-            times[cfg] = start.elapsed_time(end)
+        if torch.cuda.is_current_stream_capturing():
+            return _DEFAULT_CONFIG  # cannot time inside a capture; not cached
+        copies = _scratch_copies(pw)
+        times = {cfg: _graph_seconds(x, copies, y, cfg) for cfg in usable_configs(pw, x.shape[0], x.device)}
+        del copies
         hit = _tuned[key] = min(times, key=times.__getitem__)
-        log.debug("w4a16 mma %s -> warps %d, unroll %d", key, *hit)
+        log.info("w4a16 mma %s -> warps %d, depth %d (%.2f us)", key, *hit, times[hit] * 1e6)
     return hit
 
 
 def matmul(x: torch.Tensor, pw: MMAWeight, config: tuple[int, int] | None = None,
-           autotune: bool | None = None) -> torch.Tensor:
-    """``y = x @ W.T`` for bf16 ``x [..., K]`` with at most 64 rows -> bf16 ``[..., N]``."""
+           autotune: bool | None = None, pdl: bool | None = None) -> torch.Tensor:
+    """``y = x @ W.T`` for bf16 ``x [..., K]`` with at most 16 rows -> bf16 ``[..., N]``.
+
+    ``pdl`` (default: ``PRESSO_W4A16_PDL=1``) launches with programmatic dependent launch (sm_90+):
+    the weight's first loads overlap the end of the previous kernel. Use it only for weights that
+    no kernel is writing (a prepared weight is; a weight written just before the call is not).
+    """
     if x.dtype != torch.bfloat16 or x.shape[-1] != pw.k:
         raise ValueError(f"x must be bf16 [..., {pw.k}], got {x.dtype} {tuple(x.shape)}")
     lead = x.shape[:-1]
@@ -216,8 +276,10 @@ def matmul(x: torch.Tensor, pw: MMAWeight, config: tuple[int, int] | None = None
     if config is None:
         if autotune is None:
             autotune = os.environ.get("PRESSO_W4A16_AUTOTUNE", "1") != "0"
-        config = _autotune(x2, pw, y) if autotune else _default_config(m)
-    if not _valid(m, config[0]):
-        raise ValueError(f"config {config} is not valid for {m} rows")
-    _launch(x2, pw, y, *config)
+        config = _autotune(x2, pw, y) if autotune else _DEFAULT_CONFIG
+    if config not in usable_configs(pw, m, x.device):
+        raise ValueError(f"config {config} is not one of {usable_configs(pw, m, x.device)} on this device")
+    if pdl is None:
+        pdl = os.environ.get("PRESSO_W4A16_PDL", "0") == "1"
+    _launch(x2, pw, y, *config, pdl=pdl)
     return y.reshape(*lead, pw.n)

@@ -244,3 +244,22 @@ def mma_unpack(words: torch.Tensor, n: int, k: int) -> torch.Tensor:
     inv = [_MMA_ORDER.index(d) for d in range(8)]
     u = u.permute(inv).reshape(s * MMA_ROWS, c * MMA_CHUNK)
     return (u[:n, :k] - 8).to(torch.int8)
+
+
+def mma_pair_rows(t: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """Per-row, per-group values ``[N, G]`` -> the tensor-core kernel's ``[S, G, 8, 2]``.
+
+    Rows are padded to whole stripes of 16 with ``fill``; pair ``g`` of stripe ``s`` and group
+    ``gi`` holds rows ``16s + g`` and ``16s + g + 8``: a lane ``(g, t)`` of the kernel reads the
+    scales (or zero-point offsets) of both of its rows with one load.
+    """
+    n, groups = t.shape
+    npad = -(-n // MMA_ROWS) * MMA_ROWS
+    t = torch.nn.functional.pad(t, (0, 0, 0, npad - n), value=fill)
+    return t.view(npad // MMA_ROWS, 2, 8, groups).permute(0, 3, 2, 1).contiguous()
+
+
+def mma_unpair_rows(p: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of ``mma_pair_rows``: ``[n, G]``."""
+    s, groups = p.shape[:2]
+    return p.permute(0, 3, 2, 1).reshape(s * MMA_ROWS, groups)[:n]
