@@ -31,8 +31,6 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include <type_traits>
-
 namespace {
 
 __device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {
@@ -83,24 +81,6 @@ __device__ __forceinline__ void dequant(uint32_t w, uint32_t off_g, uint32_t off
   a[3] = fma_bf16x2(lop3_and_or(w >> 12, kMask, kExp), kOne, off_g8);
 }
 
-// B fragments of one chunk for NT tiles: lane (g, t) reads x[n*8 + g][c*64 + 16t .. +15] (zeros past M).
-template <int NT>
-__device__ __forceinline__ void load_x(const __nv_bfloat16* __restrict__ x, int M, int Kpad, int c, int g, int t,
-                                       uint32_t (&xb)[NT][8]) {
-#pragma unroll
-  for (int n = 0; n < NT; ++n) {
-    const int b = n * 8 + g;
-    uint4 v0 = make_uint4(0, 0, 0, 0), v1 = v0;
-    if (b < M) {
-      const uint4* xp = reinterpret_cast<const uint4*>(x + (size_t)b * Kpad + c * 64 + 16 * t);
-      v0 = load_v4(xp);
-      v1 = load_v4(xp + 1);
-    }
-    xb[n][0] = v0.x; xb[n][1] = v0.y; xb[n][2] = v0.z; xb[n][3] = v0.w;
-    xb[n][4] = v1.x; xb[n][5] = v1.y; xb[n][6] = v1.z; xb[n][7] = v1.w;
-  }
-}
-
 struct Args {
   const __nv_bfloat16* x;  // [M, Kpad], 16-byte aligned rows
   const uint4* w;          // [S][C][32] (mma_repack)
@@ -115,11 +95,11 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 }
 
 template <int BYTES>
-__device__ __forceinline__ void cp_async(void* dst, const void* src) {
+__device__ __forceinline__ void cp_async(uint32_t dst, const void* src) {
   if (BYTES == 16) {
-    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src));
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;" ::"r"(dst), "l"(src));
   } else {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(smem_addr(dst)), "l"(src), "n"(BYTES));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(dst), "l"(src), "n"(BYTES));
   }
 }
 
@@ -128,43 +108,85 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
-// A stage of a warp's ring: one chunk's weights and this lane's scales (and offsets) for it. Every
+__device__ __forceinline__ uint4 lds128(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+  return v;
+}
+
+__device__ __forceinline__ uint2 lds64(uint32_t addr) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(addr));
+  return v;
+}
+
+__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(addr));
+  return v;
+}
+
+// One stage of a warp's ring in shared memory: a chunk's 32 x 16 weight bytes, then each lane's
+// scale pair (4 B bf16 / 8 B float32), then with zero points each lane's offset pair (8 B). Every
 // lane copies, and later reads back, only its own entries: no synchronization between lanes.
 template <bool BF16S, bool ASYM>
-struct Stage {
-  uint4 w[32];
-  typename std::conditional<BF16S, uint32_t, uint2>::type s[32];
-  uint2 z[ASYM ? 32 : 1];
+struct StageLayout {
+  static constexpr uint32_t kScaleBytes = BF16S ? 4 : 8;
+  static constexpr uint32_t kScales = 512, kOffsets = 512 + 32 * kScaleBytes;
+  static constexpr uint32_t kBytes = kOffsets + (ASYM ? 32 * 8 : 0);  // a multiple of 16
 };
 
-template <bool BF16S, bool ASYM>
-__device__ __forceinline__ void issue(const Args& a, const uint4* wp, int stripe, int g, int lane, int c,
-                                      Stage<BF16S, ASYM>& st) {
-  cp_async<16>(&st.w[lane], wp + (size_t)c * 32);
-  const size_t pair = ((size_t)stripe * a.G + (c >> a.cpg_shift)) * 8 + g;
-  cp_async<BF16S ? 4 : 8>(&st.s[lane], static_cast<const char*>(a.scale) + pair * (BF16S ? 4 : 8));
-  if (ASYM) cp_async<8>(&st.z[lane], a.zoff + pair);
+// B fragments of one chunk for NT tiles: lane (g, t) reads x[n*8 + g][c*64 + 16t .. +15] (p: its address for
+// row g and chunk c). Rows past M are never loaded: their registers keep the zeros they start with.
+template <int NT>
+__device__ __forceinline__ void load_x(const __nv_bfloat16* p, int kpad, const bool (&valid)[NT], uint32_t (&xb)[NT][8]) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    if (valid[n]) {
+      const uint4* xp = reinterpret_cast<const uint4*>(p + (size_t)n * 8 * kpad);
+      const uint4 v0 = load_v4(xp), v1 = load_v4(xp + 1);
+      xb[n][0] = v0.x; xb[n][1] = v0.y; xb[n][2] = v0.z; xb[n][3] = v0.w;
+      xb[n][4] = v1.x; xb[n][5] = v1.y; xb[n][6] = v1.z; xb[n][7] = v1.w;
+    }
+  }
 }
 
 template <int NT, int D, bool ASYM, bool BF16S>
 __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
-  using St = Stage<BF16S, ASYM>;
+  using L = StageLayout<BF16S, ASYM>;
   extern __shared__ __align__(16) unsigned char smem[];  // [warps][D] stages; then [warps][32][NT * 4] sums
   grid_launch_dependents();  // only the pre-wait part of a dependent kernel may overlap this one
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int stripe = blockIdx.x;
   const int chunks = a.Kpad >> 6;
-  const uint4* wp = a.w + (size_t)stripe * chunks * 32 + lane;
-  St* ring = reinterpret_cast<St*>(smem) + (size_t)warp * D;
   const int mine = warp < chunks ? (chunks - warp + warps - 1) / warps : 0;  // chunks warp + j * warps
   constexpr uint32_t kSymOff = 0xC308C308u;  // -136, twice
 
-  // Ring of D stages; group j holds chunk warp + j * warps. Groups are committed even when empty so
-  // that "all but the newest D - 1 groups are complete" always means "stage j has landed".
+  // This lane's sources for the next chunk to fetch, and its entries in stage 0 of its warp's ring.
+  const uint4* wsrc = a.w + ((size_t)stripe * chunks + warp) * 32 + lane;
+  const size_t wstep = (size_t)warps * 32;
+  const char* sbase = static_cast<const char*>(a.scale) + ((size_t)stripe * a.G * 8 + g) * L::kScaleBytes;
+  const uint2* zbase = a.zoff + (size_t)stripe * a.G * 8 + g;
+  const uint32_t ring = smem_addr(smem) + warp * D * L::kBytes;
+  const uint32_t w_at = ring + lane * 16, s_at = ring + L::kScales + lane * L::kScaleBytes;
+  const uint32_t z_at = ring + L::kOffsets + lane * 8;
+  int c_next = warp;
+
+  // Stage u holds the warp's chunks j = u (mod D). Groups are committed even when empty, so that
+  // "all but the newest D - 1 groups are complete" always means "chunk j has landed".
+  auto fetch = [&](int u) {
+    const uint32_t off = u * L::kBytes;
+    cp_async<16>(w_at + off, wsrc);
+    wsrc += wstep;
+    const size_t gi = (size_t)(c_next >> a.cpg_shift) * 8;
+    cp_async<L::kScaleBytes>(s_at + off, sbase + gi * L::kScaleBytes);
+    if (ASYM) cp_async<8>(z_at + off, zbase + gi);
+    c_next += warps;
+  };
 #pragma unroll
-  for (int j = 0; j < D - 1; ++j) {
-    if (j < mine) issue<BF16S, ASYM>(a, wp, stripe, g, lane, warp + j * warps, ring[j]);
+  for (int u = 0; u < D - 1; ++u) {
+    if (u < mine) fetch(u);
     cp_async_commit();
   }
   grid_dependency_wait();  // x is the previous kernel's output
@@ -173,58 +195,72 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
 #pragma unroll
   for (int n = 0; n < NT; ++n)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) acc[n][j] = 0.f;
+    for (int i = 0; i < 4; ++i) acc[n][i] = 0.f;
 
-  uint32_t xn[NT][8];
-  if (mine > 0) load_x<NT>(a.x, a.M, a.Kpad, warp, g, t, xn);
-  for (int j = 0; j < mine; ++j) {
-    const int c = warp + j * warps;
-    if (j + D - 1 < mine) issue<BF16S, ASYM>(a, wp, stripe, g, lane, c + (D - 1) * warps, ring[(j + D - 1) % D]);
-    cp_async_commit();
-    uint32_t xc[NT][8];
+  bool xvalid[NT];
 #pragma unroll
-    for (int n = 0; n < NT; ++n)
+  for (int n = 0; n < NT; ++n) xvalid[n] = n * 8 + g < a.M;
+  const __nv_bfloat16* xsrc = a.x + (size_t)g * a.Kpad + 16 * t + warp * 64;
+  const size_t xstep = (size_t)warps * 64;
+  uint32_t xb[2][NT][8];  // this chunk's B fragments and the next one's
 #pragma unroll
-      for (int i = 0; i < 8; ++i) xc[n][i] = xn[n][i];
-    if (j + 1 < mine) load_x<NT>(a.x, a.M, a.Kpad, c + warps, g, t, xn);
-    cp_async_wait<D - 1>();
-    const St& st = ring[j % D];
-    const uint4 wv = st.w[lane];
-    float s0, s1;
-    if constexpr (BF16S) {
-      const uint32_t raw = st.s[lane];
-      s0 = __uint_as_float(raw << 16);
-      s1 = __uint_as_float(raw & 0xFFFF0000u);
-    } else {
-      const uint2 raw = st.s[lane];
-      s0 = __uint_as_float(raw.x);
-      s1 = __uint_as_float(raw.y);
-    }
-    uint32_t o0 = kSymOff, o1 = kSymOff;
-    if constexpr (ASYM) {
-      const uint2 z = st.z[lane];
-      o0 = z.x;
-      o1 = z.y;
-    }
-    const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
-    float part[NT][4];
+  for (int n = 0; n < NT; ++n)
 #pragma unroll
-    for (int n = 0; n < NT; ++n)
+    for (int i = 0; i < 8; ++i) xb[0][n][i] = xb[1][n][i] = 0u;
+  if (mine > 0) load_x<NT>(xsrc, a.Kpad, xvalid, xb[0]);
+  xsrc += xstep;
+
+  for (int j0 = 0; j0 < mine; j0 += D) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) part[n][i] = 0.f;
+    for (int u = 0; u < D; ++u) {
+      const int j = j0 + u;
+      if (j >= mine) break;  // uniform across the warp
+      if (j + D - 1 < mine) fetch((u + D - 1) % D);
+      cp_async_commit();
+      if (j + 1 < mine) {
+        load_x<NT>(xsrc, a.Kpad, xvalid, xb[(u + 1) & 1]);
+        xsrc += xstep;
+      }
+      cp_async_wait<D - 1>();
+      const uint32_t off = u * L::kBytes;
+      const uint4 wv = lds128(w_at + off);
+      float s0, s1;
+      if constexpr (BF16S) {
+        const uint32_t raw = lds32(s_at + off);
+        s0 = __uint_as_float(raw << 16);
+        s1 = __uint_as_float(raw & 0xFFFF0000u);
+      } else {
+        const uint2 raw = lds64(s_at + off);
+        s0 = __uint_as_float(raw.x);
+        s1 = __uint_as_float(raw.y);
+      }
+      uint32_t o0 = kSymOff, o1 = kSymOff;
+      if constexpr (ASYM) {
+        const uint2 z = lds64(z_at + off);
+        o0 = z.x;
+        o1 = z.y;
+      }
+      const uint32_t (&xc)[NT][8] = xb[u & 1];
+      const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+      float part[NT][4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      uint32_t fa[4];
-      dequant(words[i], o0, o1, fa);
+      for (int n = 0; n < NT; ++n)
 #pragma unroll
-      for (int n = 0; n < NT; ++n) mma_bf16(part[n], fa, xc[n][2 * i], xc[n][2 * i + 1]);
-    }
+        for (int i = 0; i < 4; ++i) part[n][i] = 0.f;
 #pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      acc[n][0] = fmaf(s0, part[n][0], acc[n][0]);
-      acc[n][1] = fmaf(s0, part[n][1], acc[n][1]);
-      acc[n][2] = fmaf(s1, part[n][2], acc[n][2]);
-      acc[n][3] = fmaf(s1, part[n][3], acc[n][3]);
+      for (int i = 0; i < 4; ++i) {
+        uint32_t fa[4];
+        dequant(words[i], o0, o1, fa);
+#pragma unroll
+        for (int n = 0; n < NT; ++n) mma_bf16(part[n], fa, xc[n][2 * i], xc[n][2 * i + 1]);
+      }
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        acc[n][0] = fmaf(s0, part[n][0], acc[n][0]);
+        acc[n][1] = fmaf(s0, part[n][1], acc[n][1]);
+        acc[n][2] = fmaf(s1, part[n][2], acc[n][2]);
+        acc[n][3] = fmaf(s1, part[n][3], acc[n][3]);
+      }
     }
   }
   cp_async_wait<0>();
@@ -255,7 +291,7 @@ int launch(const Args& a, int Npad, int warps, bool pdl, cudaStream_t stream) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(Npad / 16);
   cfg.blockDim = dim3(warps * 32);
-  const size_t ring = (size_t)warps * D * sizeof(Stage<BF16S, ASYM>);
+  const size_t ring = (size_t)warps * D * StageLayout<BF16S, ASYM>::kBytes;
   const size_t sums = (size_t)warps * 32 * NT * 4 * sizeof(float);
   cfg.dynamicSmemBytes = ring > sums ? ring : sums;
   if (cfg.dynamicSmemBytes > 48 * 1024) {

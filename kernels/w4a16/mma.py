@@ -193,9 +193,9 @@ def _tune_key(pw: MMAWeight, m: int) -> tuple[int, int, int, bool, bool]:
 
 
 def stage_bytes(pw: MMAWeight) -> int:
-    """Shared memory of one pipeline stage (``Stage`` in mma.cu): a chunk's words, each lane's scales
-    and, with zero points, offsets (one unused pair without)."""
-    return 512 + 32 * pw.scale.element_size() * 2 + (32 if pw.zoff is not None else 1) * 8
+    """Shared memory of one pipeline stage (``StageLayout`` in mma.cu): a chunk's words, each lane's
+    scale pair and, with zero points, its offset pair."""
+    return 512 + 32 * pw.scale.element_size() * 2 + (32 * 8 if pw.zoff is not None else 0)
 
 
 def usable_configs(pw: MMAWeight, m: int, device: torch.device | None = None) -> list[tuple[int, int]]:
