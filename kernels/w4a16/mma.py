@@ -51,16 +51,20 @@ def _cache_dir() -> Path:
 
 
 def build(nvcc: str, arch: str) -> Path:
-    """Compile mma.cu for ``arch`` (e.g. ``sm_90``) unless a cached build exists; returns the .so."""
+    """Compile mma.cu for ``arch`` (e.g. ``sm_90``) unless a cached build exists; returns the .so.
+
+    ``PRESSO_W4A16_NVCC_FLAGS`` adds flags (e.g. ``-lineinfo`` for a profiler, or ``-D`` switches
+    of a variant under study); they are part of the cache key."""
+    extra = os.environ.get("PRESSO_W4A16_NVCC_FLAGS", "").split()
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + arch.encode()).hexdigest()[:16]
-    out = _cache_dir() / f"w4a16_mma-{arch}-{key}.so"
+    key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + arch.encode() + " ".join(extra).encode())
+    out = _cache_dir() / f"w4a16_mma-{arch}-{key.hexdigest()[:16]}.so"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_so = Path(tmp) / out.name
-        cmd = [nvcc, "-O3", "-std=c++17", f"-arch={arch}", "--shared", "-Xcompiler", "-fPIC",
+        cmd = [nvcc, "-O3", "-std=c++17", f"-arch={arch}", "--shared", "-Xcompiler", "-fPIC", *extra,
                "-o", str(tmp_so), str(SOURCE)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
