@@ -212,7 +212,7 @@ def bench_mma(mma, do_bench, k, n, batches, packed, scale, gs, calls, dense):
             warps, depth = mma.tuned_config(pw, m) or ("?", "?")
             rows.append(dict(k=k, n=n, m=m, label=f"{m} (mma{'+PDL' if pdl else ''})", bytes=pw.nbytes,
                              cfg=f"mma w{warps} d{depth}", regs=f"(sweep best {min(sweep.values()) * 1e6:.2f})",
-                             floor=(empty, read), **res))
+                             **res))
             log_row(rows[-1])
     return rows
 

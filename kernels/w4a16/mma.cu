@@ -15,15 +15,14 @@
 // group: the group size is a multiple of 64), so the products are exact and the precision is that
 // of a float32 accumulation.
 //
-// Work split: one block per stripe; its warps take the chunks in rounds of warps * D (warp w takes
-// chunks w*D .. w*D + D - 1 of each round). Each warp keeps a ring of D chunks in flight (weights
-// and their scales, loaded with volatile asm so that the compiler cannot sink a load to its use):
-// the slot a chunk is computed from is refilled at once with the chunk one round later, and the
-// activations of the next chunk are requested before this one's mma. The warps' partial sums are
-// added in shared memory in a fixed order (deterministic).
+// Work split: one block per stripe; warp w takes chunks w, w + warps, ... and keeps D - 1 of them in
+// flight through a ring of D stages in shared memory, filled with cp.async (a chunk's weights and this
+// lane's scale pair; a lane only ever reads back what it copied itself, so cp.async.wait_group is all
+// the synchronization there is). The next chunk's activations are requested before this one's mma.
+// The warps' partial sums are added in shared memory in a fixed order (deterministic).
 //
 // Programmatic dependent launch (sm_90+, opt-in at launch): the weights and scales of the first
-// round are requested before griddepcontrol.wait, so they stream in while the previous kernel of
+// D - 1 chunks are requested before griddepcontrol.wait, so they stream in while the previous kernel of
 // the stream finishes; activations are read and outputs written only after it. Safe only when the
 // weights were not written by the kernel just before (true for a prepared, static weight).
 

@@ -281,8 +281,8 @@ def matmul(x: torch.Tensor, pw: MMAWeight, config: tuple[int, int] | None = None
         if autotune is None:
             autotune = os.environ.get("PRESSO_W4A16_AUTOTUNE", "1") != "0"
         config = _autotune(x2, pw, y) if autotune else _DEFAULT_CONFIG
-    if config not in usable_configs(pw, m, x.device):
-        raise ValueError(f"config {config} is not one of {usable_configs(pw, m, x.device)} on this device")
+    elif config not in (usable := usable_configs(pw, m, x.device)):
+        raise ValueError(f"config {config} is not one of {usable} on this device")
     if pdl is None:
         pdl = os.environ.get("PRESSO_W4A16_PDL", "0") == "1"
     _launch(x2, pw, y, *config, pdl=pdl)

@@ -169,7 +169,7 @@ def test_mma_matches_reference_bench_shapes(m: int, k: int, n: int) -> None:
         (576, 576, 64, False, True),  # SmolLM2's width, float32 scales
         (256, 512, None, False, False),  # channel-wise
         (200, 4096, 256, True, True),
-        (64, 8192, 512, False, False),  # one round of 16 warps x 8 chunks, then a partial one
+        (64, 8192, 512, False, False),  # groups of 8 chunks (shift 3), 128 chunks a stripe
     ],
 )
 def test_mma_matches_reference_formats(m, n, k, gs, asym, fp32) -> None:
