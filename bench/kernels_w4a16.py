@@ -209,7 +209,7 @@ def bench_mma(mma, do_bench, k, n, batches, packed, scale, gs, calls, dense):
         for pdl in (False, True):
             res = measure(lambda x, i, pdl=pdl: mma.matmul(x, copies[i % n_w], pdl=pdl),  # autotunes on first use
                           x, want, dense, calls, do_bench)
-            warps, depth = mma.tuned_config(pw, m) or ("?", "?")
+            warps, depth = mma.tuned_config(pw, m, pdl) or ("?", "?")
             rows.append(dict(k=k, n=n, m=m, label=f"{m} (mma{'+PDL' if pdl else ''})", bytes=pw.nbytes,
                              cfg=f"mma w{warps} d{depth}", regs=f"(sweep best {min(sweep.values()) * 1e6:.2f})",
                              **res))

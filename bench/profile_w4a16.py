@@ -46,14 +46,14 @@ def main(argv: list[str] | None = None) -> int:
                      for _ in range(max(1, math.ceil(2 * l2 / pw.nbytes)))]
     x = torch.randn(args.m, k, device="cuda", dtype=torch.bfloat16)
     config = tuple(int(v) for v in args.config.split(",")) if args.config else None
-    mma.matmul(x, pw, config=config)  # build, autotune
+    mma.matmul(x, pw, config=config, pdl=args.pdl)  # build, autotune
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for i in range(args.calls):
         mma.matmul(x, copies[i % len(copies)], config=config, pdl=args.pdl)
     end.record()
     end.synchronize()
-    chosen = config or mma.tuned_config(pw, args.m)
+    chosen = config or mma.tuned_config(pw, args.m, args.pdl)
     print(f"K={k} N={n} M={args.m} config={chosen}: {start.elapsed_time(end) * 1e3 / args.calls:.2f} us/call "
           f"({pw.nbytes / 1e6:.1f} MB a call)")
     return 0

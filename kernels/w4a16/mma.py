@@ -184,16 +184,17 @@ def _launch(x: torch.Tensor, pw: MMAWeight, y: torch.Tensor, warps: int, depth: 
 
 
 _DEFAULT_CONFIG = (8, 4)
-_tuned: dict[tuple[int, int, int, bool, bool], tuple[int, int]] = {}
+_tuned: dict[tuple[int, int, int, bool, bool, bool], tuple[int, int]] = {}
 
 
-def tuned_config(pw: MMAWeight, m: int) -> tuple[int, int] | None:
-    """The configuration autotuning chose for this weight's shape and ``m`` rows (None: not tuned yet)."""
-    return _tuned.get(_tune_key(pw, m))
+def tuned_config(pw: MMAWeight, m: int, pdl: bool = False) -> tuple[int, int] | None:
+    """The configuration autotuning chose for this weight's shape, ``m`` rows and launch mode (None: not
+    tuned yet)."""
+    return _tuned.get(_tune_key(pw, m, pdl))
 
 
-def _tune_key(pw: MMAWeight, m: int) -> tuple[int, int, int, bool, bool]:
-    return (pw.npad, pw.kpad, (m + 7) // 8, pw.zoff is not None, pw.scale.dtype == torch.bfloat16)
+def _tune_key(pw: MMAWeight, m: int, pdl: bool) -> tuple[int, int, int, bool, bool, bool]:
+    return (pw.npad, pw.kpad, (m + 7) // 8, pw.zoff is not None, pw.scale.dtype == torch.bfloat16, pdl)
 
 
 def stage_bytes(pw: MMAWeight) -> int:
@@ -221,7 +222,8 @@ def _scratch_copies(pw: MMAWeight) -> list[MMAWeight]:
         scale=torch.rand_like(pw.scale) * 0.01) for _ in range(n)]
 
 
-def _graph_seconds(x: torch.Tensor, copies: list[MMAWeight], y: torch.Tensor, cfg: tuple[int, int]) -> float:
+def _graph_seconds(x: torch.Tensor, copies: list[MMAWeight], y: torch.Tensor, cfg: tuple[int, int],
+                   pdl: bool) -> float:
     """Seconds a call, one CUDA graph launching the kernel once on each copy (launch gaps amortized)."""
     stream = torch.cuda.Stream(x.device)
     stream.wait_stream(torch.cuda.current_stream(x.device))
@@ -230,7 +232,7 @@ def _graph_seconds(x: torch.Tensor, copies: list[MMAWeight], y: torch.Tensor, cf
         _launch(x, copies[0], y, *cfg, pdl=False)  # loads the module outside the capture
         with torch.cuda.graph(graph, stream=stream):
             for pw in copies:
-                _launch(x, pw, y, *cfg, pdl=False)
+                _launch(x, pw, y, *cfg, pdl=pdl)
     graph.replay()
     best = float("inf")
     for _ in range(3):
@@ -243,16 +245,17 @@ def _graph_seconds(x: torch.Tensor, copies: list[MMAWeight], y: torch.Tensor, cf
     return best
 
 
-def _autotune(x: torch.Tensor, pw: MMAWeight, y: torch.Tensor) -> tuple[int, int]:
+def _autotune(x: torch.Tensor, pw: MMAWeight, y: torch.Tensor, pdl: bool) -> tuple[int, int]:
     """The fastest usable configuration for this shape, timed in a CUDA graph on weights not in L2
-    (once per shape and batch bucket; ~2x the L2 size of scratch memory while it runs)."""
-    key = _tune_key(pw, x.shape[0])
+    (once per shape, batch bucket and launch mode: programmatic launches overlap differently; ~2x the
+    L2 size of scratch memory while it runs)."""
+    key = _tune_key(pw, x.shape[0], pdl)
     hit = _tuned.get(key)
     if hit is None:
         if torch.cuda.is_current_stream_capturing():
             return _DEFAULT_CONFIG  # cannot time inside a capture; not cached
         copies = _scratch_copies(pw)
-        times = {cfg: _graph_seconds(x, copies, y, cfg) for cfg in usable_configs(pw, x.shape[0], x.device)}
+        times = {cfg: _graph_seconds(x, copies, y, cfg, pdl) for cfg in usable_configs(pw, x.shape[0], x.device)}
         del copies
         hit = _tuned[key] = min(times, key=times.__getitem__)
         log.info("w4a16 mma %s -> warps %d, depth %d (%.2f us)", key, *hit, times[hit] * 1e6)
@@ -277,13 +280,13 @@ def matmul(x: torch.Tensor, pw: MMAWeight, config: tuple[int, int] | None = None
     if pw.kpad != pw.k or not x2.is_contiguous() or x2.data_ptr() % 16:
         x2 = torch.nn.functional.pad(x2, (0, pw.kpad - pw.k)).contiguous()
     y = torch.empty(m, pw.n, dtype=torch.bfloat16, device=x.device)
+    if pdl is None:
+        pdl = os.environ.get("PRESSO_W4A16_PDL", "0") == "1"
     if config is None:
         if autotune is None:
             autotune = os.environ.get("PRESSO_W4A16_AUTOTUNE", "1") != "0"
-        config = _autotune(x2, pw, y) if autotune else _DEFAULT_CONFIG
+        config = _autotune(x2, pw, y, pdl) if autotune else _DEFAULT_CONFIG
     elif config not in (usable := usable_configs(pw, m, x.device)):
         raise ValueError(f"config {config} is not one of {usable} on this device")
-    if pdl is None:
-        pdl = os.environ.get("PRESSO_W4A16_PDL", "0") == "1"
     _launch(x2, pw, y, *config, pdl=pdl)
     return y.reshape(*lead, pw.n)
