@@ -150,10 +150,14 @@ __device__ __forceinline__ void load_x(const __nv_bfloat16* p, int kpad, const b
   }
 }
 
-template <int NT, int D, bool ASYM, bool BF16S>
+// Activations staged in shared memory once a block (XS) when they are small: kXsMaxBytes at most.
+constexpr int kXsMaxBytes = 48 * 1024;
+
+template <int NT, int D, bool ASYM, bool BF16S, bool XS>
 __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
   using L = StageLayout<BF16S, ASYM>;
-  extern __shared__ __align__(16) unsigned char smem[];  // [warps][D] stages; then [warps][32][NT * 4] sums
+  // [x: M x Kpad bf16, with XS][warps][D] stages; after the loop [warps][32][NT * 4] sums from the start
+  extern __shared__ __align__(16) unsigned char smem[];
   grid_launch_dependents();  // only the pre-wait part of a dependent kernel may overlap this one
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -162,12 +166,13 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
   const int mine = warp < chunks ? (chunks - warp + warps - 1) / warps : 0;  // chunks warp + j * warps
   constexpr uint32_t kSymOff = 0xC308C308u;  // -136, twice
 
-  // This lane's sources for the next chunk to fetch, and its entries in stage 0 of its warp's ring.
-  const uint4* wsrc = a.w + ((size_t)stripe * chunks + warp) * 32 + lane;
-  const size_t wstep = (size_t)warps * 32;
+  // This lane's sources (chunk c at wbase + 32c, its scales at sbase + group * 8 pairs), and its
+  // entries in stage 0 of its warp's ring.
+  const uint4* wbase = a.w + (size_t)stripe * chunks * 32 + lane;
   const char* sbase = static_cast<const char*>(a.scale) + ((size_t)stripe * a.G * 8 + g) * L::kScaleBytes;
   const uint2* zbase = a.zoff + (size_t)stripe * a.G * 8 + g;
-  const uint32_t ring = smem_addr(smem) + warp * D * L::kBytes;
+  const uint32_t xs_bytes = XS ? (uint32_t)a.M * a.Kpad * 2 : 0u;
+  const uint32_t ring = smem_addr(smem) + xs_bytes + warp * D * L::kBytes;
   const uint32_t w_at = ring + lane * 16, s_at = ring + L::kScales + lane * L::kScaleBytes;
   const uint32_t z_at = ring + L::kOffsets + lane * 8;
   int c_next = warp;
@@ -176,9 +181,8 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
   // "all but the newest D - 1 groups are complete" always means "chunk j has landed".
   auto fetch = [&](int u) {
     const uint32_t off = u * L::kBytes;
-    cp_async<16>(w_at + off, wsrc);
-    wsrc += wstep;
-    const size_t gi = (size_t)(c_next >> a.cpg_shift) * 8;
+    cp_async<16>(w_at + off, wbase + (uint32_t)c_next * 32u);
+    const uint32_t gi = ((uint32_t)c_next >> a.cpg_shift) * 8u;
     cp_async<L::kScaleBytes>(s_at + off, sbase + gi * L::kScaleBytes);
     if (ASYM) cp_async<8>(z_at + off, zbase + gi);
     c_next += warps;
@@ -206,8 +210,21 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
   for (int n = 0; n < NT; ++n)
 #pragma unroll
     for (int i = 0; i < 8; ++i) xb[0][n][i] = xb[1][n][i] = 0u;
-  if (mine > 0) load_x<NT>(xsrc, a.Kpad, xvalid, xb[0]);
-  xsrc += xstep;
+  // With XS the block copies x to shared memory once (one more group, waited for with the ring's
+  // first D - 1 chunks, which are in flight already) and lanes read their B fragments from there.
+  uint32_t xs_at = smem_addr(smem) + ((uint32_t)g * a.Kpad + 16 * t + warp * 64) * 2;
+  const uint32_t xs_step = (uint32_t)warps * 128;
+  if constexpr (XS) {
+    const uint32_t base = smem_addr(smem);
+    for (uint32_t i = threadIdx.x * 16; i < xs_bytes; i += blockDim.x * 16)
+      cp_async<16>(base + i, reinterpret_cast<const char*>(a.x) + i);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+  } else {
+    if (mine > 0) load_x<NT>(xsrc, a.Kpad, xvalid, xb[0]);
+    xsrc += xstep;
+  }
 
   for (int j0 = 0; j0 < mine; j0 += D) {
 #pragma unroll
@@ -216,7 +233,18 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
       if (j >= mine) break;  // uniform across the warp
       if (j + D - 1 < mine) fetch((u + D - 1) % D);
       cp_async_commit();
-      if (j + 1 < mine) {
+      if constexpr (XS) {
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+          if (xvalid[n]) {
+            const uint32_t at = xs_at + (uint32_t)n * 8 * a.Kpad * 2;
+            const uint4 v0 = lds128(at), v1 = lds128(at + 16);
+            xb[u & 1][n][0] = v0.x; xb[u & 1][n][1] = v0.y; xb[u & 1][n][2] = v0.z; xb[u & 1][n][3] = v0.w;
+            xb[u & 1][n][4] = v1.x; xb[u & 1][n][5] = v1.y; xb[u & 1][n][6] = v1.z; xb[u & 1][n][7] = v1.w;
+          }
+        }
+        xs_at += xs_step;
+      } else if (j + 1 < mine) {
         load_x<NT>(xsrc, a.Kpad, xvalid, xb[(u + 1) & 1]);
         xsrc += xstep;
       }
@@ -284,13 +312,13 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
   }
 }
 
-template <int NT, int D, bool ASYM, bool BF16S>
+template <int NT, int D, bool ASYM, bool BF16S, bool XS>
 int launch(const Args& a, int Npad, int warps, bool pdl, cudaStream_t stream) {
-  auto kernel = w4a16_mma_kernel<NT, D, ASYM, BF16S>;
+  auto kernel = w4a16_mma_kernel<NT, D, ASYM, BF16S, XS>;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(Npad / 16);
   cfg.blockDim = dim3(warps * 32);
-  const size_t ring = (size_t)warps * D * StageLayout<BF16S, ASYM>::kBytes;
+  const size_t ring = (XS ? (size_t)a.M * a.Kpad * 2 : 0) + (size_t)warps * D * StageLayout<BF16S, ASYM>::kBytes;
   const size_t sums = (size_t)warps * 32 * NT * 4 * sizeof(float);
   cfg.dynamicSmemBytes = ring > sums ? ring : sums;
   if (cfg.dynamicSmemBytes > 48 * 1024) {
@@ -307,18 +335,21 @@ int launch(const Args& a, int Npad, int warps, bool pdl, cudaStream_t stream) {
   return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
 }
 
-template <int NT, int D>
+template <int NT, int D, bool XS>
 int launch_flags(const Args& a, int Npad, int warps, bool asym, bool bf16s, bool pdl, cudaStream_t s) {
-  if (asym) return bf16s ? launch<NT, D, true, true>(a, Npad, warps, pdl, s) : launch<NT, D, true, false>(a, Npad, warps, pdl, s);
-  return bf16s ? launch<NT, D, false, true>(a, Npad, warps, pdl, s) : launch<NT, D, false, false>(a, Npad, warps, pdl, s);
+  if (asym)
+    return bf16s ? launch<NT, D, true, true, XS>(a, Npad, warps, pdl, s) : launch<NT, D, true, false, XS>(a, Npad, warps, pdl, s);
+  return bf16s ? launch<NT, D, false, true, XS>(a, Npad, warps, pdl, s) : launch<NT, D, false, false, XS>(a, Npad, warps, pdl, s);
 }
 
 template <int NT>
 int launch_depth(const Args& a, int Npad, int warps, int depth, bool asym, bool bf16s, bool pdl, cudaStream_t s) {
+  const bool xs = a.M * a.Kpad * 2 <= kXsMaxBytes;
   switch (depth) {
-    case 4: return launch_flags<NT, 4>(a, Npad, warps, asym, bf16s, pdl, s);
-    case 8: return launch_flags<NT, 8>(a, Npad, warps, asym, bf16s, pdl, s);
-    case 16: return launch_flags<NT, 16>(a, Npad, warps, asym, bf16s, pdl, s);
+    case 4: return xs ? launch_flags<NT, 4, true>(a, Npad, warps, asym, bf16s, pdl, s)
+                      : launch_flags<NT, 4, false>(a, Npad, warps, asym, bf16s, pdl, s);
+    case 8: return xs ? launch_flags<NT, 8, true>(a, Npad, warps, asym, bf16s, pdl, s)
+                      : launch_flags<NT, 8, false>(a, Npad, warps, asym, bf16s, pdl, s);
     default: return (int)cudaErrorInvalidValue;
   }
 }
@@ -326,7 +357,7 @@ int launch_depth(const Args& a, int Npad, int warps, int depth, bool asym, bool 
 }  // namespace
 
 // Returns a cudaError_t value (0 = success). zoff may be null (symmetric). M in 1..16, warps in 1..16,
-// depth 4, 8 or 16, chunks_per_group a power of two unless G == 1; flags: bit 0 = bf16 scales (else float32), bit 1 = programmatic dependent launch.
+// depth 4 or 8, chunks_per_group a power of two unless G == 1; flags: bit 0 = bf16 scales (else float32), bit 1 = programmatic dependent launch.
 extern "C" int presso_w4a16_mma(const void* x, const void* w, const void* scale, const void* zoff, void* y, int M,
                                 int N, int Kpad, int Npad, int G, int chunks_per_group, int warps, int depth,
                                 int flags, void* stream) {

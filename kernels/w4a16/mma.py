@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("mma.cu")
 MAX_BATCH = 16
 DISPATCH_MAX_BATCH = 16  # w4a16_matmul routes 1..16 rows here, Triton above (docs/kernels.md)
-CONFIGS = [(w, d) for w in (4, 8, 16) for d in (4, 8, 16)]  # (warps a block, chunks a warp keeps in flight)
+CONFIGS = [(w, d) for w in (4, 8, 16) for d in (4, 8)]  # (warps a block, ring stages a warp; D - 1 in flight)
+XS_MAX_BYTES = 48 * 1024  # activations up to this size are staged in shared memory once a block (mma.cu)
 _BF16_SCALES, _PDL = 1, 2  # launch flags (mma.cu)
 
 
@@ -209,7 +210,8 @@ def usable_configs(pw: MMAWeight, m: int, device: torch.device | None = None) ->
     props = torch.cuda.get_device_properties(device or torch.cuda.current_device())
     limit = props.shared_memory_per_multiprocessor - 1024
     nt = (m + 7) // 8
-    return [(w, d) for w, d in CONFIGS if max(w * d * stage_bytes(pw), w * 32 * nt * 4 * 4) <= limit]
+    xs = m * pw.kpad * 2 if m * pw.kpad * 2 <= XS_MAX_BYTES else 0
+    return [(w, d) for w, d in CONFIGS if max(xs + w * d * stage_bytes(pw), w * 32 * nt * 4 * 4) <= limit]
 
 
 def _scratch_copies(pw: MMAWeight) -> list[MMAWeight]:
