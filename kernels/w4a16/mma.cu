@@ -125,14 +125,15 @@ __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
   return v;
 }
 
-// One stage of a warp's ring in shared memory: a chunk's 32 x 16 weight bytes, then each lane's
-// scale pair (4 B bf16 / 8 B float32), then with zero points each lane's offset pair (8 B). Every
-// lane copies, and later reads back, only its own entries: no synchronization between lanes.
-template <bool BF16S, bool ASYM>
+// One stage of a warp's ring in shared memory: a chunk's 32 x 16 weight bytes, then (unless the block
+// holds the stripe's scales, XS) each lane's scale pair (4 B bf16 / 8 B float32) and, with zero
+// points, offset pair (8 B). Every lane copies, and later reads back, only its own entries: no
+// synchronization between lanes.
+template <bool BF16S, bool ASYM, bool XS>
 struct StageLayout {
   static constexpr uint32_t kScaleBytes = BF16S ? 4 : 8;
   static constexpr uint32_t kScales = 512, kOffsets = 512 + 32 * kScaleBytes;
-  static constexpr uint32_t kBytes = kOffsets + (ASYM ? 32 * 8 : 0);  // a multiple of 16
+  static constexpr uint32_t kBytes = XS ? 512 : kOffsets + (ASYM ? 32 * 8 : 0);  // a multiple of 16
 };
 
 // B fragments of one chunk for NT tiles: lane (g, t) reads x[n*8 + g][c*64 + 16t .. +15] (p: its address for
@@ -155,7 +156,7 @@ constexpr int kXsMaxBytes = 48 * 1024;
 
 template <int NT, int D, bool ASYM, bool BF16S, bool XS>
 __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
-  using L = StageLayout<BF16S, ASYM>;
+  using L = StageLayout<BF16S, ASYM, XS>;
   // [x: M x Kpad bf16, with XS][warps][D] stages; after the loop [warps][32][NT * 4] sums from the start
   extern __shared__ __align__(16) unsigned char smem[];
   grid_launch_dependents();  // only the pre-wait part of a dependent kernel may overlap this one
@@ -171,8 +172,12 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
   const uint4* wbase = a.w + (size_t)stripe * chunks * 32 + lane;
   const char* sbase = static_cast<const char*>(a.scale) + ((size_t)stripe * a.G * 8 + g) * L::kScaleBytes;
   const uint2* zbase = a.zoff + (size_t)stripe * a.G * 8 + g;
+  // With XS the block also holds x (M x Kpad bf16) and the stripe's scale (and offset) pairs.
   const uint32_t xs_bytes = XS ? (uint32_t)a.M * a.Kpad * 2 : 0u;
-  const uint32_t ring = smem_addr(smem) + xs_bytes + warp * D * L::kBytes;
+  const uint32_t sc_bytes = XS ? (uint32_t)a.G * 8 * L::kScaleBytes : 0u;
+  const uint32_t zo_bytes = XS && ASYM ? (uint32_t)a.G * 8 * 8 : 0u;
+  const uint32_t blk = smem_addr(smem);
+  const uint32_t ring = blk + xs_bytes + sc_bytes + zo_bytes + warp * D * L::kBytes;
   const uint32_t w_at = ring + lane * 16, s_at = ring + L::kScales + lane * L::kScaleBytes;
   const uint32_t z_at = ring + L::kOffsets + lane * 8;
   int c_next = warp;
@@ -182,11 +187,20 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
   auto fetch = [&](int u) {
     const uint32_t off = u * L::kBytes;
     cp_async<16>(w_at + off, wbase + (uint32_t)c_next * 32u);
-    const uint32_t gi = ((uint32_t)c_next >> a.cpg_shift) * 8u;
-    cp_async<L::kScaleBytes>(s_at + off, sbase + gi * L::kScaleBytes);
-    if (ASYM) cp_async<8>(z_at + off, zbase + gi);
+    if constexpr (!XS) {
+      const uint32_t gi = ((uint32_t)c_next >> a.cpg_shift) * 8u;
+      cp_async<L::kScaleBytes>(s_at + off, sbase + gi * L::kScaleBytes);
+      if (ASYM) cp_async<8>(z_at + off, zbase + gi);
+    }
     c_next += warps;
   };
+  if constexpr (XS) {  // the stripe's scales and offsets: static, so before the dependency wait
+    const char* src = static_cast<const char*>(a.scale) + (size_t)stripe * sc_bytes;
+    for (uint32_t i = threadIdx.x * 16; i < sc_bytes; i += blockDim.x * 16) cp_async<16>(blk + xs_bytes + i, src + i);
+    const char* zsrc = reinterpret_cast<const char*>(a.zoff) + (size_t)stripe * zo_bytes;
+    for (uint32_t i = threadIdx.x * 16; i < zo_bytes; i += blockDim.x * 16)
+      cp_async<16>(blk + xs_bytes + sc_bytes + i, zsrc + i);
+  }
 #pragma unroll
   for (int u = 0; u < D - 1; ++u) {
     if (u < mine) fetch(u);
@@ -215,9 +229,8 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
   uint32_t xs_at = smem_addr(smem) + ((uint32_t)g * a.Kpad + 16 * t + warp * 64) * 2;
   const uint32_t xs_step = (uint32_t)warps * 128;
   if constexpr (XS) {
-    const uint32_t base = smem_addr(smem);
     for (uint32_t i = threadIdx.x * 16; i < xs_bytes; i += blockDim.x * 16)
-      cp_async<16>(base + i, reinterpret_cast<const char*>(a.x) + i);
+      cp_async<16>(blk + i, reinterpret_cast<const char*>(a.x) + i);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -251,19 +264,22 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
       cp_async_wait<D - 1>();
       const uint32_t off = u * L::kBytes;
       const uint4 wv = lds128(w_at + off);
+      // this lane's scale pair of chunk c = warp + j * warps: in the stage, or in the block's copy
+      const uint32_t pair = ((uint32_t)(warp + j * warps) >> a.cpg_shift) * 8 + g;
+      const uint32_t s_from = XS ? blk + xs_bytes + pair * L::kScaleBytes : s_at + off;
       float s0, s1;
       if constexpr (BF16S) {
-        const uint32_t raw = lds32(s_at + off);
+        const uint32_t raw = lds32(s_from);
         s0 = __uint_as_float(raw << 16);
         s1 = __uint_as_float(raw & 0xFFFF0000u);
       } else {
-        const uint2 raw = lds64(s_at + off);
+        const uint2 raw = lds64(s_from);
         s0 = __uint_as_float(raw.x);
         s1 = __uint_as_float(raw.y);
       }
       uint32_t o0 = kSymOff, o1 = kSymOff;
       if constexpr (ASYM) {
-        const uint2 z = lds64(z_at + off);
+        const uint2 z = lds64(XS ? blk + xs_bytes + sc_bytes + pair * 8 : z_at + off);
         o0 = z.x;
         o1 = z.y;
       }
@@ -318,7 +334,9 @@ int launch(const Args& a, int Npad, int warps, bool pdl, cudaStream_t stream) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(Npad / 16);
   cfg.blockDim = dim3(warps * 32);
-  const size_t ring = (XS ? (size_t)a.M * a.Kpad * 2 : 0) + (size_t)warps * D * StageLayout<BF16S, ASYM>::kBytes;
+  using L = StageLayout<BF16S, ASYM, XS>;
+  const size_t block = XS ? (size_t)a.M * a.Kpad * 2 + (size_t)a.G * 8 * (L::kScaleBytes + (ASYM ? 8 : 0)) : 0;
+  const size_t ring = block + (size_t)warps * D * L::kBytes;
   const size_t sums = (size_t)warps * 32 * NT * 4 * sizeof(float);
   cfg.dynamicSmemBytes = ring > sums ? ring : sums;
   if (cfg.dynamicSmemBytes > 48 * 1024) {

@@ -198,10 +198,20 @@ def _tune_key(pw: MMAWeight, m: int, pdl: bool) -> tuple[int, int, int, bool, bo
     return (pw.npad, pw.kpad, (m + 7) // 8, pw.zoff is not None, pw.scale.dtype == torch.bfloat16, pdl)
 
 
-def stage_bytes(pw: MMAWeight) -> int:
-    """Shared memory of one pipeline stage (``StageLayout`` in mma.cu): a chunk's words, each lane's
-    scale pair and, with zero points, its offset pair."""
-    return 512 + 32 * pw.scale.element_size() * 2 + (32 * 8 if pw.zoff is not None else 0)
+def _pair_bytes(pw: MMAWeight) -> int:
+    """Bytes of one lane's scale pair plus, with zero points, its offset pair."""
+    return pw.scale.element_size() * 2 + (8 if pw.zoff is not None else 0)
+
+
+def shared_bytes(pw: MMAWeight, m: int, warps: int, depth: int) -> int:
+    """Dynamic shared memory of a launch (mma.cu): with small activations (XS) the block holds x and
+    the stripe's scale pairs and a stage is a chunk's words; otherwise a stage also holds each lane's
+    pairs. After the loop the warps' sums reuse it."""
+    if m * pw.kpad * 2 <= XS_MAX_BYTES:
+        ring = m * pw.kpad * 2 + pw.n_groups * 8 * _pair_bytes(pw) + warps * depth * 512
+    else:
+        ring = warps * depth * (512 + 32 * _pair_bytes(pw))
+    return max(ring, warps * 32 * ((m + 7) // 8) * 4 * 4)
 
 
 def usable_configs(pw: MMAWeight, m: int, device: torch.device | None = None) -> list[tuple[int, int]]:
@@ -209,9 +219,7 @@ def usable_configs(pw: MMAWeight, m: int, device: torch.device | None = None) ->
     shared memory but the 1 KiB the system reserves, sm_80 and later)."""
     props = torch.cuda.get_device_properties(device or torch.cuda.current_device())
     limit = props.shared_memory_per_multiprocessor - 1024
-    nt = (m + 7) // 8
-    xs = m * pw.kpad * 2 if m * pw.kpad * 2 <= XS_MAX_BYTES else 0
-    return [(w, d) for w, d in CONFIGS if max(xs + w * d * stage_bytes(pw), w * 32 * nt * 4 * 4) <= limit]
+    return [(w, d) for w, d in CONFIGS if shared_bytes(pw, m, w, d) <= limit]
 
 
 def _scratch_copies(pw: MMAWeight) -> list[MMAWeight]:
