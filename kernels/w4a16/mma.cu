@@ -18,8 +18,10 @@
 // Work split: one block per stripe; warp w takes chunks w, w + warps, ... and keeps D - 1 of them in
 // flight through a ring of D stages in shared memory, filled with cp.async (a chunk's weights and this
 // lane's scale pair; a lane only ever reads back what it copied itself, so cp.async.wait_group is all
-// the synchronization there is). The next chunk's activations are requested before this one's mma.
-// The warps' partial sums are added in shared memory in a fixed order (deterministic).
+// the synchronization there is). With small activations (XS: M x Kpad bf16 <= kXsMaxBytes) the block
+// first copies x and the stripe's scale pairs to shared memory and a stage holds only weights;
+// otherwise the next chunk's activations go to registers before this one's mma. The warps' partial
+// sums are added in shared memory in a fixed order (deterministic).
 //
 // Programmatic dependent launch (sm_90+, opt-in at launch): the weights and scales of the first
 // D - 1 chunks are requested before griddepcontrol.wait, so they stream in while the previous kernel of
