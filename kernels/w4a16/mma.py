@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from kernels.support import tensor_bytes
 from kernels.w4a16 import reference as ref
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,7 @@ class MMAWeight:
     @property
     def nbytes(self) -> int:
         """Bytes the kernel reads for the weight (codes + scales + zero points)."""
-        b = self.words.numel() * 4 + self.scale.numel() * self.scale.element_size()
-        return b + (self.zoff.numel() * 4 if self.zoff is not None else 0)
+        return tensor_bytes(self.words, self.scale, self.zoff)
 
 
 def _offset_words(zp: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.support import tensor_bytes
 from kernels.w4a16 import reference as ref
 
 _LOCK_SLOTS = 1 << 16
@@ -59,8 +60,7 @@ class PreparedWeight:
     @property
     def nbytes(self) -> int:
         """Bytes the kernel reads for the weight (packed words + scales + zero points)."""
-        b = self.qweight.numel() * 4 + self.scale.numel() * self.scale.element_size()
-        return b + (self.zero.numel() * 4 if self.zero is not None else 0)
+        return tensor_bytes(self.qweight, self.scale, self.zero)
 
 
 def supports(bits: int, group_size: int | None, k: int, n_groups: int | None = None) -> bool:
