@@ -202,17 +202,17 @@ def bench_mma(mma, do_bench, k, n, batches, packed, scale, gs, calls, dense):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         want = ref.w4a16_matmul_ref(x, packed, scale, None, 4, gs)
         xs = [torch.randn_like(x) for _ in range(4)]
-        sweep = {cfg: graph_time(lambda i, cfg=cfg, xs=xs: mma.matmul(xs[i % 4], copies[i % n_w], config=cfg),
-                                 calls, do_bench)
+        sweep = {cfg: graph_time(lambda i, cfg=cfg, xs=xs: mma.matmul(xs[i % 4], copies[i % n_w], config=cfg,
+                                                                      pdl=False), calls, do_bench)
                  for cfg in mma.usable_configs(pw, m)}
-        log(f"K={k} N={n} M={m} sweep: " + ", ".join(f"w{w}d{d} {t * 1e6:.2f}" for (w, d), t in sweep.items()))
+        log(f"K={k} N={n} M={m} sweep: " + ", ".join(f"w{w}d{d}s{s} {t * 1e6:.2f}" for (w, d, s), t in sweep.items()))
         for pdl in (False, True):
             res = measure(lambda x, i, pdl=pdl: mma.matmul(x, copies[i % n_w], pdl=pdl),  # autotunes on first use
                           x, want, dense, calls, do_bench)
-            warps, depth = mma.tuned_config(pw, m, pdl) or ("?", "?")
+            warps, depth, stripes = mma.tuned_config(pw, m) or ("?", "?", "?")
             rows.append(dict(k=k, n=n, m=m, label=f"{m} (mma{'+PDL' if pdl else ''})", bytes=pw.nbytes,
-                             cfg=f"mma w{warps} d{depth}", regs=f"(sweep best {min(sweep.values()) * 1e6:.2f})",
-                             **res))
+                             cfg=f"mma w{warps} d{depth} s{stripes}",
+                             regs=f"(sweep best {min(sweep.values()) * 1e6:.2f})", **res))
             log_row(rows[-1])
     return rows
 

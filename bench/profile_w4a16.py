@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=14336)
     ap.add_argument("--m", type=int, default=1, help="batch rows (1..16)")
     ap.add_argument("--group-size", type=int, default=128)
-    ap.add_argument("--config", help="warps,depth (default: autotuned)")
+    ap.add_argument("--config", help="warps,depth,stripes (default: autotuned)")
     ap.add_argument("--pdl", action="store_true", help="programmatic dependent launch")
     ap.add_argument("--calls", type=int, default=40)
     args = ap.parse_args(argv)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         mma.matmul(x, copies[i % len(copies)], config=config, pdl=args.pdl)
     end.record()
     end.synchronize()
-    chosen = config or mma.tuned_config(pw, args.m, args.pdl)
+    chosen = config or mma.tuned_config(pw, args.m)
     print(f"K={k} N={n} M={args.m} config={chosen}: {start.elapsed_time(end) * 1e3 / args.calls:.2f} us/call "
           f"({pw.nbytes / 1e6:.1f} MB a call)")
     return 0

@@ -88,7 +88,7 @@ struct Args {
   const void* scale;       // [S][G][8] pairs of float32 or bf16 (mma_pair_rows)
   const uint2* zoff;       // [S][G][8] pairs of bf16x2 words -(136 + z), twice (ASYM only)
   __nv_bfloat16* y;        // [M, N]
-  int M, N, Kpad, G, cpg_shift;  // the group of chunk c is c >> cpg_shift
+  int M, N, S, Kpad, G, cpg_shift;  // S stripes of 16 rows; the group of chunk c is c >> cpg_shift
 };
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -127,15 +127,34 @@ __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
   return v;
 }
 
-// One stage of a warp's ring in shared memory: a chunk's 32 x 16 weight bytes, then (unless the block
-// holds the stripe's scales, XS) each lane's scale pair (4 B bf16 / 8 B float32) and, with zero
-// points, offset pair (8 B). Every lane copies, and later reads back, only its own entries: no
-// synchronization between lanes.
-template <bool BF16S, bool ASYM, bool XS>
+__device__ __forceinline__ void sts128(uint32_t addr, const uint4& v) {
+  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w));
+}
+
+// The block copies `bytes` (a multiple of 16) from global to shared memory, four 16-byte loads in
+// flight a thread, with plain loads and stores.
+__device__ __forceinline__ void copy_to_shared(uint32_t dst, const char* src, uint32_t bytes) {
+  const uint32_t step = blockDim.x * 16;
+  for (uint32_t base = threadIdx.x * 16; base < bytes; base += 4 * step) {
+    uint4 v[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (base + j * step < bytes) v[j] = load_v4(src + base + j * step);
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (base + j * step < bytes) sts128(dst + base + j * step, v[j]);
+  }
+}
+
+// One stage of a warp's ring in shared memory: a chunk's 32 x 16 weight bytes of each of the block's NS
+// stripes, then (unless the block holds the stripes' scales, XS) each lane's scale pair (4 B bf16 /
+// 8 B float32) and, with zero points, offset pair (8 B). Every lane copies, and later reads back, only
+// its own entries: no synchronization between lanes.
+template <bool BF16S, bool ASYM, bool XS, int NS>
 struct StageLayout {
   static constexpr uint32_t kScaleBytes = BF16S ? 4 : 8;
   static constexpr uint32_t kScales = 512, kOffsets = 512 + 32 * kScaleBytes;
-  static constexpr uint32_t kBytes = XS ? 512 : kOffsets + (ASYM ? 32 * 8 : 0);  // a multiple of 16
+  static constexpr uint32_t kBytes = XS ? NS * 512 : kOffsets + (ASYM ? 32 * 8 : 0);  // a multiple of 16
 };
 
 // B fragments of one chunk for NT tiles: lane (g, t) reads x[n*8 + g][c*64 + 16t .. +15] (p: its address for
@@ -156,30 +175,35 @@ __device__ __forceinline__ void load_x(const __nv_bfloat16* p, int kpad, const b
 // Activations staged in shared memory once a block (XS) when they are small: kXsMaxBytes at most.
 constexpr int kXsMaxBytes = 48 * 1024;
 
-template <int NT, int D, bool ASYM, bool BF16S, bool XS>
+template <int NT, int D, int NS, bool ASYM, bool BF16S, bool XS>
 __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
-  using L = StageLayout<BF16S, ASYM, XS>;
-  // [x: M x Kpad bf16, with XS][warps][D] stages; after the loop [warps][32][NT * 4] sums from the start
+  static_assert(XS || NS == 1, "several stripes a block only with staged activations");
+  using L = StageLayout<BF16S, ASYM, XS, NS>;
+  // With XS: [x: M x Kpad bf16][scale pairs: NS][G][8]([offset pairs: NS][G][8]); then [warps][D]
+  // stages; after the loop [warps][32][NS * NT * 4] sums from the start
   extern __shared__ __align__(16) unsigned char smem[];
   grid_launch_dependents();  // only the pre-wait part of a dependent kernel may overlap this one
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int stripe = blockIdx.x;
+  const int stripe = blockIdx.x * NS, nvalid = min(NS, a.S - stripe);  // the block's first stripe
   const int chunks = a.Kpad >> 6;
   const int mine = warp < chunks ? (chunks - warp + warps - 1) / warps : 0;  // chunks warp + j * warps
   constexpr uint32_t kSymOff = 0xC308C308u;  // -136, twice
 
   // This lane's sources (chunk c at wbase + 32c, its scales at sbase + group * 8 pairs), and its
   // entries in stage 0 of its warp's ring.
-  const uint4* wbase = a.w + (size_t)stripe * chunks * 32 + lane;
+  // (the last block's missing stripes repeat the last one: read, never written)
+  const uint4* wbase[NS];
+#pragma unroll
+  for (int s = 0; s < NS; ++s) wbase[s] = a.w + (size_t)min(stripe + s, a.S - 1) * chunks * 32 + lane;
   const char* sbase = static_cast<const char*>(a.scale) + ((size_t)stripe * a.G * 8 + g) * L::kScaleBytes;
   const uint2* zbase = a.zoff + (size_t)stripe * a.G * 8 + g;
-  // With XS the block also holds x (M x Kpad bf16) and the stripe's scale (and offset) pairs.
+  // With XS the block also holds x (M x Kpad bf16) and its stripes' scale (and offset) pairs.
   const uint32_t xs_bytes = XS ? (uint32_t)a.M * a.Kpad * 2 : 0u;
-  const uint32_t sc_bytes = XS ? (uint32_t)a.G * 8 * L::kScaleBytes : 0u;
+  const uint32_t sc_bytes = XS ? (uint32_t)a.G * 8 * L::kScaleBytes : 0u;  // a stripe's
   const uint32_t zo_bytes = XS && ASYM ? (uint32_t)a.G * 8 * 8 : 0u;
-  const uint32_t blk = smem_addr(smem);
-  const uint32_t ring = blk + xs_bytes + sc_bytes + zo_bytes + warp * D * L::kBytes;
+  const uint32_t blk = smem_addr(smem), zo_at = blk + xs_bytes + NS * sc_bytes;
+  const uint32_t ring = zo_at + NS * zo_bytes + warp * D * L::kBytes;
   const uint32_t w_at = ring + lane * 16, s_at = ring + L::kScales + lane * L::kScaleBytes;
   const uint32_t z_at = ring + L::kOffsets + lane * 8;
   int c_next = warp;
@@ -188,7 +212,8 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
   // "all but the newest D - 1 groups are complete" always means "chunk j has landed".
   auto fetch = [&](int u) {
     const uint32_t off = u * L::kBytes;
-    cp_async<16>(w_at + off, wbase + (uint32_t)c_next * 32u);
+#pragma unroll
+    for (int s = 0; s < NS; ++s) cp_async<16>(w_at + off + s * 512, wbase[s] + (uint32_t)c_next * 32u);
     if constexpr (!XS) {
       const uint32_t gi = ((uint32_t)c_next >> a.cpg_shift) * 8u;
       cp_async<L::kScaleBytes>(s_at + off, sbase + gi * L::kScaleBytes);
@@ -196,25 +221,25 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
     }
     c_next += warps;
   };
-  if constexpr (XS) {  // the stripe's scales and offsets: static, so before the dependency wait
-    const char* src = static_cast<const char*>(a.scale) + (size_t)stripe * sc_bytes;
-    for (uint32_t i = threadIdx.x * 16; i < sc_bytes; i += blockDim.x * 16) cp_async<16>(blk + xs_bytes + i, src + i);
-    const char* zsrc = reinterpret_cast<const char*>(a.zoff) + (size_t)stripe * zo_bytes;
-    for (uint32_t i = threadIdx.x * 16; i < zo_bytes; i += blockDim.x * 16)
-      cp_async<16>(blk + xs_bytes + sc_bytes + i, zsrc + i);
-  }
 #pragma unroll
   for (int u = 0; u < D - 1; ++u) {
     if (u < mine) fetch(u);
     cp_async_commit();
   }
+  if constexpr (XS) {  // the stripes' scales and offsets (adjacent in memory): static, so before the wait
+    copy_to_shared(blk + xs_bytes, static_cast<const char*>(a.scale) + (size_t)stripe * sc_bytes, nvalid * sc_bytes);
+    if (ASYM)
+      copy_to_shared(zo_at, reinterpret_cast<const char*>(a.zoff) + (size_t)stripe * zo_bytes, nvalid * zo_bytes);
+  }
   grid_dependency_wait();  // x is the previous kernel's output
 
-  float acc[NT][4];
+  float acc[NS][NT][4];
 #pragma unroll
-  for (int n = 0; n < NT; ++n)
+  for (int s = 0; s < NS; ++s)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) acc[n][i] = 0.f;
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[s][n][i] = 0.f;
 
   bool xvalid[NT];
 #pragma unroll
@@ -226,15 +251,13 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
   for (int n = 0; n < NT; ++n)
 #pragma unroll
     for (int i = 0; i < 8; ++i) xb[0][n][i] = xb[1][n][i] = 0u;
-  // With XS the block copies x to shared memory once (one more group, waited for with the ring's
-  // first D - 1 chunks, which are in flight already) and lanes read their B fragments from there.
+  // With XS the block copies x to shared memory once, with plain loads (not cp.async: waiting for a
+  // copy group would also wait for the ring's chunks in flight before it, and drain the ring), and
+  // lanes read their B fragments from there.
   uint32_t xs_at = smem_addr(smem) + ((uint32_t)g * a.Kpad + 16 * t + warp * 64) * 2;
   const uint32_t xs_step = (uint32_t)warps * 128;
   if constexpr (XS) {
-    for (uint32_t i = threadIdx.x * 16; i < xs_bytes; i += blockDim.x * 16)
-      cp_async<16>(blk + i, reinterpret_cast<const char*>(a.x) + i);
-    cp_async_commit();
-    cp_async_wait<0>();
+    copy_to_shared(blk, reinterpret_cast<const char*>(a.x), xs_bytes);
     __syncthreads();
   } else {
     if (mine > 0) load_x<NT>(xsrc, a.Kpad, xvalid, xb[0]);
@@ -265,81 +288,87 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
       }
       cp_async_wait<D - 1>();
       const uint32_t off = u * L::kBytes;
-      const uint4 wv = lds128(w_at + off);
       // this lane's scale pair of chunk c = warp + j * warps: in the stage, or in the block's copy
       const uint32_t pair = ((uint32_t)(warp + j * warps) >> a.cpg_shift) * 8 + g;
-      const uint32_t s_from = XS ? blk + xs_bytes + pair * L::kScaleBytes : s_at + off;
-      float s0, s1;
-      if constexpr (BF16S) {
-        const uint32_t raw = lds32(s_from);
-        s0 = __uint_as_float(raw << 16);
-        s1 = __uint_as_float(raw & 0xFFFF0000u);
-      } else {
-        const uint2 raw = lds64(s_from);
-        s0 = __uint_as_float(raw.x);
-        s1 = __uint_as_float(raw.y);
-      }
-      uint32_t o0 = kSymOff, o1 = kSymOff;
-      if constexpr (ASYM) {
-        const uint2 z = lds64(XS ? blk + xs_bytes + sc_bytes + pair * 8 : z_at + off);
-        o0 = z.x;
-        o1 = z.y;
-      }
       const uint32_t (&xc)[NT][8] = xb[u & 1];
-      const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
-      float part[NT][4];
 #pragma unroll
-      for (int n = 0; n < NT; ++n)
+      for (int s = 0; s < NS; ++s) {
+        const uint4 wv = lds128(w_at + off + s * 512);
+        const uint32_t s_from = XS ? blk + xs_bytes + s * sc_bytes + pair * L::kScaleBytes : s_at + off;
+        float s0, s1;
+        if constexpr (BF16S) {
+          const uint32_t raw = lds32(s_from);
+          s0 = __uint_as_float(raw << 16);
+          s1 = __uint_as_float(raw & 0xFFFF0000u);
+        } else {
+          const uint2 raw = lds64(s_from);
+          s0 = __uint_as_float(raw.x);
+          s1 = __uint_as_float(raw.y);
+        }
+        uint32_t o0 = kSymOff, o1 = kSymOff;
+        if constexpr (ASYM) {
+          const uint2 z = lds64(XS ? zo_at + s * zo_bytes + pair * 8 : z_at + off);
+          o0 = z.x;
+          o1 = z.y;
+        }
+        const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+        float part[NT][4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) part[n][i] = 0.f;
+        for (int n = 0; n < NT; ++n)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        uint32_t fa[4];
-        dequant(words[i], o0, o1, fa);
+          for (int i = 0; i < 4; ++i) part[n][i] = 0.f;
 #pragma unroll
-        for (int n = 0; n < NT; ++n) mma_bf16(part[n], fa, xc[n][2 * i], xc[n][2 * i + 1]);
-      }
+        for (int i = 0; i < 4; ++i) {
+          uint32_t fa[4];
+          dequant(words[i], o0, o1, fa);
 #pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        acc[n][0] = fmaf(s0, part[n][0], acc[n][0]);
-        acc[n][1] = fmaf(s0, part[n][1], acc[n][1]);
-        acc[n][2] = fmaf(s1, part[n][2], acc[n][2]);
-        acc[n][3] = fmaf(s1, part[n][3], acc[n][3]);
+          for (int n = 0; n < NT; ++n) mma_bf16(part[n], fa, xc[n][2 * i], xc[n][2 * i + 1]);
+        }
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+          acc[s][n][0] = fmaf(s0, part[n][0], acc[s][n][0]);
+          acc[s][n][1] = fmaf(s0, part[n][1], acc[s][n][1]);
+          acc[s][n][2] = fmaf(s1, part[n][2], acc[s][n][2]);
+          acc[s][n][3] = fmaf(s1, part[n][3], acc[s][n][3]);
+        }
       }
     }
   }
   cp_async_wait<0>();
   __syncthreads();  // the sums below reuse the stages' memory
 
-  constexpr int kPer = NT * 4;
+  constexpr int kPer = NS * NT * 4;
   float* red = reinterpret_cast<float*>(smem);
   float* out = red + ((size_t)warp * 32 + lane) * kPer;
 #pragma unroll
-  for (int n = 0; n < NT; ++n)
+  for (int s = 0; s < NS; ++s)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) out[n * 4 + i] = acc[n][i];
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) out[(s * NT + n) * 4 + i] = acc[s][n][i];
   __syncthreads();
   const int total = 32 * kPer;
   for (int j = threadIdx.x; j < total; j += blockDim.x) {
-    float s = 0.f;
-    for (int v = 0; v < warps; ++v) s += red[(size_t)v * total + j];
-    const int ln = j / kPer, r = j % kPer, n = r >> 2, ci = r & 3;
-    const int out_row = stripe * 16 + (ln >> 2) + ((ci & 2) ? 8 : 0);
+    float sum = 0.f;
+    for (int v = 0; v < warps; ++v) sum += red[(size_t)v * total + j];
+    const int ln = j / kPer, r = j % kPer, st = r / (NT * 4), n = (r >> 2) % NT, ci = r & 3;
+    const int out_row = (stripe + st) * 16 + (ln >> 2) + ((ci & 2) ? 8 : 0);
     const int b = n * 8 + 2 * (ln & 3) + (ci & 1);
-    if (out_row < a.N && b < a.M) a.y[(size_t)b * a.N + out_row] = __float2bfloat16_rn(s);
+    if (out_row < a.N && b < a.M) a.y[(size_t)b * a.N + out_row] = __float2bfloat16_rn(sum);
   }
 }
 
-template <int NT, int D, bool ASYM, bool BF16S, bool XS>
-int launch(const Args& a, int Npad, int warps, bool pdl, cudaStream_t stream) {
-  auto kernel = w4a16_mma_kernel<NT, D, ASYM, BF16S, XS>;
+template <int NT, int D, int NS, bool ASYM, bool BF16S, bool XS>
+int launch(const Args& a, int warps, bool pdl, cudaStream_t stream) {
+  auto kernel = w4a16_mma_kernel<NT, D, NS, ASYM, BF16S, XS>;
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(Npad / 16);
+  cfg.gridDim = dim3((a.S + NS - 1) / NS);
   cfg.blockDim = dim3(warps * 32);
-  using L = StageLayout<BF16S, ASYM, XS>;
-  const size_t block = XS ? (size_t)a.M * a.Kpad * 2 + (size_t)a.G * 8 * (L::kScaleBytes + (ASYM ? 8 : 0)) : 0;
+  using L = StageLayout<BF16S, ASYM, XS, NS>;
+  const size_t block =
+      XS ? (size_t)a.M * a.Kpad * 2 + (size_t)NS * a.G * 8 * (L::kScaleBytes + (ASYM ? 8 : 0)) : 0;
   const size_t ring = block + (size_t)warps * D * L::kBytes;
-  const size_t sums = (size_t)warps * 32 * NT * 4 * sizeof(float);
+  const size_t sums = (size_t)warps * 32 * NS * NT * 4 * sizeof(float);
   cfg.dynamicSmemBytes = ring > sums ? ring : sums;
   if (cfg.dynamicSmemBytes > 48 * 1024) {
     cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)cfg.dynamicSmemBytes);
@@ -355,21 +384,31 @@ int launch(const Args& a, int Npad, int warps, bool pdl, cudaStream_t stream) {
   return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
 }
 
-template <int NT, int D, bool XS>
-int launch_flags(const Args& a, int Npad, int warps, bool asym, bool bf16s, bool pdl, cudaStream_t s) {
+template <int NT, int D, bool ASYM, bool BF16S>
+int launch_stripes(const Args& a, int warps, int stripes, bool pdl, cudaStream_t s) {
+  if (a.M * a.Kpad * 2 > kXsMaxBytes)
+    return stripes == 1 ? launch<NT, D, 1, ASYM, BF16S, false>(a, warps, pdl, s) : (int)cudaErrorInvalidValue;
+  switch (stripes) {
+    case 1: return launch<NT, D, 1, ASYM, BF16S, true>(a, warps, pdl, s);
+    case 2: return launch<NT, D, 2, ASYM, BF16S, true>(a, warps, pdl, s);
+    default: return (int)cudaErrorInvalidValue;
+  }
+}
+
+template <int NT, int D>
+int launch_flags(const Args& a, int warps, int stripes, bool asym, bool bf16s, bool pdl, cudaStream_t s) {
   if (asym)
-    return bf16s ? launch<NT, D, true, true, XS>(a, Npad, warps, pdl, s) : launch<NT, D, true, false, XS>(a, Npad, warps, pdl, s);
-  return bf16s ? launch<NT, D, false, true, XS>(a, Npad, warps, pdl, s) : launch<NT, D, false, false, XS>(a, Npad, warps, pdl, s);
+    return bf16s ? launch_stripes<NT, D, true, true>(a, warps, stripes, pdl, s)
+                 : launch_stripes<NT, D, true, false>(a, warps, stripes, pdl, s);
+  return bf16s ? launch_stripes<NT, D, false, true>(a, warps, stripes, pdl, s)
+               : launch_stripes<NT, D, false, false>(a, warps, stripes, pdl, s);
 }
 
 template <int NT>
-int launch_depth(const Args& a, int Npad, int warps, int depth, bool asym, bool bf16s, bool pdl, cudaStream_t s) {
-  const bool xs = a.M * a.Kpad * 2 <= kXsMaxBytes;
+int launch_depth(const Args& a, int warps, int depth, int stripes, bool asym, bool bf16s, bool pdl, cudaStream_t s) {
   switch (depth) {
-    case 4: return xs ? launch_flags<NT, 4, true>(a, Npad, warps, asym, bf16s, pdl, s)
-                      : launch_flags<NT, 4, false>(a, Npad, warps, asym, bf16s, pdl, s);
-    case 8: return xs ? launch_flags<NT, 8, true>(a, Npad, warps, asym, bf16s, pdl, s)
-                      : launch_flags<NT, 8, false>(a, Npad, warps, asym, bf16s, pdl, s);
+    case 4: return launch_flags<NT, 4>(a, warps, stripes, asym, bf16s, pdl, s);
+    case 8: return launch_flags<NT, 8>(a, warps, stripes, asym, bf16s, pdl, s);
     default: return (int)cudaErrorInvalidValue;
   }
 }
@@ -377,20 +416,21 @@ int launch_depth(const Args& a, int Npad, int warps, int depth, bool asym, bool 
 }  // namespace
 
 // Returns a cudaError_t value (0 = success). zoff may be null (symmetric). M in 1..16, warps in 1..16,
-// depth 4 or 8, chunks_per_group a power of two unless G == 1; flags: bit 0 = bf16 scales (else float32), bit 1 = programmatic dependent launch.
+// depth 4 or 8, stripes a block 1, or 2 when M x Kpad x 2 <= kXsMaxBytes; chunks_per_group a power of
+// two unless G == 1; flags: bit 0 = bf16 scales (else float32), bit 1 = programmatic dependent launch.
 extern "C" int presso_w4a16_mma(const void* x, const void* w, const void* scale, const void* zoff, void* y, int M,
                                 int N, int Kpad, int Npad, int G, int chunks_per_group, int warps, int depth,
-                                int flags, void* stream) {
+                                int stripes, int flags, void* stream) {
   const bool pow2 = chunks_per_group > 0 && (chunks_per_group & (chunks_per_group - 1)) == 0;
   if (M < 1 || M > 16 || Kpad % 64 || Npad % 16 || warps < 1 || warps > 16 || G < 1 || (G > 1 && !pow2))
     return (int)cudaErrorInvalidValue;
   const int shift = G == 1 ? 30 : __builtin_ctz(chunks_per_group);
   Args a{static_cast<const __nv_bfloat16*>(x), static_cast<const uint4*>(w), scale, static_cast<const uint2*>(zoff),
-         static_cast<__nv_bfloat16*>(y), M, N, Kpad, G, shift};
+         static_cast<__nv_bfloat16*>(y), M, N, Npad / 16, Kpad, G, shift};
   const bool bf16s = flags & 1, pdl = flags & 2, asym = zoff != nullptr;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (M <= 8) return launch_depth<1>(a, Npad, warps, depth, asym, bf16s, pdl, s);
-  return launch_depth<2>(a, Npad, warps, depth, asym, bf16s, pdl, s);
+  if (M <= 8) return launch_depth<1>(a, warps, depth, stripes, asym, bf16s, pdl, s);
+  return launch_depth<2>(a, warps, depth, stripes, asym, bf16s, pdl, s);
 }
 
 extern "C" const char* presso_cuda_error_string(int code) {

@@ -1,12 +1,12 @@
-"""Tensor-core W4A16 matmul (kernels/w4a16/mma.cu) for batch 1..64: build, load, launch.
+"""Tensor-core W4A16 matmul (kernels/w4a16/mma.cu) for batch 1..16: build, load, launch.
 
 The CUDA source is compiled with ``nvcc`` on first use (a few seconds) into a per-user cache
 keyed by the source, the compiler and the GPU's architecture, and loaded with ``ctypes``: no
 PyTorch extension build, no Python headers. Where ``nvcc`` or a CUDA device is missing,
 ``available()`` is False and callers use the Triton kernels or the reference.
 
-Format: 4-bit, symmetric or with zero points, group size a multiple of 64 or channel-wise,
-bf16 activations. The pure-torch reference for the layout is ``reference.mma_repack`` /
+Format: 4-bit, symmetric or with zero points, groups of a power-of-two number of 64-wide chunks or
+channel-wise, bf16 activations. The pure-torch reference for the layout is ``reference.mma_repack`` /
 ``reference.mma_unpack``; for the product, ``reference.w4a16_matmul_ref``.
 """
 
@@ -19,7 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("mma.cu")
 MAX_BATCH = 16
 DISPATCH_MAX_BATCH = 16  # w4a16_matmul routes 1..16 rows here, Triton above (docs/kernels.md)
-CONFIGS = [(w, d) for w in (4, 8, 16) for d in (4, 8)]  # (warps a block, ring stages a warp; D - 1 in flight)
+# (warps a block, ring stages a warp (D - 1 chunks in flight), stripes of 16 rows a block: 2 only with
+# staged activations, where the stripes share the activation fragments and the block's set-up)
+CONFIGS = [(w, d, s) for w in (4, 8, 16) for d in (4, 8) for s in (1, 2)]
 XS_MAX_BYTES = 48 * 1024  # activations up to this size are staged in shared memory once a block (mma.cu)
 _BF16_SCALES, _PDL = 1, 2  # launch flags (mma.cu)
 
@@ -93,7 +95,7 @@ def _library() -> ctypes.CDLL | None:
         log.warning("tensor-core W4A16 kernel unavailable: %s", exc)
         return None
     lib.presso_w4a16_mma.restype = ctypes.c_int
-    lib.presso_w4a16_mma.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 9 + [ctypes.c_void_p]
+    lib.presso_w4a16_mma.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 10 + [ctypes.c_void_p]
     lib.presso_cuda_error_string.restype = ctypes.c_char_p
     lib.presso_cuda_error_string.argtypes = [ctypes.c_int]
     return lib
@@ -115,6 +117,11 @@ def supports(bits: int, group_size: int | None, k: int, n_groups: int | None = N
     return group_size % ref.MMA_CHUNK == 0 and chunks & (chunks - 1) == 0
 
 
+@dataclass
+class _LaunchState:
+    launched: bool = False
+
+
 @dataclass(frozen=True)
 class MMAWeight:
     """A 4-bit weight repacked for the tensor-core kernel (make it once, at load time)."""
@@ -125,6 +132,8 @@ class MMAWeight:
     n: int
     k: int
     chunks_per_group: int
+    # after its first launch no kernel writes the weight: programmatic launch is safe (_pdl_default)
+    state: _LaunchState = field(default_factory=lambda: _LaunchState(), init=False, compare=False, repr=False)
 
     @property
     def kpad(self) -> int:
@@ -172,30 +181,31 @@ def prepare(packed: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor 
     return MMAWeight(words=words, scale=ref.mma_pair_rows(scale_k), zoff=zoff, n=n, k=k, chunks_per_group=cpg)
 
 
-def _launch(x: torch.Tensor, pw: MMAWeight, y: torch.Tensor, warps: int, depth: int, pdl: bool) -> None:
+def _launch(x: torch.Tensor, pw: MMAWeight, y: torch.Tensor, warps: int, depth: int, stripes: int,
+            pdl: bool) -> None:
     lib = _library()
     assert lib is not None
     zoff = pw.zoff.data_ptr() if pw.zoff is not None else None
     flags = (_BF16_SCALES if pw.scale.dtype == torch.bfloat16 else 0) | (_PDL if pdl else 0)
     err = lib.presso_w4a16_mma(x.data_ptr(), pw.words.data_ptr(), pw.scale.data_ptr(), zoff, y.data_ptr(),
                                x.shape[0], pw.n, pw.kpad, pw.npad, pw.n_groups, pw.chunks_per_group, warps, depth,
-                               flags, torch.cuda.current_stream(x.device).cuda_stream)
+                               stripes, flags, torch.cuda.current_stream(x.device).cuda_stream)
     if err:
         raise RuntimeError(f"w4a16 mma kernel launch failed: {lib.presso_cuda_error_string(err).decode()}")
 
 
-_DEFAULT_CONFIG = (8, 4)
-_tuned: dict[tuple[int, int, int, bool, bool, bool], tuple[int, int]] = {}
+Config = tuple[int, int, int]  # (warps, depth, stripes)
+_DEFAULT_CONFIG: Config = (8, 4, 1)
+_tuned: dict[tuple[int, int, int, bool, bool], Config] = {}
 
 
-def tuned_config(pw: MMAWeight, m: int, pdl: bool = False) -> tuple[int, int] | None:
-    """The configuration autotuning chose for this weight's shape, ``m`` rows and launch mode (None: not
-    tuned yet)."""
-    return _tuned.get(_tune_key(pw, m, pdl))
+def tuned_config(pw: MMAWeight, m: int) -> Config | None:
+    """The configuration autotuning chose for this weight's shape and ``m`` rows (None: not tuned yet)."""
+    return _tuned.get(_tune_key(pw, m))
 
 
-def _tune_key(pw: MMAWeight, m: int, pdl: bool) -> tuple[int, int, int, bool, bool, bool]:
-    return (pw.npad, pw.kpad, (m + 7) // 8, pw.zoff is not None, pw.scale.dtype == torch.bfloat16, pdl)
+def _tune_key(pw: MMAWeight, m: int) -> tuple[int, int, int, bool, bool]:
+    return (pw.npad, pw.kpad, (m + 7) // 8, pw.zoff is not None, pw.scale.dtype == torch.bfloat16)
 
 
 def _pair_bytes(pw: MMAWeight) -> int:
@@ -203,23 +213,29 @@ def _pair_bytes(pw: MMAWeight) -> int:
     return pw.scale.element_size() * 2 + (8 if pw.zoff is not None else 0)
 
 
-def shared_bytes(pw: MMAWeight, m: int, warps: int, depth: int) -> int:
-    """Dynamic shared memory of a launch (mma.cu): with small activations (XS) the block holds x and
-    the stripe's scale pairs and a stage is a chunk's words; otherwise a stage also holds each lane's
-    pairs. After the loop the warps' sums reuse it."""
-    if m * pw.kpad * 2 <= XS_MAX_BYTES:
-        ring = m * pw.kpad * 2 + pw.n_groups * 8 * _pair_bytes(pw) + warps * depth * 512
+def staged(pw: MMAWeight, m: int) -> bool:
+    """Whether ``m`` rows of activations are staged in shared memory once a block (XS in mma.cu)."""
+    return m * pw.kpad * 2 <= XS_MAX_BYTES
+
+
+def shared_bytes(pw: MMAWeight, m: int, warps: int, depth: int, stripes: int = 1) -> int:
+    """Dynamic shared memory of a launch (mma.cu): staged (XS), the block holds x and its stripes' scale
+    pairs and a stage is ``stripes`` chunks' words; otherwise a stage is a chunk's words and each
+    lane's pairs. After the loop the warps' sums reuse it."""
+    if staged(pw, m):
+        ring = m * pw.kpad * 2 + stripes * pw.n_groups * 8 * _pair_bytes(pw) + warps * depth * stripes * 512
     else:
         ring = warps * depth * (512 + 32 * _pair_bytes(pw))
-    return max(ring, warps * 32 * ((m + 7) // 8) * 4 * 4)
+    return max(ring, warps * 32 * stripes * ((m + 7) // 8) * 4 * 4)
 
 
-def usable_configs(pw: MMAWeight, m: int, device: torch.device | None = None) -> list[tuple[int, int]]:
-    """The configurations whose shared memory fits the device (a block may opt in to all of an SM's
-    shared memory but the 1 KiB the system reserves, sm_80 and later)."""
+def usable_configs(pw: MMAWeight, m: int, device: torch.device | None = None) -> list[Config]:
+    """The configurations that apply to ``m`` rows (two stripes a block only when staged) and whose
+    shared memory fits the device (a block may opt in to all of an SM's shared memory but the 1 KiB
+    the system reserves, sm_80 and later)."""
     props = torch.cuda.get_device_properties(device or torch.cuda.current_device())
     limit = props.shared_memory_per_multiprocessor - 1024
-    return [(w, d) for w, d in CONFIGS if shared_bytes(pw, m, w, d) <= limit]
+    return [cfg for cfg in CONFIGS if (cfg[2] == 1 or staged(pw, m)) and shared_bytes(pw, m, *cfg) <= limit]
 
 
 def _scratch_copies(pw: MMAWeight) -> list[MMAWeight]:
@@ -232,8 +248,7 @@ def _scratch_copies(pw: MMAWeight) -> list[MMAWeight]:
         scale=torch.rand_like(pw.scale) * 0.01) for _ in range(n)]
 
 
-def _graph_seconds(x: torch.Tensor, copies: list[MMAWeight], y: torch.Tensor, cfg: tuple[int, int],
-                   pdl: bool) -> float:
+def _graph_seconds(x: torch.Tensor, copies: list[MMAWeight], y: torch.Tensor, cfg: Config, pdl: bool) -> float:
     """Seconds a call, one CUDA graph launching the kernel once on each copy (launch gaps amortized)."""
     stream = torch.cuda.Stream(x.device)
     stream.wait_stream(torch.cuda.current_stream(x.device))
@@ -255,30 +270,47 @@ def _graph_seconds(x: torch.Tensor, copies: list[MMAWeight], y: torch.Tensor, cf
     return best
 
 
-def _autotune(x: torch.Tensor, pw: MMAWeight, y: torch.Tensor, pdl: bool) -> tuple[int, int]:
-    """The fastest usable configuration for this shape, timed in a CUDA graph on weights not in L2
-    (once per shape, batch bucket and launch mode: programmatic launches overlap differently; ~2x the
-    L2 size of scratch memory while it runs)."""
-    key = _tune_key(pw, x.shape[0], pdl)
+def _pdl_mode() -> str:
+    return os.environ.get("PRESSO_W4A16_PDL", "auto")
+
+
+def _autotune(x: torch.Tensor, pw: MMAWeight, y: torch.Tensor) -> Config:
+    """The fastest usable configuration for this shape, timed in a CUDA graph on weights not in L2, in
+    the launch mode of steady state (programmatic on sm_90+ unless ``PRESSO_W4A16_PDL=0``). Once per
+    shape and batch bucket for both launch modes, so that a weight's first call and later ones run the
+    same configuration and give bit-identical results; ~2x the L2 size of scratch memory meanwhile."""
+    key = _tune_key(pw, x.shape[0])
     hit = _tuned.get(key)
     if hit is None:
         if torch.cuda.is_current_stream_capturing():
             return _DEFAULT_CONFIG  # cannot time inside a capture; not cached
+        pdl = _pdl_mode() != "0" and torch.cuda.get_device_capability(x.device)[0] >= 9
         copies = _scratch_copies(pw)
         times = {cfg: _graph_seconds(x, copies, y, cfg, pdl) for cfg in usable_configs(pw, x.shape[0], x.device)}
         del copies
         hit = _tuned[key] = min(times, key=times.__getitem__)
-        log.info("w4a16 mma %s -> warps %d, depth %d (%.2f us)", key, *hit, times[hit] * 1e6)
+        log.info("w4a16 mma %s -> warps %d, depth %d, stripes %d (%.2f us)", key, *hit, times[hit] * 1e6)
     return hit
 
 
-def matmul(x: torch.Tensor, pw: MMAWeight, config: tuple[int, int] | None = None,
+def _pdl_default(pw: MMAWeight, device: torch.device) -> bool:
+    """``PRESSO_W4A16_PDL``: ``auto`` (default) = from the weight's second launch on, on sm_90+;
+    ``1`` = always; ``0`` = never."""
+    mode = _pdl_mode()
+    if mode in ("0", "1"):
+        return mode == "1"
+    return pw.state.launched and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def matmul(x: torch.Tensor, pw: MMAWeight, config: Config | None = None,
            autotune: bool | None = None, pdl: bool | None = None) -> torch.Tensor:
     """``y = x @ W.T`` for bf16 ``x [..., K]`` with at most 16 rows -> bf16 ``[..., N]``.
 
-    ``pdl`` (default: ``PRESSO_W4A16_PDL=1``) launches with programmatic dependent launch (sm_90+):
-    the weight's first loads overlap the end of the previous kernel. Use it only for weights that
-    no kernel is writing (a prepared weight is; a weight written just before the call is not).
+    ``pdl``: programmatic dependent launch (sm_90+): the weight's first loads overlap the end of the
+    previous kernel in the stream; activations are read and outputs written only after it. Safe for
+    a weight no kernel is writing. By default (``PRESSO_W4A16_PDL=auto``) it is on from a weight's
+    second launch: the first may directly follow the kernels of ``prepare`` that wrote the weight,
+    and nothing writes it afterwards (a changed weight is a new ``prepare``, hence a new object).
     """
     if x.dtype != torch.bfloat16 or x.shape[-1] != pw.k:
         raise ValueError(f"x must be bf16 [..., {pw.k}], got {x.dtype} {tuple(x.shape)}")
@@ -291,12 +323,13 @@ def matmul(x: torch.Tensor, pw: MMAWeight, config: tuple[int, int] | None = None
         x2 = torch.nn.functional.pad(x2, (0, pw.kpad - pw.k)).contiguous()
     y = torch.empty(m, pw.n, dtype=torch.bfloat16, device=x.device)
     if pdl is None:
-        pdl = os.environ.get("PRESSO_W4A16_PDL", "0") == "1"
+        pdl = _pdl_default(pw, x.device)
     if config is None:
         if autotune is None:
             autotune = os.environ.get("PRESSO_W4A16_AUTOTUNE", "1") != "0"
-        config = _autotune(x2, pw, y, pdl) if autotune else _DEFAULT_CONFIG
+        config = _autotune(x2, pw, y) if autotune else _DEFAULT_CONFIG
     elif config not in (usable := usable_configs(pw, m, x.device)):
         raise ValueError(f"config {config} is not one of {usable} on this device")
     _launch(x2, pw, y, *config, pdl=pdl)
+    pw.state.launched = True
     return y.reshape(*lead, pw.n)

@@ -181,7 +181,8 @@ def test_mma_matches_reference_formats(m, n, k, gs, asym, fp32) -> None:
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     want = ref.w4a16_matmul_ref(x, packed, scale, zp, 4, gs)
     configs = mma.usable_configs(pw, m)
-    assert len(configs) >= len(mma.CONFIGS) - 2  # only the largest rings may not fit a block's shared memory
+    assert {(w, d, 1) for w in (4, 8) for d in (4, 8)} <= set(configs)  # small rings always fit
+    assert any(c[2] == 2 for c in configs) == mma.staged(pw, m)  # two stripes a block only when staged
     for cfg in configs:  # every launch configuration computes the same product
         assert _rel_err(mma.matmul(x, pw, config=cfg), want) <= 1e-2, cfg
 
@@ -220,6 +221,27 @@ def test_mma_programmatic_launch_in_a_cuda_graph() -> None:
     torch.cuda.synchronize()
     for prev, got in zip(outs[:-1], outs[1:], strict=True):
         assert _rel_err(got, ref.w4a16_matmul_ref(prev, packed, scale, None, 4, 128)) <= 1e-2
+
+
+@pytest.mark.gpu
+def test_mma_programmatic_launch_from_the_second_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default the first launch of a weight is a plain one (it may follow the kernels that wrote
+    the weight) and later ones are programmatic; PRESSO_W4A16_PDL=0/1 forces either."""
+    mma = _mma()
+    packed, scale, _ = _make(256, 512, 128, False, seed=11)
+    pw = mma.prepare(packed, scale, None, 128, 512)
+    seen: list[bool] = []
+    real = mma._launch
+    monkeypatch.setattr(mma, "_launch", lambda *a, pdl: (seen.append(pdl), real(*a, pdl=pdl))[1])
+    monkeypatch.delenv("PRESSO_W4A16_PDL", raising=False)
+    x = torch.randn(1, 512, device="cuda", dtype=torch.bfloat16)
+    ys = [mma.matmul(x, pw, config=(4, 4, 1)) for _ in range(3)]
+    sm90 = torch.cuda.get_device_capability()[0] >= 9
+    assert seen == [False, sm90, sm90]
+    assert torch.equal(ys[0], ys[1]) and torch.equal(ys[1], ys[2])
+    monkeypatch.setenv("PRESSO_W4A16_PDL", "0")
+    mma.matmul(x, pw, config=(4, 4, 1))
+    assert seen[-1] is False
 
 
 @pytest.mark.gpu
