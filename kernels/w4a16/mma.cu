@@ -15,18 +15,21 @@
 // group: the group size is a multiple of 64), so the products are exact and the precision is that
 // of a float32 accumulation.
 //
-// Work split: one block per stripe; warp w takes chunks w, w + warps, ... and keeps D - 1 of them in
-// flight through a ring of D stages in shared memory, filled with cp.async (a chunk's weights and this
-// lane's scale pair; a lane only ever reads back what it copied itself, so cp.async.wait_group is all
-// the synchronization there is). With small activations (XS: M x Kpad bf16 <= kXsMaxBytes) the block
-// first copies x and the stripe's scale pairs to shared memory and a stage holds only weights;
-// otherwise the next chunk's activations go to registers before this one's mma. The warps' partial
-// sums are added in shared memory in a fixed order (deterministic).
+// Work split: one block per stripe (or NS = 2 adjacent stripes, XS only); warp w takes chunks w,
+// w + warps, ... and keeps D - 1 of them in flight through a ring of D stages in shared memory, filled
+// with cp.async (a chunk's weights of each stripe and this lane's scale pair; a lane only ever reads
+// back what it copied itself, so cp.async.wait_group is all the synchronization there is). With small
+// activations (XS: M x Kpad bf16 <= kXsMaxBytes) the block first copies x and its stripes' scale pairs
+// to shared memory with plain loads (a cp.async group would drain the ring) and a stage holds only
+// weights, whose activation fragments the stripes share; otherwise the next chunk's activations go to
+// registers before this one's mma. The warps' partial sums are added in shared memory in a fixed order
+// (deterministic).
 //
-// Programmatic dependent launch (sm_90+, opt-in at launch): the weights and scales of the first
-// D - 1 chunks are requested before griddepcontrol.wait, so they stream in while the previous kernel of
-// the stream finishes; activations are read and outputs written only after it. Safe only when the
-// weights were not written by the kernel just before (true for a prepared, static weight).
+// Programmatic dependent launch (sm_90+, chosen at launch; mma.py's default from a weight's second
+// call): the weights (and, XS, the scales) of the first chunks are requested before
+// griddepcontrol.wait, so they stream in while the previous kernel of the stream finishes; activations
+// are read and outputs written only after it. Safe only when the weights were not written by the
+// kernel just before (true for a prepared, static weight after its first call).
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
