@@ -133,7 +133,7 @@ class MMAWeight:
     k: int
     chunks_per_group: int
     # after its first launch no kernel writes the weight: programmatic launch is safe (_pdl_default)
-    state: _LaunchState = field(default_factory=lambda: _LaunchState(), init=False, compare=False, repr=False)
+    state: _LaunchState = field(default_factory=_LaunchState, init=False, compare=False, repr=False)
 
     @property
     def kpad(self) -> int:
