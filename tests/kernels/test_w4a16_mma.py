@@ -116,6 +116,33 @@ def test_prepare_layout_on_cpu() -> None:
     assert bf.nbytes == bf.words.numel() * 4 + bf.scale.numel() * 2
 
 
+def test_launch_mode_and_staging_rules_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rules mma.py applies before a launch: programmatic launch from a weight's second call unless
+    forced (a copy of a weight starts unlaunched), staging and two stripes a block only for small
+    activations, and the shared memory a configuration asks for."""
+    from dataclasses import replace
+
+    from kernels.w4a16 import mma
+
+    k = 4096
+    q = torch.zeros(64, k, dtype=torch.int8)
+    pw = mma.prepare(ref.pack_int(q, 4), torch.ones(64, k // 128, dtype=torch.bfloat16), None, 128, k)
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("PRESSO_W4A16_PDL", raising=False)
+    assert mma._pdl_default(pw, cpu) is False  # first launch: plain (no device query needed)
+    monkeypatch.setenv("PRESSO_W4A16_PDL", "1")
+    assert mma._pdl_default(pw, cpu) is True
+    pw.state.launched = True
+    monkeypatch.setenv("PRESSO_W4A16_PDL", "0")
+    assert mma._pdl_default(pw, cpu) is False
+    assert replace(pw).state.launched is False  # scratch copies never inherit "launched"
+    assert mma.staged(pw, 1) and mma.staged(pw, 6) and not mma.staged(pw, 7)  # 48 KiB of activations
+    # staged: x + 2 stripes' scale pairs + 8 warps x 4 stages x 2 chunks of 512 B
+    assert mma.shared_bytes(pw, 1, 8, 4, 2) == 4096 * 2 + 2 * 32 * 8 * 4 + 8 * 4 * 2 * 512
+    # register path: stages of a chunk's words and each lane's scale pair; the warps' sums reuse them
+    assert mma.shared_bytes(pw, 16, 8, 4) == 8 * 4 * (512 + 32 * 4)
+
+
 # --- CUDA: the kernel against the reference -------------------------------------------
 
 
