@@ -45,7 +45,7 @@ def create_app(
     app.state.celery = celery
     app.state.publisher = publisher or CeleryPublisher(celery)  # type: ignore[arg-type]
     app.state.rate_limiter = make_rate_limiter(
-        settings.resolved_broker_url, settings.rate_limit_per_s, settings.rate_limit_burst
+        settings.resolved_broker_url, settings.rate_limit_per_s, settings.rate_limit_burst, settings.broker_key_prefix
     )
     install_error_handlers(app)
     app.middleware("http")(metrics_middleware)

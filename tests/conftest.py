@@ -2,7 +2,9 @@
 
 Postgres: PRESSO_TEST_DATABASE_URL (default presso_test on 127.0.0.1:5432, user postgres); each session works
 in its own copy of that name with a random suffix, dropped at the end.
-Redis: PRESSO_TEST_REDIS_URL (default db 11). `make test` starts both when they are not answering.
+Redis: PRESSO_TEST_REDIS_URL (default db 11), shared; each session's queue and rate-limiter keys carry a
+prefix of its own (``broker_prefix``), so concurrent sessions never take each other's tasks. `make test`
+starts both when they are not answering.
 """
 
 from __future__ import annotations
@@ -75,9 +77,14 @@ def redis_url() -> str:
 
     client = redis.Redis.from_url(REDIS_URL)
     client.ping()
-    client.flushdb()
     client.close()
     return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def broker_prefix() -> str:
+    """This session's prefix of every Redis key (PRESSO_BROKER_KEY_PREFIX)."""
+    return f"presso-test-{uuid.uuid4().hex[:8]}:"
 
 
 @pytest.fixture(scope="session")
@@ -101,12 +108,12 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def make_settings(pg_url: str, redis_url: str, s3_endpoint: str, tmp_path: Path) -> Any:
+def make_settings(pg_url: str, redis_url: str, broker_prefix: str, s3_endpoint: str, tmp_path: Path) -> Any:
     from app.core.settings import Settings
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = dict(
-            data_dir=tmp_path / "data", database_url=pg_url, broker_url=redis_url,
+            data_dir=tmp_path / "data", database_url=pg_url, broker_url=redis_url, broker_key_prefix=broker_prefix,
             store_url=f"s3://{ARTIFACT_BUCKET}/{uuid.uuid4().hex[:8]}", s3_endpoint_url=s3_endpoint,
             admin_key=ADMIN_KEY, rate_limit_per_s=0, allowed_file_roots=[tmp_path],
             fetch_allow_private_hosts=["127.0.0.0/8"], fetch_allow_http=True, lease_s=30,

@@ -53,6 +53,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     elif url.startswith(("redis://", "rediss://")):
         # Jobs run for hours; redelivery is harmless (fenced claim) but should be rare.
         conf["broker_transport_options"] = {"visibility_timeout": settings.job_time_limit_s + 600}
+        if settings.broker_key_prefix:  # every key kombu touches: queues, bindings, unacked, pidbox
+            conf["broker_transport_options"]["global_keyprefix"] = settings.broker_key_prefix
     return conf
 
 

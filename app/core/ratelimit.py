@@ -52,19 +52,19 @@ class MemoryRateLimiter:
 
 
 class RedisRateLimiter:
-    def __init__(self, url: str, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
+    def __init__(self, url: str, rate: float, burst: int, key_prefix: str = "") -> None:
+        self.rate, self.burst, self.key_prefix = rate, burst, key_prefix
         self._client = redis.Redis.from_url(url, socket_timeout=2)
         self._script = self._client.register_script(_LUA)
 
     def acquire(self, key: str) -> float:
-        wait = self._script(keys=[f"presso:rl:{key}"], args=[self.rate, self.burst, time.time()])
+        wait = self._script(keys=[f"{self.key_prefix}presso:rl:{key}"], args=[self.rate, self.burst, time.time()])
         return float(wait)
 
 
-def make_rate_limiter(broker_url: str, rate: float, burst: int) -> RateLimiter:
+def make_rate_limiter(broker_url: str, rate: float, burst: int, key_prefix: str = "") -> RateLimiter:
     if rate <= 0:
         return NoLimit()
     if broker_url.startswith(("redis://", "rediss://")):
-        return RedisRateLimiter(broker_url, rate, burst)
+        return RedisRateLimiter(broker_url, rate, burst, key_prefix)
     return MemoryRateLimiter(rate, burst)

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".presso"))
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir.")
     broker_url: str | None = Field(default=None, description="Celery broker; default filesystem:// in data_dir.")
+    broker_key_prefix: str = Field(
+        default="", max_length=64,
+        description="Prefix of every Redis key of the queue and the rate limiter: deployments (or test sessions) "
+                    "sharing one Redis database then never consume each other's tasks.")
     store_url: str | None = Field(default=None, description="s3://bucket/prefix or a directory path.")
     db_pool_size: int = Field(default=10, ge=1, description="Postgres connections kept per process.")
     db_max_overflow: int = Field(default=5, ge=0, description="Extra connections per process under load.")

@@ -31,6 +31,7 @@ def service_env(pg_url: str, redis_url: str, s3_endpoint: str, prefix: str, data
     return {
         **os.environ,
         "PRESSO_DATA_DIR": str(data_dir), "PRESSO_DATABASE_URL": pg_url, "PRESSO_BROKER_URL": redis_url,
+        "PRESSO_BROKER_KEY_PREFIX": f"presso-e2e-{prefix}:",
         "PRESSO_STORE_URL": f"s3://{ARTIFACT_BUCKET}/{prefix}", "PRESSO_S3_ENDPOINT_URL": s3_endpoint,
         "PRESSO_ADMIN_KEY": ADMIN_KEY, "PRESSO_FETCH_ALLOW_PRIVATE_HOSTS": "127.0.0.0/8",
         "PRESSO_LEASE_S": "20", "PRESSO_REAPER_INTERVAL_S": "2", "PRESSO_RATE_LIMIT_PER_S": "0",
