@@ -27,6 +27,7 @@ from svc_helpers import (  # noqa: E402
     PG_URL,
     REDIS_URL,
     Api,
+    drop_redis_keys,
     free_port,
     new_tenant,
     write_tiny_llama,
@@ -82,9 +83,11 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def broker_prefix() -> str:
-    """This session's prefix of every Redis key (PRESSO_BROKER_KEY_PREFIX)."""
-    return f"presso-test-{uuid.uuid4().hex[:8]}:"
+def broker_prefix(redis_url: str) -> Iterator[str]:
+    """This session's prefix of every Redis key (PRESSO_BROKER_KEY_PREFIX); its keys are deleted at the end."""
+    prefix = f"presso-test-{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    drop_redis_keys(redis_url, prefix)
 
 
 @pytest.fixture(scope="session")

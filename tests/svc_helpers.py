@@ -27,6 +27,19 @@ ARTIFACT_BUCKET = "presso-test-artifacts"
 MODEL_BUCKET = "presso-test-models"
 
 
+def drop_redis_keys(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` (a session's or a stack's PRESSO_BROKER_KEY_PREFIX) in the Redis at
+    ``url``: the shared test database keeps no queues of finished sessions."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+    finally:
+        client.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

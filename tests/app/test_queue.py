@@ -6,6 +6,8 @@ import json
 import uuid
 from typing import Any
 
+from svc_helpers import drop_redis_keys
+
 
 def test_key_prefix_keeps_published_jobs_under_it(make_settings: Any, redis_url: str) -> None:
     import redis
@@ -25,9 +27,8 @@ def test_key_prefix_keeps_published_jobs_under_it(make_settings: Any, redis_url:
         assert r.llen("cpu") == bare_before  # nothing reached the queue another deployment would read
     finally:
         celery.close()
-        for key in r.scan_iter(f"{prefix}*"):
-            r.delete(key)
         r.close()
+        drop_redis_keys(redis_url, prefix)
 
 
 def test_rate_limiter_keys_carry_the_prefix(redis_url: str) -> None:
@@ -43,6 +44,5 @@ def test_rate_limiter_keys_carry_the_prefix(redis_url: str) -> None:
         assert limiter.acquire("k1") > 0  # the bucket is empty: the second call must wait
         assert r.exists(f"{prefix}presso:rl:k1") and not r.exists("presso:rl:k1")
     finally:
-        for key in r.scan_iter(f"{prefix}*"):
-            r.delete(key)
         r.close()
+        drop_redis_keys(redis_url, prefix)

@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import httpx
 import pytest
-from svc_helpers import ADMIN_KEY, ARTIFACT_BUCKET, MODEL_BUCKET, RTN, serve_api, upload_dir
+from svc_helpers import ADMIN_KEY, ARTIFACT_BUCKET, MODEL_BUCKET, RTN, drop_redis_keys, serve_api, upload_dir
 
 from presso.client import PressoClient
 
@@ -44,6 +44,7 @@ def stack(pg_url: str, redis_url: str, s3_endpoint: str, tmp_path_factory: pytes
           ) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("e2e")
     env = service_env(pg_url, redis_url, s3_endpoint, uuid.uuid4().hex[:8], tmp / "data")
+    broker_prefix = env["PRESSO_BROKER_KEY_PREFIX"]
     log = open(tmp / "worker.log", "wb")  # noqa: SIM115
     worker = subprocess.Popen([sys.executable, "-m", "presso.cli", "worker", "--loglevel", "INFO"], cwd=ROOT,
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -64,6 +65,7 @@ def stack(pg_url: str, redis_url: str, s3_endpoint: str, tmp_path_factory: pytes
         except subprocess.TimeoutExpired:
             os.killpg(worker.pid, signal.SIGKILL)
         log.close()
+        drop_redis_keys(redis_url, broker_prefix)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
