@@ -19,17 +19,18 @@
 // w + warps, ... and keeps D - 1 of them in flight through a ring of D stages in shared memory, filled
 // with cp.async (a chunk's weights of each stripe and this lane's scale pair; a lane only ever reads
 // back what it copied itself, so cp.async.wait_group is all the synchronization there is). With small
-// activations (XS: M x Kpad bf16 <= kXsMaxBytes) the block first copies x and its stripes' scale pairs
-// to shared memory with plain loads (a cp.async group would drain the ring) and a stage holds only
-// weights, whose activation fragments the stripes share; otherwise the next chunk's activations go to
-// registers before this one's mma. The warps' partial sums are added in shared memory in a fixed order
-// (deterministic).
+// activations (XS: M x Kpad bf16 <= kXsMaxBytes) the block copies its stripes' scale pairs to shared
+// memory in every thread's first cp.async group and, after the wait, x with plain loads (a cp.async group
+// of its own would drain the ring), and a stage holds only weights, whose activation fragments the
+// stripes share; otherwise the next chunk's activations go to registers before this one's mma. The
+// warps' partial sums are added in shared memory in a fixed order (deterministic).
 //
 // Programmatic dependent launch (sm_90+, chosen at launch; mma.py's default from a weight's second
 // call): the weights (and, XS, the scales) of the first chunks are requested before
 // griddepcontrol.wait, so they stream in while the previous kernel of the stream finishes; activations
 // are read and outputs written only after it. Safe only when the weights were not written by the
-// kernel just before (true for a prepared, static weight after its first call).
+// kernel just before (true for a prepared, static weight after its first call). The kernel lets its
+// own dependent launch only once it is past its wait, so that one kernel at a time streams ahead.
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -149,6 +150,11 @@ __device__ __forceinline__ void copy_to_shared(uint32_t dst, const char* src, ui
   }
 }
 
+// The same with cp.async (16 bytes a copy), committed with the caller's next group.
+__device__ __forceinline__ void copy_to_shared_async(uint32_t dst, const char* src, uint32_t bytes) {
+  for (uint32_t at = threadIdx.x * 16; at < bytes; at += blockDim.x * 16) cp_async<16>(dst + at, src + at);
+}
+
 // One stage of a warp's ring in shared memory: a chunk's 32 x 16 weight bytes of each of the block's NS
 // stripes, then (unless the block holds the stripes' scales, XS) each lane's scale pair (4 B bf16 /
 // 8 B float32) and, with zero points, offset pair (8 B). Every lane copies, and later reads back, only
@@ -178,6 +184,25 @@ __device__ __forceinline__ void load_x(const __nv_bfloat16* p, int kpad, const b
 // Activations staged in shared memory once a block (XS) when they are small: kXsMaxBytes at most.
 constexpr int kXsMaxBytes = 48 * 1024;
 
+// Per-block timeline for study (bench/trace_w4a16.py), compiled in only with -DPRESSO_W4A16_TRACE: thread 0
+// of each block stamps %globaltimer at entry, after requesting its first weights, after
+// griddepcontrol.wait, once its activations are at hand, after its chunk loop and at exit, and appends
+// one record of kTraceWords words.
+#ifdef PRESSO_W4A16_TRACE
+constexpr int kTraceWords = 9;  // y address, block | smid << 32, six stamps, clock64 at exit - entry
+__device__ unsigned long long* g_trace = nullptr;
+__device__ unsigned int g_trace_next = 0, g_trace_cap = 0;
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+#define TRACE_STAMP(i) \
+  if (threadIdx.x == 0) trace_t[i] = global_ns()
+#else
+#define TRACE_STAMP(i)
+#endif
+
 template <int NT, int D, int NS, bool ASYM, bool BF16S, bool XS>
 __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
   static_assert(XS || NS == 1, "several stripes a block only with staged activations");
@@ -185,7 +210,11 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
   // With XS: [x: M x Kpad bf16][scale pairs: NS][G][8]([offset pairs: NS][G][8]); then [warps][D]
   // stages; after the loop [warps][32][NS * NT * 4] sums from the start
   extern __shared__ __align__(16) unsigned char smem[];
-  grid_launch_dependents();  // only the pre-wait part of a dependent kernel may overlap this one
+#ifdef PRESSO_W4A16_TRACE
+  unsigned long long trace_t[6] = {};
+  const long long trace_clk = clock64();
+#endif
+  TRACE_STAMP(0);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int stripe = blockIdx.x * NS, nvalid = min(NS, a.S - stripe);  // the block's first stripe
@@ -224,17 +253,27 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
     }
     c_next += warps;
   };
+  // With XS the stripes' scales and offsets (adjacent in memory; static, so before the wait) ride in the
+  // first copy group of every thread, with the warp's first chunk: the loop waits for that group first
+  // anyway, so nothing waits for them alone.
+  if constexpr (XS) {
+    copy_to_shared_async(blk + xs_bytes, static_cast<const char*>(a.scale) + (size_t)stripe * sc_bytes,
+                         nvalid * sc_bytes);
+    if (ASYM)
+      copy_to_shared_async(zo_at, reinterpret_cast<const char*>(a.zoff) + (size_t)stripe * zo_bytes,
+                           nvalid * zo_bytes);
+  }
 #pragma unroll
   for (int u = 0; u < D - 1; ++u) {
     if (u < mine) fetch(u);
     cp_async_commit();
   }
-  if constexpr (XS) {  // the stripes' scales and offsets (adjacent in memory): static, so before the wait
-    copy_to_shared(blk + xs_bytes, static_cast<const char*>(a.scale) + (size_t)stripe * sc_bytes, nvalid * sc_bytes);
-    if (ASYM)
-      copy_to_shared(zo_at, reinterpret_cast<const char*>(a.zoff) + (size_t)stripe * zo_bytes, nvalid * zo_bytes);
-  }
+  TRACE_STAMP(1);
   grid_dependency_wait();  // x is the previous kernel's output
+  // Only now may the next kernel of the stream launch (and only its pre-wait part overlap this one): at
+  // most one kernel's early weight requests compete with the running one's, never a cascade of them.
+  grid_launch_dependents();
+  TRACE_STAMP(2);
 
   float acc[NS][NT][4];
 #pragma unroll
@@ -261,11 +300,13 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
   const uint32_t xs_step = (uint32_t)warps * 128;
   if constexpr (XS) {
     copy_to_shared(blk, reinterpret_cast<const char*>(a.x), xs_bytes);
+    cp_async_wait<D - 2>();  // this thread's first group: its part of the scales
     __syncthreads();
   } else {
     if (mine > 0) load_x<NT>(xsrc, a.Kpad, xvalid, xb[0]);
     xsrc += xstep;
   }
+  TRACE_STAMP(3);
 
   for (int j0 = 0; j0 < mine; j0 += D) {
 #pragma unroll
@@ -338,6 +379,7 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
     }
   }
   cp_async_wait<0>();
+  TRACE_STAMP(4);
   __syncthreads();  // the sums below reuse the stages' memory
 
   constexpr int kPer = NS * NT * 4;
@@ -359,6 +401,21 @@ __global__ void __launch_bounds__(512) w4a16_mma_kernel(const Args a) {
     const int b = n * 8 + 2 * (ln & 3) + (ci & 1);
     if (out_row < a.N && b < a.M) a.y[(size_t)b * a.N + out_row] = __float2bfloat16_rn(sum);
   }
+#ifdef PRESSO_W4A16_TRACE
+  TRACE_STAMP(5);
+  if (threadIdx.x == 0) {
+    const unsigned int slot = atomicAdd(&g_trace_next, 1u);
+    if (slot < g_trace_cap) {
+      unsigned long long* r = g_trace + (size_t)slot * kTraceWords;
+      unsigned int smid;
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+      r[0] = reinterpret_cast<unsigned long long>(a.y);
+      r[1] = blockIdx.x | (unsigned long long)smid << 32;
+      for (int i = 0; i < 6; ++i) r[2 + i] = trace_t[i];
+      r[8] = (unsigned long long)(clock64() - trace_clk);
+    }
+  }
+#endif
 }
 
 template <int NT, int D, int NS, bool ASYM, bool BF16S, bool XS>
@@ -435,6 +492,24 @@ extern "C" int presso_w4a16_mma(const void* x, const void* w, const void* scale,
   if (M <= 8) return launch_depth<1>(a, warps, depth, stripes, asym, bf16s, pdl, s);
   return launch_depth<2>(a, warps, depth, stripes, asym, bf16s, pdl, s);
 }
+
+#ifdef PRESSO_W4A16_TRACE
+// Points the trace at `buf` (cap records of kTraceWords uint64) and restarts it; the number of records
+// written so far is read back with presso_w4a16_trace_count.
+extern "C" int presso_w4a16_trace_reset(void* buf, unsigned int cap) {
+  const unsigned int zero = 0;
+  cudaError_t e = cudaMemcpyToSymbol(g_trace, &buf, sizeof(buf));
+  if (e == cudaSuccess) e = cudaMemcpyToSymbol(g_trace_cap, &cap, sizeof(cap));
+  if (e == cudaSuccess) e = cudaMemcpyToSymbol(g_trace_next, &zero, sizeof(zero));
+  return (int)e;
+}
+
+extern "C" unsigned int presso_w4a16_trace_count() {
+  unsigned int n = 0;
+  cudaMemcpyFromSymbol(&n, g_trace_next, sizeof(n));
+  return n;
+}
+#endif
 
 extern "C" const char* presso_cuda_error_string(int code) {
   return cudaGetErrorString(static_cast<cudaError_t>(code));

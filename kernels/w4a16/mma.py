@@ -54,22 +54,23 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
-def build(nvcc: str, arch: str) -> Path:
-    """Compile mma.cu for ``arch`` (e.g. ``sm_90``) unless a cached build exists; returns the .so.
+def build(nvcc: str, arch: str, source: Path = SOURCE) -> Path:
+    """Compile ``source`` (mma.cu; benchmarks build their probes the same way) for ``arch`` (e.g.
+    ``sm_90``) unless a cached build exists; returns the .so.
 
     ``PRESSO_W4A16_NVCC_FLAGS`` adds flags (e.g. ``-lineinfo`` for a profiler, or ``-D`` switches
     of a variant under study); they are part of the cache key."""
     extra = os.environ.get("PRESSO_W4A16_NVCC_FLAGS", "").split()
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + arch.encode() + " ".join(extra).encode())
-    out = _cache_dir() / f"w4a16_mma-{arch}-{key.hexdigest()[:16]}.so"
+    key = hashlib.sha256(source.read_bytes() + version.encode() + arch.encode() + " ".join(extra).encode())
+    out = _cache_dir() / f"{source.stem}-{arch}-{key.hexdigest()[:16]}.so"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_so = Path(tmp) / out.name
         cmd = [nvcc, "-O3", "-std=c++17", f"-arch={arch}", "--shared", "-Xcompiler", "-fPIC", *extra,
-               "-o", str(tmp_so), str(SOURCE)]
+               "-o", str(tmp_so), str(source)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"nvcc failed ({' '.join(cmd)}):\n{res.stderr[-4000:]}")
@@ -248,15 +249,20 @@ def _scratch_copies(pw: MMAWeight) -> list[MMAWeight]:
         scale=torch.rand_like(pw.scale) * 0.01) for _ in range(n)]
 
 
+_TUNE_LAUNCHES = 32  # launches a timed graph: a steady state, not the ramp of a few launches
+
+
 def _graph_seconds(x: torch.Tensor, copies: list[MMAWeight], y: torch.Tensor, cfg: Config, pdl: bool) -> float:
-    """Seconds a call, one CUDA graph launching the kernel once on each copy (launch gaps amortized)."""
+    """Seconds a call, one CUDA graph of ``_TUNE_LAUNCHES`` launches cycling over the copies (launch gaps
+    amortized; with a handful of launches the chain's start would weigh as much as its steady state)."""
+    order = [copies[i % len(copies)] for i in range(max(len(copies), _TUNE_LAUNCHES))]
     stream = torch.cuda.Stream(x.device)
     stream.wait_stream(torch.cuda.current_stream(x.device))
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.stream(stream):
         _launch(x, copies[0], y, *cfg, pdl=False)  # loads the module outside the capture
         with torch.cuda.graph(graph, stream=stream):
-            for pw in copies:
+            for pw in order:
                 _launch(x, pw, y, *cfg, pdl=pdl)
     graph.replay()
     best = float("inf")
@@ -266,7 +272,7 @@ def _graph_seconds(x: torch.Tensor, copies: list[MMAWeight], y: torch.Tensor, cf
         graph.replay()
         end.record()
         end.synchronize()
-        best = min(best, start.elapsed_time(end) * 1e-3 / len(copies))
+        best = min(best, start.elapsed_time(end) * 1e-3 / len(order))
     return best
 
 
