@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096)]  # (K, N)
 ROTATE_BYTES = 512 << 20
 PHASES = ("entry->issued", "issued->waited", "waited->staged", "staged->loop", "loop->exit")
-# the configurations session 5's autotuning chose in the programmatic mode at batch 1, and neighbours
+# the configurations the autotuner chose at batch 1 in the programmatic mode (session 6), and a neighbour
 TRACE_CONFIGS = {
-    (4096, 4096): [(16, 4, 1), (16, 4, 2), (32, 4, 2)],
-    (4096, 14336): [(8, 4, 2), (16, 4, 2), (32, 4, 2)],
-    (14336, 4096): [(16, 4, 1), (16, 8, 1), (32, 4, 2), (32, 4, 1)],
+    (4096, 4096): [(16, 4, 2), (8, 8, 2)],
+    (4096, 14336): [(8, 4, 2)],
+    (14336, 4096): [(16, 4, 1)],
 }
 
 
@@ -158,6 +158,61 @@ def summarize(rec: np.ndarray) -> dict:
     )
 
 
+def _stamps(rec: np.ndarray) -> np.ndarray:
+    """[records, 4] ns since the first entry: entry, waited, loop done, exit (records of 8 or 9 words)."""
+    t = rec[:, 2 : rec.shape[1] - 1].astype(np.int64)
+    t = t - t[:, 0].min()
+    return t[:, [0, 2, t.shape[1] - 2, t.shape[1] - 1]]
+
+
+def plot_timeline(rec: np.ndarray, path: Path, title: str, sms: int = 10, launches: int = 5) -> None:
+    """Blocks of ``launches`` consecutive steady-state launches on the first ``sms`` SMs: a bar a block from
+    entry to exit, light while it waits (weights requested, previous launch still running), dark while
+    it computes, grey for its cross-warp sum; launches alternate in hue."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = _stamps(rec)
+    tags = rec[:, 0]
+    calls = sorted(set(tags.tolist()), key=lambda tag: t[tags == tag, 0].min())
+    index = {tag: i for i, tag in enumerate(calls)}
+    call = np.array([index[x] for x in tags.tolist()])
+    smid = (rec[:, 1] >> 32).astype(np.int64)
+    first = len(calls) // 2
+    keep = (call >= first) & (call < first + launches) & (smid < sms)
+    t0 = t[keep, 0].min()
+    hues = [("#9ecae1", "#2171b5"), ("#fdae6b", "#d94801")]
+    fig, ax = plt.subplots(figsize=(11, 0.9 * sms + 1.2))
+    for sm in range(sms):
+        lanes: list[int] = []  # end time of each sub-row of this SM
+        for r in sorted(np.nonzero(keep & (smid == sm))[0], key=lambda r: t[r, 0]):
+            lane = next((i for i, end in enumerate(lanes) if end <= t[r, 0]), len(lanes))
+            if lane == len(lanes):
+                lanes.append(0)
+            lanes[lane] = t[r, 3]
+            y = sm * 2 + lane * 0.9
+            light, dark = hues[call[r] % 2]
+            for (a, b), color in zip(((0, 1), (1, 2), (2, 3)), (light, dark, "#969696"), strict=True):
+                ax.barh(
+                    y,
+                    (t[r, b] - t[r, a]) / 1e3,
+                    left=(t[r, a] - t0) / 1e3,
+                    height=0.8,
+                    color=color,
+                    edgecolor="white",
+                    linewidth=0.3,
+                )
+    ax.set_yticks([sm * 2 + 0.45 for sm in range(sms)], [f"SM {sm}" for sm in range(sms)])
+    ax.invert_yaxis()
+    ax.set_xlabel("microseconds")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def trace_study(do_bench, calls: int, out: Path) -> dict:
     from kernels.w4a16 import mma
     from kernels.w4a16 import reference as ref
@@ -214,10 +269,16 @@ def trace_study(do_bench, calls: int, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True, help="folder for the summary (JSON) and raw traces (.npy)")
+    ap.add_argument("--out", type=Path, help="folder for the summary (JSON) and raw traces (.npy)")
     ap.add_argument("--calls", type=int, default=48, help="launches per CUDA graph")
     ap.add_argument("--skip", default="", help="comma list of studies to skip: floor, trace")
+    ap.add_argument("--plot", nargs=2, metavar=("NPY", "PNG"), help="only draw a saved trace's timeline (no GPU)")
     args = ap.parse_args(argv)
+    if args.plot:
+        plot_timeline(np.load(args.plot[0]), Path(args.plot[1]), Path(args.plot[0]).stem)
+        return 0
+    if args.out is None:
+        ap.error("--out is required unless --plot is given")
     os.environ["PRESSO_W4A16_NVCC_FLAGS"] = os.environ.get("PRESSO_W4A16_NVCC_FLAGS", "") + " -DPRESSO_W4A16_TRACE"
     from triton.testing import do_bench
 
