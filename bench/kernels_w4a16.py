@@ -64,8 +64,8 @@ def quantize_sym(w: torch.Tensor, bits: int, gs: int) -> tuple[torch.Tensor, tor
     return ref.pack_int(q, bits), scale.to(torch.bfloat16)
 
 
-def graph_time(fn, n_calls: int, do_bench) -> float:
-    """Median seconds per call of ``fn(i)`` for i in range(n_calls), replayed as one CUDA graph."""
+def capture(fn, n_calls: int) -> torch.cuda.CUDAGraph:
+    """``fn(i)`` for i in range(n_calls), run once eagerly (warm-up, autotuning) and captured as one graph."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -77,7 +77,12 @@ def graph_time(fn, n_calls: int, do_bench) -> float:
     with torch.cuda.graph(g):
         for i in range(n_calls):
             fn(i)
-    ms = do_bench(g.replay, warmup=50, rep=300, return_mode="median")
+    return g
+
+
+def graph_time(fn, n_calls: int, do_bench) -> float:
+    """Median seconds per call of ``fn(i)`` for i in range(n_calls), replayed as one CUDA graph."""
+    ms = do_bench(capture(fn, n_calls).replay, warmup=50, rep=300, return_mode="median")
     return ms * 1e-3 / n_calls
 
 

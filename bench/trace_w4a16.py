@@ -8,12 +8,13 @@ each on its own copy of the weight, together larger than L2):
    every grid shape (blocks x threads), ring depth and launch mode. The best of it is what any kernel
    that reads its weights this way can reach in such a chain.
 2. **Timeline of the real kernel** (mma.cu built with ``-DPRESSO_W4A16_TRACE``): every block stamps
-   %globaltimer at entry, after requesting its first weights, after the wait, after its loop and at
-   exit. Summarized per launch: period, the lag between one launch's last block and the next one's
-   release from the wait, how many blocks of a launch were already resident before the previous one
-   ended, and where a block's time goes.
+   %globaltimer at entry, after requesting its first weights, after the wait, once its activations are
+   at hand, after its loop and at exit. Summarized per launch: period, the lag between one launch's last
+   block and the next one's release from the wait, how many blocks of a launch were already resident
+   before the previous one ended, and where a block's time goes.
 
     python3 bench/trace_w4a16.py --out $OUT/trace
+    python3 bench/trace_w4a16.py --plot trace/14336x4096_w16d4s1_pdl.npy timeline.png   # no GPU needed
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.kernels_w4a16 import capture  # noqa: E402
+
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096)]  # (K, N)
 ROTATE_BYTES = 512 << 20
 PHASES = ("entry->issued", "issued->waited", "waited->staged", "staged->loop", "loop->exit")
@@ -44,21 +47,6 @@ TRACE_CONFIGS = {
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def graph_of(fn, n_calls: int) -> torch.cuda.CUDAGraph:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for i in range(n_calls):
-            fn(i)
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(n_calls):
-            fn(i)
-    return g
 
 
 def per_call(g: torch.cuda.CUDAGraph, n_calls: int, do_bench) -> float:
@@ -108,7 +96,7 @@ def floor_study(nvcc: str, arch: str, do_bench, calls: int) -> dict:
                             )
                             assert err == 0, err
 
-                        t = per_call(graph_of(fn, calls), calls, do_bench)
+                        t = per_call(capture(fn, calls), calls, do_bench)
                         rows.append(
                             dict(blocks=blocks, threads=threads, depth=depth, pdl=pdl, us=t * 1e6, gbs=nbytes / t / 1e9)
                         )
@@ -247,7 +235,7 @@ def trace_study(do_bench, calls: int, out: Path) -> dict:
                 def fn(i, cfg=cfg, pdl=pdl, outs=outs, xs=xs, copies=copies):
                     outs.append(mma.matmul(xs[i % 4], copies[i % len(copies)], config=cfg, pdl=pdl))
 
-                g = graph_of(fn, calls)
+                g = capture(fn, calls)
                 us = per_call(g, calls, do_bench) * 1e6
                 blocks = -(-pw.npad // 16 // cfg[2])
                 buf = torch.zeros(calls * blocks * 9 + 64, device="cuda", dtype=torch.int64)
