@@ -21,7 +21,8 @@ RUN pip install .
 USER presso
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz')" || exit 1
-CMD ["uvicorn", "--factory", "app.main:create_app", "--host", "0.0.0.0", "--port", "8000", "--workers", "4"]
+# `presso api` runs uvicorn with TCP_NODELAY on every connection (plain `uvicorn --workers` leaves Nagle on)
+CMD ["presso", "api", "--host", "0.0.0.0", "--port", "8000", "--workers", "4"]
 
 # The worker image: torch and the engines. For GPUs build FROM an image with CUDA and install the CUDA
 # torch wheel instead (TORCH_INDEX=https://download.pytorch.org/whl/cu124).

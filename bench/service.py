@@ -98,7 +98,7 @@ class Stack:
         upgrade(Settings(database_url=args.database_url))
         _close_leftovers(args.database_url)
         self.api = f"http://127.0.0.1:{_port()}"
-        self._spawn([sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
+        self._spawn([sys.executable, "-m", "presso.cli", "api", "--workers", "1", "--host", "127.0.0.1",
                      "--port", self.api.rsplit(":", 1)[1], "--log-level", "warning", "--no-access-log"], "api.log",
                     env=self.env)
         self.worker = self._spawn([sys.executable, "-m", "presso.cli", "worker", "--loglevel", "WARNING"],

@@ -1,12 +1,13 @@
 """Submit latency of POST /v1/jobs under a fixed open-loop request rate, against Postgres.
 
-Starts its own API (uvicorn, N processes) on loopback with Postgres + Redis unless --server is given,
+Starts its own API (`presso api`, N processes) on loopback with Postgres + Redis unless --server is given,
 creates a tenant, then for each rate sends requests on a fixed schedule for --duration seconds and
 prints a markdown table of p50 / p99 / max latency, achieved rate and errors.
 
 Examples:
   .venv/bin/python bench/submit_latency.py                       # rates 50, 200, 500 req/s
   .venv/bin/python bench/submit_latency.py --rates 50,200 --duration 20 --api-workers 8
+  .venv/bin/python bench/submit_latency.py --rates 50 --plain-uvicorn            # uvicorn's own --workers
   .venv/bin/python bench/submit_latency.py --server http://127.0.0.1:8000 --api-key presso_sk_...
 """
 
@@ -61,8 +62,11 @@ def start_api(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
     ensure_database(args.database_url)
     upgrade(Settings(database_url=args.database_url))
     port = _free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
-           "--port", str(port), "--workers", str(args.api_workers), "--log-level", "warning", "--no-access-log"]
+    if args.plain_uvicorn:  # uvicorn's own --workers mode, for comparison (Nagle stays on: app/core/server.py)
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--workers", str(args.api_workers)]
+    else:  # what production runs (the Docker image's command)
+        cmd = [sys.executable, "-m", "presso.cli", "api", "--workers", str(args.api_workers)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
@@ -122,8 +126,15 @@ async def run_rate(url: str, key: str, rate: int, duration: float) -> Result:
     return Result(rate, n, errors, 1000 * q[49], 1000 * q[98], 1000 * max(latencies), n / elapsed)
 
 
-def table(results: list[Result], api_workers: int) -> str:
-    lines = [f"POST /v1/jobs, Postgres + Redis on loopback, {api_workers} uvicorn workers, open-loop load",
+def server_label(args: argparse.Namespace) -> str:
+    if args.server:
+        return f"the server at {args.server}"
+    cmd = "uvicorn --factory app.main:create_app" if args.plain_uvicorn else "presso api"
+    return f"`{cmd} --workers {args.api_workers}`"
+
+
+def table(results: list[Result], server: str) -> str:
+    lines = [f"POST /v1/jobs to {server}, Postgres + Redis on loopback, open-loop load",
              "", "| target req/s | requests | errors | p50 ms | p99 ms | max ms | achieved req/s |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
@@ -137,6 +148,8 @@ def main() -> int:
     parser.add_argument("--rates", default="50,200,500", help="comma-separated target rates (req/s)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
     parser.add_argument("--api-workers", type=int, default=4)
+    parser.add_argument("--plain-uvicorn", action="store_true",
+                        help="start `uvicorn --workers N` instead of `presso api` (for comparison)")
     parser.add_argument("--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/presso_bench")
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--server", help="benchmark a running server instead (needs --api-key)")
@@ -160,7 +173,7 @@ def main() -> int:
             import redis
 
             redis.Redis.from_url(args.broker_url).flushdb()  # the benchmark's unconsumed messages
-    print(table(results, args.api_workers))
+    print(table(results, server_label(args)))
     return 0
 
 
