@@ -8,14 +8,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api.routes import admin, artifacts, health, jobs, methods
-from app.core.db import make_engine, make_session_factory
-from app.core.errors import install_error_handlers
-from app.core.metrics import metrics_middleware
-from app.core.queue import CeleryPublisher, Publisher, make_celery
-from app.core.ratelimit import make_rate_limiter
-from app.core.settings import Settings, get_settings
-from app.storage import ArtifactStore, make_store
+from presso.app.api.routes import admin, artifacts, health, jobs, methods
+from presso.app.core.db import make_engine, make_session_factory
+from presso.app.core.errors import install_error_handlers
+from presso.app.core.metrics import metrics_middleware
+from presso.app.core.queue import CeleryPublisher, Publisher, make_celery
+from presso.app.core.ratelimit import make_rate_limiter
+from presso.app.core.settings import Settings, get_settings
+from presso.app.storage import ArtifactStore, make_store
 
 log = logging.getLogger(__name__)
 

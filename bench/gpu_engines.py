@@ -63,11 +63,11 @@ def calibration(samples: int, seq_len: int) -> torch.Tensor:
 
 
 def run_presso(model_dir: Path, method: str, ids: torch.Tensor, out: Path) -> dict:
-    from compression.core.context import StepContext
-    from compression.io.artifact import write_model
-    from compression.io.loading import load_model
-    from compression.pipeline import compress
-    from compression.recipe import parse_recipe
+    from presso.compression.core.context import StepContext
+    from presso.compression.io.artifact import write_model
+    from presso.compression.io.loading import load_model
+    from presso.compression.pipeline import compress
+    from presso.compression.recipe import parse_recipe
 
     t0 = time.perf_counter()
     lm = load_model(model_dir)

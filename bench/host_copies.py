@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compression.core import staging  # noqa: E402
+from presso.compression.core import staging  # noqa: E402
 
 
 def rate(fn, nbytes: int, reps: int = 8) -> float:

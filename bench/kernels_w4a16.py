@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.w4a16 import reference as ref  # noqa: E402
+from presso.kernels.w4a16 import reference as ref  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096)]  # (K, N)
 ROTATE_BYTES = 512 << 20
@@ -130,7 +130,7 @@ def bench_shape(tk, do_bench, k, n, batches, bits, gs, calls, args_dump=None, tr
     runs = [(m, None) for m in batches]
     if 1 in batches:
         runs.insert(batches.index(1) + 1, (1, "loop"))  # the alternative M=1 kernel, for comparison
-    from kernels.w4a16 import mma
+    from presso.kernels.w4a16 import mma
 
     if bits == 4 and mma.available():
         rows += bench_mma(mma, do_bench, k, n, batches, packed, scale, gs, calls, dense)
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     import triton
     from triton.testing import do_bench
 
-    from kernels.w4a16 import triton as tk
+    from presso.kernels.w4a16 import triton as tk
 
     meta = dict(
         device=torch.cuda.get_device_name(),

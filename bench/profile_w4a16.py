@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.w4a16 import mma  # noqa: E402
-from kernels.w4a16 import reference as ref  # noqa: E402
+from presso.kernels.w4a16 import mma  # noqa: E402
+from presso.kernels.w4a16 import reference as ref  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

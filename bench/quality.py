@@ -158,8 +158,8 @@ def select_rows(spec: str | None) -> list[Row]:
 
 # --- Presso side -------------------------------------------------------------------------------------------
 def missing_engines(row: Row) -> list[str]:
-    from compression.recipe import parse_recipe
-    from compression.registry import engine_for
+    from presso.compression.recipe import parse_recipe
+    from presso.compression.registry import engine_for
 
     if row.recipe is None:
         return []
@@ -173,7 +173,7 @@ def missing_engines(row: Row) -> list[str]:
 
 
 def linear_numels(model: Any) -> dict[str, int]:
-    from compression.core.layout import find_layout, is_linear
+    from presso.compression.core.layout import find_layout, is_linear
 
     layout = find_layout(model)
     return {f"{layout.prefix}.{n}": m.weight.numel() for n, m in layout.blocks.named_modules() if is_linear(m)}
@@ -206,12 +206,12 @@ def ideal_bytes(dense: Any, steps: list[dict[str, Any]], numels: dict[str, int])
 
 def run_presso(row: Row, dense: Any, tokenizer: Any, windows: Any, numels: dict[str, int],
                work: Path) -> dict[str, Any]:
-    from compression.core.context import StepContext
-    from compression.eval.size import param_count, weight_stats
-    from compression.io.artifact import write_model
-    from compression.pipeline import compress
-    from compression.recipe import parse_recipe
-    from compression.registry import engine_for
+    from presso.compression.core.context import StepContext
+    from presso.compression.eval.size import param_count, weight_stats
+    from presso.compression.io.artifact import write_model
+    from presso.compression.pipeline import compress
+    from presso.compression.recipe import parse_recipe
+    from presso.compression.registry import engine_for
 
     res: dict[str, Any] = {"loadavg_start": os.getloadavg()[0]}
     if row.recipe is None:

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.w4a16 import mma  # noqa: E402
-from kernels.w4a16 import reference as ref  # noqa: E402
+from presso.kernels.w4a16 import mma  # noqa: E402
+from presso.kernels.w4a16 import reference as ref  # noqa: E402
 
 CASES = [  # (n, k, group size, zero points, float32 scales, batch rows)
     (300, 1000, 128, False, False, 1),  # 19 stripes, K padded to 1024

@@ -90,8 +90,8 @@ class Stack:
             "PRESSO_DATA_DIR": str(work / "data"), "PRESSO_WORK_DIR": str(work / "jobs"),
             "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
         }
-        from app.core.migrate import upgrade
-        from app.core.settings import Settings
+        from presso.app.core.migrate import upgrade
+        from presso.app.core.settings import Settings
         from bench.submit_latency import ensure_database
 
         ensure_database(args.database_url)
@@ -213,8 +213,8 @@ def _timed(fn: Any) -> float:
 def bench_transfer(stack: Stack, mib: int, reps: int) -> str:
     import boto3
 
-    from app.storage.s3 import S3Store
-    from compression.io.artifact import sha256_file
+    from presso.app.storage.s3 import S3Store
+    from presso.compression.io.artifact import sha256_file
 
     src = stack.work / "artifact.bin"
     with open(src, "wb") as fh:

@@ -56,14 +56,14 @@ def start_api(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
            "PRESSO_ADMIN_KEY": ADMIN_KEY, "PRESSO_RATE_LIMIT_PER_S": "0",
            "PRESSO_STORE_URL": str(ROOT / ".presso" / "bench-artifacts"),
            "PRESSO_MAX_ACTIVE_JOBS_PER_TENANT": "10000000"}
-    from app.core.migrate import upgrade
-    from app.core.settings import Settings
+    from presso.app.core.migrate import upgrade
+    from presso.app.core.settings import Settings
 
     ensure_database(args.database_url)
     upgrade(Settings(database_url=args.database_url))
     port = _free_port()
     if args.plain_uvicorn:  # uvicorn's own --workers mode, for comparison (Nagle stays on: app/core/server.py)
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--workers", str(args.api_workers)]
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "presso.app.main:create_app", "--workers", str(args.api_workers)]
     else:  # what production runs (the Docker image's command)
         cmd = [sys.executable, "-m", "presso.cli", "api", "--workers", str(args.api_workers)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]

@@ -54,7 +54,7 @@ def per_call(g: torch.cuda.CUDAGraph, n_calls: int, do_bench) -> float:
 
 
 def floor_study(nvcc: str, arch: str, do_bench, calls: int) -> dict:
-    from kernels.w4a16 import mma
+    from presso.kernels.w4a16 import mma
 
     lib = ctypes.CDLL(str(mma.build(nvcc, arch, Path(__file__).with_name("pdl_floor.cu"))))
     lib.presso_stream_floor.restype = ctypes.c_int
@@ -202,8 +202,8 @@ def plot_timeline(rec: np.ndarray, path: Path, title: str, sms: int = 10, launch
 
 
 def trace_study(do_bench, calls: int, out: Path) -> dict:
-    from kernels.w4a16 import mma
-    from kernels.w4a16 import reference as ref
+    from presso.kernels.w4a16 import mma
+    from presso.kernels.w4a16 import reference as ref
 
     lib = mma._library()
     assert lib is not None and hasattr(lib, "presso_w4a16_trace_reset"), "needs a build with -DPRESSO_W4A16_TRACE"
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PRESSO_W4A16_NVCC_FLAGS"] = os.environ.get("PRESSO_W4A16_NVCC_FLAGS", "") + " -DPRESSO_W4A16_TRACE"
     from triton.testing import do_bench
 
-    from kernels.w4a16 import mma
+    from presso.kernels.w4a16 import mma
 
     args.out.mkdir(parents=True, exist_ok=True)
     nvcc = mma.nvcc_path()

@@ -18,16 +18,16 @@ from typing import Any
 
 import torch
 
-from compression.core.context import StepContext, pick_device
-from compression.errors import AccuracyGateFailed, CompressionError
-from compression.eval.report import evaluate, gate_verdict, size_metrics
-from compression.io.artifact import write_model, write_presso_json
-from compression.io.calibration import generate_windows, load_windows
-from compression.io.loading import LoadedModel, load_model
-from compression.pipeline import compress
-from compression.recipe import Recipe
-from compression.registry import engine_for
-from compression.spec import LocalJobSpec
+from presso.compression.core.context import StepContext, pick_device
+from presso.compression.errors import AccuracyGateFailed, CompressionError
+from presso.compression.eval.report import evaluate, gate_verdict, size_metrics
+from presso.compression.io.artifact import write_model, write_presso_json
+from presso.compression.io.calibration import generate_windows, load_windows
+from presso.compression.io.loading import LoadedModel, load_model
+from presso.compression.pipeline import compress
+from presso.compression.recipe import Recipe
+from presso.compression.registry import engine_for
+from presso.compression.spec import LocalJobSpec
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, float], None]

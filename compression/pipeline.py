@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.core import staging
-from compression.core.context import StepContext
-from compression.core.layout import find_layout, get_weight, is_linear
-from compression.errors import CalibrationRequired
-from compression.recipe import Recipe
-from compression.registry import engine_for
+from presso.compression.core import staging
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import find_layout, get_weight, is_linear
+from presso.compression.errors import CalibrationRequired
+from presso.compression.recipe import Recipe
+from presso.compression.registry import engine_for
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from compression.configs import CONFIGS, StepConfig
+from presso.compression.configs import CONFIGS, StepConfig
 
 if TYPE_CHECKING:
     Step = StepConfig

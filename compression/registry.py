@@ -1,6 +1,6 @@
 """One registry of engines: ``@register(ConfigClass)`` on the engine class.
 
-Engines are discovered by importing every ``compression.engines.<family>.<method>.engine``
+Engines are discovered by importing every ``presso.compression.engines.<family>.<method>.engine``
 module, so adding a method touches compression/ only.
 """
 
@@ -10,14 +10,14 @@ import importlib
 import pkgutil
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from compression.configs import CONFIGS, StepConfig
+from presso.compression.configs import CONFIGS, StepConfig
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from torch import nn
 
-    from compression.core.context import StepContext
+    from presso.compression.core.context import StepContext
 
 
 class Engine(Protocol):
@@ -49,7 +49,7 @@ def _discover() -> None:
     global _discovered
     if _discovered:
         return
-    import compression.engines as pkg
+    import presso.compression.engines as pkg
 
     for info in pkgutil.walk_packages(pkg.__path__, prefix=pkg.__name__ + "."):
         if info.name.endswith(".engine"):

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from compression.recipe import Recipe
+from presso.compression.recipe import Recipe
 
 
 class _Strict(BaseModel):

@@ -7,10 +7,10 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-import app.jobs.models  # noqa: F401  (registers tables)
-import app.tenants.models  # noqa: F401
-from app.core.db import Base
-from app.core.settings import Settings
+import presso.app.jobs.models  # noqa: F401  (registers tables)
+import presso.app.tenants.models  # noqa: F401
+from presso.app.core.db import Base
+from presso.app.core.settings import Settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

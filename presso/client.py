@@ -123,8 +123,8 @@ class PressoClient:
 
 
 def restore_dir(out: Path) -> list[Path]:
-    """Decode *.pzst files in place with the lossless codec (``compression.codec.unpack_dir``)."""
-    from compression.codec import unpack_dir
+    """Decode *.pzst files in place with the lossless codec (``presso.compression.codec.unpack_dir``)."""
+    from presso.compression.codec import unpack_dir
 
     restored = out.with_name(out.name + ".restoring")
     if restored.exists():

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below: stop the service
 
-    from compression.io.smollm2 import gguf_path
+    from presso.compression.io.smollm2 import gguf_path
 
     gguf = gguf_path()
     data_dir = args.data_dir.resolve()

@@ -9,7 +9,7 @@ needs no trust_remote_code and runs no code from the artifact:
   tensors are dequantized (``unpack_int`` x scales) into plain Linear weights and the state dict is
   loaded strictly (memory: the dequantized weights, and the factors, never their dense product);
   with ``packed=True`` they stay packed instead, as ``PackedLinear`` layers that compute with
-  ``kernels.w4a16_matmul`` (memory: the codes and scales);
+  ``presso.kernels.w4a16_matmul`` (memory: the codes and scales);
 - any other quantization format: transformers' own ``from_pretrained``;
 - ``adapter/`` (EoRA residuals) is applied as ``LoRAResidualLinear`` modules unless
   ``adapter=False`` (PEFT is not needed; ``PeftModel.from_pretrained`` on the base gives the same).
@@ -47,7 +47,7 @@ def load(path: str | Path, *, adapter: bool = True, dtype: Any = None, device: s
     if factorized or not qcfg or presso_written:
         model = _load_state_dict(path, raw, factorized, dtype, packed)
     else:
-        from compression.io.loading import load_model
+        from presso.compression.io.loading import load_model
 
         model = load_model(path, dtype=dtype).model
     if adapter and (path / "adapter" / "adapter_config.json").exists():
@@ -60,10 +60,10 @@ def _load_state_dict(path: Path, raw: dict[str, Any], factorized: dict[str, Any]
     import torch
     from transformers import AutoConfig
 
-    from compression.engines.lowrank.modules import FactorizedLinear, replace_module_
-    from compression.errors import ModelLoadError
-    from compression.io.exporters.sparse import decompress_state_
-    from compression.io.loading import _auto_class
+    from presso.compression.engines.lowrank.modules import FactorizedLinear, replace_module_
+    from presso.compression.errors import ModelLoadError
+    from presso.compression.io.exporters.sparse import decompress_state_
+    from presso.compression.io.loading import _auto_class
 
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     for key in ("quantization_config", LOWRANK_KEY):
@@ -122,7 +122,7 @@ def _tied_keys(model: nn.Module) -> set[str]:
 
 def _packed_keys(model: nn.Module) -> set[str]:
     """State-dict keys of PackedLinear layers: filled when they were built, not by load_state_dict."""
-    from compression.io.packed_linear import PackedLinear
+    from presso.compression.io.packed_linear import PackedLinear
 
     return {f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, PackedLinear) for k in m.state_dict()}
 
@@ -149,9 +149,9 @@ def dequantize_packed_(state: dict[str, torch.Tensor], qcfg: dict[str, Any], dty
     """Replace every ``<name>.weight_packed`` (+ scale / zero point / shape) by a dense ``<name>.weight``."""
     import torch
 
-    from compression.core.packing import unpack_int, unpack_zero_points
-    from compression.core.quant import dequantize_codes
-    from compression.errors import ModelLoadError
+    from presso.compression.core.packing import unpack_int, unpack_zero_points
+    from presso.compression.core.quant import dequantize_codes
+    from presso.compression.errors import ModelLoadError
 
     if qcfg.get("format") not in (None, "pack-quantized"):
         raise ModelLoadError(f"presso.load reads pack-quantized factors, not {qcfg.get('format')!r}")
@@ -169,7 +169,7 @@ def dequantize_packed_(state: dict[str, torch.Tensor], qcfg: dict[str, Any], dty
 
 def _group_size(args: dict[str, Any], k: int, n_groups: int) -> int | None:
     """The layer's group size (None: one scale per output channel), checked against its scales."""
-    from compression.errors import ModelLoadError
+    from presso.compression.errors import ModelLoadError
 
     if n_groups == 1:
         return None
@@ -185,9 +185,9 @@ def pack_layers_(model: nn.Module, state: dict[str, torch.Tensor], qcfg: dict[st
     """Replace every pack-quantized Linear by a ``PackedLinear`` holding its codes (removed from ``state``)."""
     import torch
 
-    from compression.engines.lowrank.modules import replace_module_
-    from compression.errors import ModelLoadError
-    from compression.io.packed_linear import PackedLinear
+    from presso.compression.engines.lowrank.modules import replace_module_
+    from presso.compression.errors import ModelLoadError
+    from presso.compression.io.packed_linear import PackedLinear
 
     if qcfg.get("format") not in (None, "pack-quantized"):
         raise ModelLoadError(f"presso.load reads pack-quantized layers, not {qcfg.get('format')!r}")
@@ -211,14 +211,14 @@ def apply_adapter_(model: nn.Module, adapter_dir: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from compression.engines.lowrank.modules import LoRAResidualLinear, replace_module_
-    from compression.errors import ModelLoadError
+    from presso.compression.engines.lowrank.modules import LoRAResidualLinear, replace_module_
+    from presso.compression.errors import ModelLoadError
 
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
     prefix = "base_model.model."
     names = sorted({k[len(prefix):].rsplit(".lora_", 1)[0] for k in tensors if k.startswith(prefix)})
-    from compression.io.packed_linear import PackedLinear
+    from presso.compression.io.packed_linear import PackedLinear
 
     for name in names:
         base = model.get_submodule(name)

@@ -61,8 +61,8 @@ def pg_url() -> Iterator[str]:
     dropped at the end: concurrent sessions on one Postgres never see, reap or cancel each other's jobs."""
     from sqlalchemy.engine import make_url
 
-    from app.core.migrate import upgrade
-    from app.core.settings import Settings
+    from presso.app.core.migrate import upgrade
+    from presso.app.core.settings import Settings
 
     base = make_url(PG_URL)
     url = base.set(database=f"{base.database}_{uuid.uuid4().hex[:8]}").render_as_string(hide_password=False)
@@ -112,7 +112,7 @@ def s3_endpoint() -> Iterator[str]:
 
 @pytest.fixture
 def make_settings(pg_url: str, redis_url: str, broker_prefix: str, s3_endpoint: str, tmp_path: Path) -> Any:
-    from app.core.settings import Settings
+    from presso.app.core.settings import Settings
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = dict(
@@ -132,7 +132,7 @@ def make_settings(pg_url: str, redis_url: str, broker_prefix: str, s3_endpoint: 
 def app_client(make_settings: Any) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
+    from presso.app.main import create_app
 
     with TestClient(create_app(make_settings())) as client:
         yield client

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.core.db import make_engine, make_session_factory
-from app.core.settings import Settings
-from app.jobs import service
-from app.jobs.schemas import JobCreate
-from app.storage import make_store
-from app.tenants.models import Tenant
-from app.tenants.service import ensure_tenant
-from workers.context import WorkerContext
+from presso.app.core.db import make_engine, make_session_factory
+from presso.app.core.settings import Settings
+from presso.app.jobs import service
+from presso.app.jobs.schemas import JobCreate
+from presso.app.storage import make_store
+from presso.app.tenants.models import Tenant
+from presso.app.tenants.service import ensure_tenant
+from presso.workers.context import WorkerContext
 
 PG_URL = os.environ.get("PRESSO_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/presso_test")
 REDIS_URL = os.environ.get("PRESSO_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -74,7 +74,7 @@ def serve_api(settings: Settings) -> Iterator[str]:
 
     import uvicorn
 
-    from app.main import create_app
+    from presso.app.main import create_app
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
@@ -172,7 +172,7 @@ def submit(ctx: WorkerContext, tenant: Tenant, body: dict[str, Any]) -> str:
 
 
 def job_row(ctx: WorkerContext, job_id: str) -> Any:
-    from app.jobs.models import Job
+    from presso.app.jobs.models import Job
 
     with ctx.session_factory() as session:
         return session.get(Job, job_id)

@@ -11,12 +11,12 @@ from typing import Any
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
-from app.core.queue import make_celery
-from app.core.settings import get_settings
+from presso.app.core.queue import make_celery
+from presso.app.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 celery = make_celery(get_settings())
-celery.conf.imports = ("workers.tasks",)
+celery.conf.imports = ("presso.workers.tasks",)
 _reaper: Any = None
 
 
@@ -30,9 +30,9 @@ def _preload(**_: Any) -> None:
     """
     if not get_settings().worker_preload:
         return
-    import compression.job  # noqa: F401
-    import workers.fetch  # noqa: F401
-    import workers.runner  # noqa: F401
+    import presso.compression.job  # noqa: F401
+    import presso.workers.fetch  # noqa: F401
+    import presso.workers.runner  # noqa: F401
 
     try:
         import transformers
@@ -46,7 +46,7 @@ def _preload(**_: Any) -> None:
     try:
         # botocore loads its service models on the first client: do it once here, not in every child.
         # The client is dropped unused (no sockets), so nothing connection-bound crosses the fork.
-        from app.storage import make_store
+        from presso.app.storage import make_store
 
         make_store(get_settings())
     except Exception:  # noqa: BLE001 - an optimisation only
@@ -58,8 +58,8 @@ def _preload(**_: Any) -> None:
 @worker_ready.connect
 def _start_reaper(**_: Any) -> None:
     global _reaper
-    from workers.context import get_context
-    from workers.reaper import ReaperThread
+    from presso.workers.context import get_context
+    from presso.workers.reaper import ReaperThread
 
     ctx = get_context()
     _reaper = ReaperThread(ctx.session_factory, ctx.publisher, ctx.settings)

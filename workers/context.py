@@ -8,10 +8,10 @@ from functools import lru_cache
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.db import make_engine, make_session_factory
-from app.core.queue import CeleryPublisher, Publisher, make_celery
-from app.core.settings import Settings, get_settings
-from app.storage import ArtifactStore, make_store
+from presso.app.core.db import make_engine, make_session_factory
+from presso.app.core.queue import CeleryPublisher, Publisher, make_celery
+from presso.app.core.settings import Settings, get_settings
+from presso.app.storage import ArtifactStore, make_store
 
 
 @dataclass

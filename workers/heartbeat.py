@@ -9,7 +9,7 @@ from types import TracebackType
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from workers import lease
+from presso.workers import lease
 
 log = logging.getLogger(__name__)
 

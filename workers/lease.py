@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.db import session_scope, utcnow
-from app.jobs.models import Job, JobState
+from presso.app.core.db import session_scope, utcnow
+from presso.app.jobs.models import Job, JobState
 
 RUNNING = JobState.running.value
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.db import session_scope, utcnow
-from app.core.queue import Publisher
-from app.core.settings import Settings
-from app.jobs.models import Job, JobState
+from presso.app.core.db import session_scope, utcnow
+from presso.app.core.queue import Publisher
+from presso.app.core.settings import Settings
+from presso.app.jobs.models import Job, JobState
 
 log = logging.getLogger(__name__)
 PUBLISH_GRACE_S = 10.0

@@ -13,14 +13,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from app.jobs.models import JobState
-from compression.errors import CompressionError
-from workers import lease
-from workers.context import WorkerContext
-from workers.heartbeat import Heartbeat
-from workers.spec import build_spec
-from workers.testhooks import with_stage_delays
-from workers.upload import LeaseLost, upload_artifact
+from presso.app.jobs.models import JobState
+from presso.compression.errors import CompressionError
+from presso.workers import lease
+from presso.workers.context import WorkerContext
+from presso.workers.heartbeat import Heartbeat
+from presso.workers.spec import build_spec
+from presso.workers.testhooks import with_stage_delays
+from presso.workers.upload import LeaseLost, upload_artifact
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def remove_stale_job_dirs(job_id: str, work_dir: Path | None) -> None:
 
 
 def _attempt(ctx: WorkerContext, claim: lease.Claim, hb: Heartbeat, tmp: Path) -> str:
-    from compression.job import run_local
+    from presso.compression.job import run_local
 
     progress = with_stage_delays(hb.progress, claim.job_id, claim.attempt)  # test-only hook; inert by default
     spec = build_spec(claim, ctx.settings, tmp, progress=progress)

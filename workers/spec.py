@@ -6,14 +6,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.core.settings import Settings
-from compression.recipe import parse_recipe
-from compression.spec import CalibrationInput, EvaluationInput, LocalJobSpec
-from workers.lease import Claim
+from presso.app.core.settings import Settings
+from presso.compression.recipe import parse_recipe
+from presso.compression.spec import CalibrationInput, EvaluationInput, LocalJobSpec
+from presso.workers.lease import Claim
 
 
 def fetch_limits(settings: Settings) -> Any:
-    from workers.fetch.limits import FetchLimits
+    from presso.workers.fetch.limits import FetchLimits
 
     return FetchLimits.from_settings(
         settings,
@@ -25,7 +25,7 @@ def fetch_limits(settings: Settings) -> Any:
 def build_spec(
     claim: Claim, settings: Settings, tmp: Path, *, progress: Callable[[str, float], None]
 ) -> LocalJobSpec:
-    from workers.fetch import fetch_file, fetch_model
+    from presso.workers.fetch import fetch_file, fetch_model
 
     req = claim.request
     limits = fetch_limits(settings)

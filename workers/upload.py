@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from app.core.db import utcnow
-from app.jobs.artifacts import MANIFEST, attempt_prefix
-from app.storage import ArtifactStore
-from compression.io.artifact import sha256_file
-from workers.lease import Claim
+from presso.app.core.db import utcnow
+from presso.app.jobs.artifacts import MANIFEST, attempt_prefix
+from presso.app.storage import ArtifactStore
+from presso.compression.io.artifact import sha256_file
+from presso.workers.lease import Claim
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,14 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
-from app.core.errors import Forbidden, RateLimited, Unauthorized
-from app.core.queue import Publisher
-from app.core.ratelimit import RateLimiter
-from app.core.security import bearer_token, same_secret
-from app.core.settings import Settings
-from app.storage import ArtifactStore
-from app.tenants.models import Tenant
-from app.tenants.service import authenticate, ensure_tenant
+from presso.app.core.errors import Forbidden, RateLimited, Unauthorized
+from presso.app.core.queue import Publisher
+from presso.app.core.ratelimit import RateLimiter
+from presso.app.core.security import bearer_token, same_secret
+from presso.app.core.settings import Settings
+from presso.app.storage import ArtifactStore
+from presso.app.tenants.models import Tenant
+from presso.app.tenants.service import authenticate, ensure_tenant
 
 
 def get_settings(request: Request) -> Settings:

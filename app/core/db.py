@@ -11,7 +11,7 @@ from sqlalchemy import DateTime, Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from app.core.settings import Settings
+from presso.app.core.settings import Settings
 
 
 def utcnow() -> dt.datetime:

@@ -110,7 +110,7 @@ def field_path(loc: Sequence[Any], error_type: str = "") -> str:
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
-    from compression.configs import CONFIGS
+    from presso.compression.configs import CONFIGS
 
     out: list[str] = []
     for i, p in enumerate(parts):

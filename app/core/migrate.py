@@ -7,14 +7,24 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from app.core.settings import Settings
+from presso.app.core.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+import presso
+
+
+def migrations_dir() -> Path:
+    """``presso.migrations``: under ``presso/`` in a wheel, ``migrations/`` at the root of a checkout."""
+    for entry in presso.__path__:
+        candidate = Path(entry) / "migrations"
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError("presso.migrations is missing from this installation")
 
 
 def alembic_config(url: str) -> Config:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg = Config()  # everything alembic.ini says is set here, so an installed wheel needs no ini file
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("path_separator", "os")
     cfg.attributes["url"] = url
     cfg.attributes["configure_logging"] = False
     return cfg

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from celery import Celery
 from kombu import Queue
 
-from app.core.settings import Settings
+from presso.app.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import socket
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-APP = "app.main:create_app"
+APP = "presso.app.main:create_app"
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> bool:
@@ -40,7 +40,7 @@ class NoDelayH11Protocol(H11Protocol):
 
 
 def run(host: str, port: int, workers: int, log_level: str = "info", access_log: bool = True) -> None:
-    """Serve ``app.main:create_app`` (settings from the environment) with ``workers`` processes."""
+    """Serve ``presso.app.main:create_app`` (settings from the environment) with ``workers`` processes."""
     import uvicorn
 
     uvicorn.run(APP, factory=True, host=host, port=port, workers=workers, http=NoDelayH11Protocol,

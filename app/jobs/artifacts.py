@@ -10,10 +10,10 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from app.core.errors import ArtifactNotReady, NotFound
-from app.jobs.models import Job, JobState
-from app.jobs.schemas import ArtifactFile, ArtifactManifest
-from app.storage import ArtifactStore, ObjectMissing
+from presso.app.core.errors import ArtifactNotReady, NotFound
+from presso.app.jobs.models import Job, JobState
+from presso.app.jobs.schemas import ArtifactFile, ArtifactManifest
+from presso.app.storage import ArtifactStore, ObjectMissing
 
 MANIFEST = "manifest.json"
 REPORT = "report.json"

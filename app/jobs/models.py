@@ -10,8 +10,8 @@ from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String,
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.core.db import Base, UTCDateTime, utcnow
-from app.tenants.models import new_id
+from presso.app.core.db import Base, UTCDateTime, utcnow
+from presso.app.tenants.models import new_id
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 

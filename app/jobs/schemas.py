@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from compression.recipe import Recipe
-from compression.spec import Gate
+from presso.compression.recipe import Recipe
+from presso.compression.spec import Gate
 
 
 class _Strict(BaseModel):

@@ -13,15 +13,15 @@ from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core.db import utcnow
-from app.core.errors import IdempotencyConflict, InvalidInput, JobFinished, NotFound, TooManyJobs
-from app.core.queue import Publisher
-from app.core.settings import Settings
-from app.jobs.models import Job, JobState
-from app.jobs.schemas import JobCreate, JobError, JobPublic, Progress
-from app.jobs.uris import check_uri
-from app.tenants.models import Tenant
-from compression.configs import StepConfig
+from presso.app.core.db import utcnow
+from presso.app.core.errors import IdempotencyConflict, InvalidInput, JobFinished, NotFound, TooManyJobs
+from presso.app.core.queue import Publisher
+from presso.app.core.settings import Settings
+from presso.app.jobs.models import Job, JobState
+from presso.app.jobs.schemas import JobCreate, JobError, JobPublic, Progress
+from presso.app.jobs.uris import check_uri
+from presso.app.tenants.models import Tenant
+from presso.compression.configs import StepConfig
 
 log = logging.getLogger(__name__)
 ACTIVE = (JobState.queued.value, JobState.running.value)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from app.core.settings import Settings
-from app.storage.base import ArtifactStore, ObjectMissing, validate_key
+from presso.app.core.settings import Settings
+from presso.app.storage.base import ArtifactStore, ObjectMissing, validate_key
 
 
 def make_store(settings: Settings) -> ArtifactStore:
     url = settings.resolved_store_url
     if url.startswith("s3://"):
-        from app.storage.s3 import S3Store
+        from presso.app.storage.s3 import S3Store
 
         bucket, _, prefix = url[len("s3://") :].partition("/")
         return S3Store(bucket, prefix, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
-    from app.storage.local import LocalStore
+    from presso.app.storage.local import LocalStore
 
     return LocalStore(url.removeprefix("file://"))
 

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from app.storage.base import ObjectMissing, validate_key
+from presso.app.storage.base import ObjectMissing, validate_key
 
 
 class LocalStore:

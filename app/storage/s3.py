@@ -10,7 +10,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from app.storage.base import ObjectMissing, validate_key
+from presso.app.storage.base import ObjectMissing, validate_key
 
 MULTIPART = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=64 * 2**20, max_concurrency=8)
 

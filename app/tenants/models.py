@@ -8,7 +8,7 @@ import uuid
 from sqlalchemy import ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.core.db import Base, UTCDateTime, utcnow
+from presso.app.core.db import Base, UTCDateTime, utcnow
 
 
 def new_id() -> str:

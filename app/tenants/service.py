@@ -6,10 +6,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core.db import utcnow
-from app.core.errors import IdempotencyConflict, NotFound
-from app.core.security import generate_key, hash_key
-from app.tenants.models import ApiKey, Tenant
+from presso.app.core.db import utcnow
+from presso.app.core.errors import IdempotencyConflict, NotFound
+from presso.app.core.security import generate_key, hash_key
+from presso.app.tenants.models import ApiKey, Tenant
 
 DEFAULT_TENANT = "default"
 

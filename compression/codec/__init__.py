@@ -4,7 +4,7 @@ Torch-free (numpy + zstandard, and a small C library built on first use); see do
 the format. Packed files end in ``.safetensors.pzst``; packed directories carry ``pack.json``.
 """
 
-from compression.codec.container import (
+from presso.compression.codec.container import (
     DecodeStats,
     EncodeStats,
     decode_buffer,
@@ -12,7 +12,7 @@ from compression.codec.container import (
     encode_buffer,
     encode_bytes,
 )
-from compression.codec.files import (
+from presso.compression.codec.files import (
     INDEX,
     SUFFIX,
     decode_file,

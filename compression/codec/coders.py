@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from compression.codec import native, rans
-from compression.codec.format import CODER_NAMES, CONST, RANS, RAW, ZSTD, Block
-from compression.codec.layout import Span
-from compression.errors import CodecError
+from presso.compression.codec import native, rans
+from presso.compression.codec.format import CODER_NAMES, CONST, RANS, RAW, ZSTD, Block
+from presso.compression.codec.layout import Span
+from presso.compression.errors import CodecError
 
 _local = threading.local()
 SAMPLE = 64 << 10

@@ -16,10 +16,10 @@ from typing import TypeVar
 
 import numpy as np
 
-from compression.codec import format as fmt
-from compression.codec.coders import Options, coder_name, decode_block, encode_block
-from compression.codec.layout import Span, blocks_of, tensor_spans
-from compression.errors import CodecError
+from presso.compression.codec import format as fmt
+from presso.compression.codec.coders import Options, coder_name, decode_block, encode_block
+from presso.compression.codec.layout import Span, blocks_of, tensor_spans
+from presso.compression.errors import CodecError
 
 T = TypeVar("T")
 R = TypeVar("R")

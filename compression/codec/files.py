@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from compression.codec.container import DecodeStats, EncodeStats, decode_buffer, encode_buffer
-from compression.codec.format import MAGIC, unpack
-from compression.errors import CodecError
+from presso.compression.codec.container import DecodeStats, EncodeStats, decode_buffer, encode_buffer
+from presso.compression.codec.format import MAGIC, unpack
+from presso.compression.errors import CodecError
 
 SUFFIX = ".pzst"
 INDEX = "pack.json"

@@ -15,7 +15,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from compression.errors import CodecError
+from presso.compression.errors import CodecError
 
 MAGIC = b"PZST"
 VERSION = 1

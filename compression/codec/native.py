@@ -1,28 +1,25 @@
-"""The codec's hot loops: a small C library built on first use, with numpy stand-ins.
+"""The codec's hot loops: a small C library built at install, with numpy stand-ins.
 
-``_native.c`` is compiled with the system C compiler into a per-user cache
-(``$PRESSO_CODEC_CACHE`` or ``~/.cache/presso``) keyed by the source's hash and loaded with
-ctypes (which drops the GIL during each call, so chunks decode in parallel). Where no compiler
-is available every function falls back to numpy: same results, much slower for rANS.
-``PRESSO_CODEC_NATIVE=0`` forces the fallback (tests compare the two).
+``_native.c`` is compiled by setuptools when Presso is installed (``pip install .`` or ``-e .``; the
+``Extension`` in setup.py) into ``_native<EXT_SUFFIX>`` beside this module and loaded with ctypes
+(which drops the GIL during each call, so chunks decode in parallel). Nothing is compiled at run
+time: an installation without the library (a source tree that was never installed) falls back to
+numpy, with the same results and much slower rANS, and says so once in the log and in
+``presso doctor``. ``PRESSO_CODEC_NATIVE=0`` forces the fallback (tests compare the two).
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
+import importlib.machinery
 import logging
 import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-_SRC = Path(__file__).with_name("_native.c")
 _u8p = ctypes.c_void_p
 _sz = ctypes.c_size_t
 _u32 = ctypes.c_uint32
@@ -35,54 +32,40 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
 }
 
 
-def _cache_dir() -> Path:
-    env = os.environ.get("PRESSO_CODEC_CACHE")
-    if env:
-        return Path(env)
-    return Path.home() / ".cache" / "presso"
-
-
-def _build() -> Path | None:
-    src = _SRC.read_bytes()
-    tag = hashlib.sha256(src + sys.platform.encode()).hexdigest()[:16]
-    for base in (_cache_dir(), Path(tempfile.gettempdir()) / "presso-codec"):
-        lib = base / f"pzcodec-{tag}.so"
-        if lib.exists():
-            return lib
-        try:
-            base.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=base, suffix=".so")
-            os.close(fd)
-            cc = os.environ.get("CC", "cc")
-            subprocess.run(
-                [cc, "-O3", "-shared", "-fPIC", "-std=c99", "-o", tmp, str(_SRC)],
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
-            os.replace(tmp, lib)  # atomic: concurrent builders all end with a whole file
-            return lib
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.debug("codec native build in %s failed: %s", base, exc)
+def library_path() -> Path | None:
+    """The compiled coder installed beside this module, if any."""
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = here / f"_native{suffix}"
+        if candidate.is_file():
+            return candidate
     return None
 
 
+STATUS = "numpy fallback"
+
+
 def _load() -> ctypes.CDLL | None:
+    global STATUS
     if os.environ.get("PRESSO_CODEC_NATIVE", "1") == "0":
+        STATUS = "numpy fallback (PRESSO_CODEC_NATIVE=0)"
         return None
-    path = _build()
+    path = library_path()
     if path is None:
-        log.warning("no C compiler for the lossless codec: using the (slow) numpy fallback")
+        STATUS = "numpy fallback (the C coder was not built: reinstall with `pip install .`)"
+        log.warning("lossless codec: %s", STATUS)
         return None
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:
-        log.warning("cannot load %s (%s): using the numpy fallback", path, exc)
+        STATUS = f"numpy fallback ({path} does not load: {exc})"
+        log.warning("lossless codec: %s", STATUS)
         return None
     for name, (restype, argtypes) in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.restype = restype
         fn.argtypes = argtypes
+    STATUS = f"native ({path})"
     return lib
 
 

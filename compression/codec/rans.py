@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from compression.codec import native
-from compression.errors import CodecError
+from presso.compression.codec import native
+from presso.compression.errors import CodecError
 
 RANS_L = 1 << 16
 DEFAULT_SCALE_BITS = 12

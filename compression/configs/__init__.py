@@ -1,10 +1,10 @@
 """Typed, torch-free parameter models of every compression method.
 
 Each module here defines ``StepConfig`` subclasses; importing this package registers
-them all in :data:`compression.configs.base.CONFIGS`.
+them all in :data:`presso.compression.configs.base.CONFIGS`.
 """
 
-from compression.configs import lossless, lowrank, pruning, quantization  # noqa: F401
-from compression.configs.base import CONFIGS, StepConfig
+from presso.compression.configs import lossless, lowrank, pruning, quantization  # noqa: F401
+from presso.compression.configs.base import CONFIGS, StepConfig
 
 __all__ = ["CONFIGS", "StepConfig"]

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from compression.configs.base import StepConfig
+from presso.compression.configs.base import StepConfig
 
 
 class LosslessConfig(StepConfig):

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from compression.configs.base import StepConfig
+from presso.compression.configs.base import StepConfig
 
 _NM = re.compile(r"^(\d+):(\d+)$")
 

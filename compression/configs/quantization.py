@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from compression.configs.base import StepConfig
+from presso.compression.configs.base import StepConfig
 
 
 class QuantOverride(BaseModel):
@@ -56,7 +56,7 @@ class QuantStep(StepConfig, QuantArgs):
 
     def scheme_for(self, name: str) -> QuantArgs | None:
         """The scheme for module ``name`` after overrides; None when an override skips it."""
-        from compression.configs.base import matches
+        from presso.compression.configs.base import matches
 
         for ov in self.overrides:
             if matches(name, ov.pattern):

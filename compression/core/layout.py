@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compression.configs.base import selected
-from compression.core.quant import QuantizedWeight
-from compression.core.staging import copy_to_host_, to_device
-from compression.errors import NoTargetModules, UnsupportedModel
+from presso.compression.configs.base import selected
+from presso.compression.core.quant import QuantizedWeight
+from presso.compression.core.staging import copy_to_host_, to_device
+from presso.compression.errors import NoTargetModules, UnsupportedModel
 
 try:  # transformers' GPT-2 style linear
     from transformers.pytorch_utils import Conv1D

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from compression.configs.quantization import QuantArgs
-from compression.core.staging import to_host
+from presso.compression.configs.quantization import QuantArgs
+from presso.compression.core.staging import to_host
 
 _CLIP_GRID = torch.linspace(1.0, 0.70, 13).tolist()
 

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.core.context import StepContext
-from compression.core.layout import Layout
-from compression.errors import CalibrationRequired
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import Layout
+from presso.compression.errors import CalibrationRequired
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ is a DMA at bus speed; the next upload waits (an event) until the previous DMA l
 Tensors under ``MIN_BYTES`` or over ``MAX_BYTES`` (embeddings) take the plain path, and
 ``PRESSO_PINNED_STAGING=0`` turns staging off. Not thread-safe: one engine per process uses it.
 The buffers (the largest weight moved, at least 64 MiB, per direction) live until ``release()``,
-which ``compression.pipeline.compress`` calls at the end of every recipe.
+which ``presso.compression.pipeline.compress`` calls at the end of every recipe.
 """
 
 from __future__ import annotations

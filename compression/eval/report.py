@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.eval.encoder import compare_encoders
-from compression.eval.latency import forward_latency
-from compression.eval.perplexity import compare
-from compression.eval.size import artifact_bytes, dense_bytes, param_count, weight_stats
-from compression.spec import Gate
+from presso.compression.eval.encoder import compare_encoders
+from presso.compression.eval.latency import forward_latency
+from presso.compression.eval.perplexity import compare
+from presso.compression.eval.size import artifact_bytes, dense_bytes, param_count, weight_stats
+from presso.compression.spec import Gate
 
 
 def evaluate(original: nn.Module, compressed: nn.Module, kind: str, windows: torch.Tensor | None,

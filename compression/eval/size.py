@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.core.layout import find_layout, is_linear, quantized_of
+from presso.compression.core.layout import find_layout, is_linear, quantized_of
 
 
 def param_count(model: nn.Module) -> int:

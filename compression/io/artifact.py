@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from compression.io.exporters import EXPORTERS
+from presso.compression.io.exporters import EXPORTERS
 
 log = logging.getLogger(__name__)
 SHARD_BYTES = 4 << 30

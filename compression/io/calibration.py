@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from compression.errors import CalibrationError, CalibrationRequired
+from presso.compression.errors import CalibrationError, CalibrationRequired
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.errors import ModelLoadError, ModelTooLarge, UnsafeModel, UnsupportedModel
+from presso.compression.errors import ModelLoadError, ModelTooLarge, UnsafeModel, UnsupportedModel
 
 log = logging.getLogger(__name__)
 

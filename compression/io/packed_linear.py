@@ -2,7 +2,7 @@
 
 ``presso.load(dir, packed=True)`` puts one in place of every pack-quantized Linear: the int32 codes,
 scales and zero points are kept as they are stored (4 bits: ~3.6x less memory than bf16 weights), and
-``forward`` calls ``kernels.w4a16_matmul``, which runs the tensor-core or Triton kernel on a GPU and
+``forward`` calls ``presso.kernels.w4a16_matmul``, which runs the tensor-core or Triton kernel on a GPU and
 the pure-torch reference elsewhere. An EoRA residual (``lora_A``/``lora_B``) is added when present.
 """
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
+from presso.kernels import w4a16
 
 
 class PackedLinear(nn.Module):
@@ -40,7 +40,7 @@ class PackedLinear(nn.Module):
         self.lora_B = nn.Parameter(b.to(dtype).contiguous(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = kernels.w4a16_matmul(x, self.weight_packed, self.weight_scale, self.weight_zero_point,
+        y = w4a16.w4a16_matmul(x, self.weight_packed, self.weight_scale, self.weight_zero_point,
                                  self.bits, self.group_size)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.obs.reference import obs_block_ref
-from kernels.support import triton_available
+from presso.kernels.obs.reference import obs_block_ref
+from presso.kernels.support import triton_available
 
 __all__ = ["obs_block", "obs_block_ref", "triton_available"]
 
@@ -29,7 +29,7 @@ def obs_block(
     if impl not in ("auto", "reference", "triton"):
         raise ValueError(f"impl must be auto, reference or triton, not {impl!r}")
     if impl != "reference" and w.is_cuda and triton_available():
-        from kernels.obs import triton as tk
+        from presso.kernels.obs import triton as tk
 
         if tk.supports(w):
             return tk.obs_block(w, u, scale, zero, qmin, qmax, prune)

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from kernels.support import triton_available
-from kernels.w4a16.reference import dequantize, pack_int, unpack_int, w4a16_matmul_ref
+from presso.kernels.support import triton_available
+from presso.kernels.w4a16.reference import dequantize, pack_int, unpack_int, w4a16_matmul_ref
 
 __all__ = [
     "dequantize",
@@ -29,7 +29,7 @@ _prepared: dict[tuple[str, int], tuple[Any, int, Any]] = {}
 
 
 def _triton_module():
-    from kernels.w4a16 import triton as tk
+    from presso.kernels.w4a16 import triton as tk
 
     return tk
 
@@ -48,7 +48,7 @@ def _cached_prepare(kind, packed, scale, zero_point, bits, group_size, k):
     if hit is not None and hit[0]() is packed and hit[1] == packed._version:
         return hit[2]
     if kind == "mma":
-        from kernels.w4a16 import mma
+        from presso.kernels.w4a16 import mma
 
         pw = mma.prepare(packed, scale, zero_point, group_size, k)
     else:
@@ -59,7 +59,7 @@ def _cached_prepare(kind, packed, scale, zero_point, bits, group_size, k):
 
 
 def _use_mma(x: torch.Tensor, bits: int, group_size: int | None, k: int, n_groups: int) -> bool:
-    from kernels.w4a16 import mma
+    from presso.kernels.w4a16 import mma
 
     rows = x.numel() // max(k, 1)
     return (x.dtype == torch.bfloat16 and 1 <= rows <= mma.DISPATCH_MAX_BATCH
@@ -80,7 +80,7 @@ def w4a16_matmul(
     an ``mma.MMAWeight``. A raw CUDA weight is repacked on first use and cached (keyed on the
     tensor object)."""
     if not isinstance(packed, torch.Tensor):
-        from kernels.w4a16 import mma
+        from presso.kernels.w4a16 import mma
 
         if isinstance(packed, mma.MMAWeight):
             return mma.matmul(x, packed)
@@ -90,7 +90,7 @@ def w4a16_matmul(
     k = x.shape[-1]
     n_groups = scale.shape[1] if scale.dim() == 2 else 1
     if x.is_cuda and _use_mma(x, bits, group_size, k, n_groups):
-        from kernels.w4a16 import mma
+        from presso.kernels.w4a16 import mma
 
         return mma.matmul(x, _cached_prepare("mma", packed, scale, zero_point, bits, group_size, k))
     if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and triton_available():

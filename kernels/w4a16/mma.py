@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from kernels.support import tensor_bytes
-from kernels.w4a16 import reference as ref
+from presso.kernels.support import tensor_bytes
+from presso.kernels.w4a16 import reference as ref
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ Layout (compressed-tensors >= 0.13, identical to the older word-aligned layout f
   accepted here.
 * Dequantization: ``W[n, k] = (q[n, k] - z[n, g]) * s[n, g]`` with ``q`` signed.
 
-``planar_repack`` builds the kernel-side layout used by ``kernels.w4a16.triton`` and
+``planar_repack`` builds the kernel-side layout used by ``presso.kernels.w4a16.triton`` and
 ``planar_unpack`` inverts it (the CPU tests check both).
 """
 

@@ -1,6 +1,6 @@
 """Triton kernels for W4A16 / W8A16 matmul: ``y = x @ W.T`` with W packed (see reference.py).
 
-Import only where Triton is installed (``kernels.w4a16`` guards it).
+Import only where Triton is installed (``presso.kernels.w4a16`` guards it).
 
 Weights are repacked once (``prepare_weight``) into the *planar* layout of
 ``reference.planar_repack``: same shape as compressed-tensors' ``[N, K*bits/32]`` int32,
@@ -35,8 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.support import tensor_bytes
-from kernels.w4a16 import reference as ref
+from presso.kernels.support import tensor_bytes
+from presso.kernels.w4a16 import reference as ref
 
 _LOCK_SLOTS = 1 << 16
 _locks: dict[torch.device, torch.Tensor] = {}

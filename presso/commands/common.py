@@ -17,7 +17,7 @@ def set_env(name: str, value: object | None) -> None:
     """CLI options win over the environment; settings read PRESSO_* when first built."""
     if value is not None:
         os.environ[f"PRESSO_{name.upper()}"] = str(value)
-    from app.core.settings import get_settings
+    from presso.app.core.settings import get_settings
 
     get_settings.cache_clear()
 

@@ -65,9 +65,9 @@ class _Bars:
 
 
 def _fetch_inputs(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path | None, Path | None]:
-    from app.core.settings import get_settings
-    from workers.fetch import fetch_file, fetch_model
-    from workers.fetch.limits import FetchLimits
+    from presso.app.core.settings import get_settings
+    from presso.workers.fetch import fetch_file, fetch_model
+    from presso.workers.fetch.limits import FetchLimits
 
     limits = FetchLimits.from_settings(get_settings(), allowed_file_roots=(Path("/"),))
     model = fetch_model(as_uri(args.model_uri), tmp / "model", limits)
@@ -77,10 +77,10 @@ def _fetch_inputs(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path | Non
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from compression.errors import CompressionError
-    from compression.job import run_local
-    from compression.recipe import parse_recipe
-    from compression.spec import CalibrationInput, EvaluationInput, LocalJobSpec
+    from presso.compression.errors import CompressionError
+    from presso.compression.job import run_local
+    from presso.compression.recipe import parse_recipe
+    from presso.compression.spec import CalibrationInput, EvaluationInput, LocalJobSpec
 
     bars = _Bars()
     try:
@@ -106,7 +106,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from compression.codec import pack_dir
+    from presso.compression.codec import pack_dir
 
     pack_dir(args.src, args.out)
     print(f"packed {args.src} -> {args.out}")
@@ -114,7 +114,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
-    from compression.codec import unpack_dir
+    from presso.compression.codec import unpack_dir
 
     unpack_dir(args.src, args.out)
     print(f"restored {args.src} -> {args.out}")

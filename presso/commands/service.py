@@ -60,8 +60,8 @@ Runs no migrations and no worker (see `presso migrate`, `presso worker`). Connec
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from app.core.migrate import upgrade
-    from app.core.settings import get_settings
+    from presso.app.core.migrate import upgrade
+    from presso.app.core.settings import get_settings
 
     upgrade(get_settings(), args.revision)
     print("database at", args.revision)
@@ -70,11 +70,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def ensure_dev_key() -> str | None:
     """Create the default tenant and a key on first start; returns the key (None when auth is off)."""
-    from app.core.db import make_engine, make_session_factory, session_scope
-    from app.core.security import hash_key
-    from app.core.settings import get_settings
-    from app.tenants.models import ApiKey
-    from app.tenants.service import create_key, ensure_tenant
+    from presso.app.core.db import make_engine, make_session_factory, session_scope
+    from presso.app.core.security import hash_key
+    from presso.app.core.settings import get_settings
+    from presso.app.tenants.models import ApiKey
+    from presso.app.tenants.service import create_key, ensure_tenant
 
     settings = get_settings()
     if settings.auth == "disabled":
@@ -101,9 +101,9 @@ def ensure_dev_key() -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.core.migrate import upgrade
-    from app.core.settings import get_settings
-    from app.main import create_app
+    from presso.app.core.migrate import upgrade
+    from presso.app.core.settings import get_settings
+    from presso.app.main import create_app
 
     set_env("data_dir", args.data_dir)
     settings = get_settings()
@@ -122,7 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    from app.core.server import run
+    from presso.app.core.server import run
 
     if args.workers < 1:
         print("presso api: --workers must be at least 1", file=sys.stderr)
@@ -145,11 +145,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from app.core.settings import get_settings
+    from presso.app.core.settings import get_settings
 
     settings = get_settings()
     queues = args.queues or ",".join(settings.worker_queues)
-    from workers.celery_app import celery
+    from presso.workers.celery_app import celery
 
     argv = ["worker", "-Q", queues, "-c", str(args.concurrency), "--pool", "prefork", "-l", args.loglevel,
             "--without-mingle", "--without-gossip"]
@@ -160,8 +160,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_reaper(args: argparse.Namespace) -> int:
-    from workers.context import get_context
-    from workers.reaper import reap_once
+    from presso.workers.context import get_context
+    from presso.workers.reaper import reap_once
 
     ctx = get_context()
     while True:

@@ -71,8 +71,8 @@ def test_key_is_shown_once_and_stored_hashed(api: Api, app_client: Any) -> None:
     assert api.key.startswith(keys[0]["prefix"])
     from sqlalchemy import select
 
-    from app.core.security import hash_key
-    from app.tenants.models import ApiKey
+    from presso.app.core.security import hash_key
+    from presso.app.tenants.models import ApiKey
 
     with app_client.app.state.session_factory() as session:
         row = session.scalars(select(ApiKey).where(ApiKey.id == api.key_id)).one()
@@ -106,7 +106,7 @@ def _exists(client: Any, name: str) -> bool:
 def test_admin_api_disabled_without_admin_key(make_settings: Any) -> None:
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
+    from presso.app.main import create_app
 
     with TestClient(create_app(make_settings(admin_key=None))) as client:
         resp = client.get("/v1/admin/tenants", headers=ADMIN)
@@ -117,7 +117,7 @@ def test_admin_api_disabled_without_admin_key(make_settings: Any) -> None:
 def test_rate_limit_is_429_with_retry_after(make_settings: Any) -> None:
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
+    from presso.app.main import create_app
 
     with TestClient(create_app(make_settings(rate_limit_per_s=1, rate_limit_burst=3))) as client:
         api = new_tenant(client)
@@ -134,7 +134,7 @@ def test_rate_limit_is_429_with_retry_after(make_settings: Any) -> None:
 def test_auth_disabled_uses_default_tenant(make_settings: Any) -> None:
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
+    from presso.app.main import create_app
 
     with TestClient(create_app(make_settings(auth="disabled"))) as client:
         resp = client.post("/v1/jobs", json=BODY)

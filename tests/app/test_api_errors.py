@@ -54,7 +54,7 @@ def test_malformed_or_refused_uri_is_422(app_client: Any, make_settings: Any, ur
     from fastapi.testclient import TestClient
     from svc_helpers import new_tenant
 
-    from app.main import create_app
+    from presso.app.main import create_app
 
     with TestClient(create_app(make_settings(fetch_allow_http=False, fetch_allow_private_hosts=[]))) as client:
         api = new_tenant(client)

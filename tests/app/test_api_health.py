@@ -17,7 +17,7 @@ def test_healthz_and_readyz(app_client: Any) -> None:
 def test_readyz_reports_unreachable_parts(make_settings: Any) -> None:
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
+    from presso.app.main import create_app
 
     settings = make_settings(broker_url="redis://127.0.0.1:1/0", store_url="s3://no-such-bucket-presso/x")
     with TestClient(create_app(settings)) as client:

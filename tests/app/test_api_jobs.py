@@ -29,7 +29,7 @@ def test_message_published_after_commit(api: Api, app_client: Any) -> None:
     job = api.post("/v1/jobs", json=BODY).json()
     from sqlalchemy import select
 
-    from app.jobs.models import Job
+    from presso.app.jobs.models import Job
 
     with app_client.app.state.session_factory() as session:
         row = session.scalars(select(Job).where(Job.id == job["id"])).one()
@@ -130,7 +130,7 @@ def test_methods_catalog(api: Api) -> None:
 
 def test_lossless_only_recipe_goes_to_cpu_queue(api: Api, app_client: Any) -> None:
     job = api.post("/v1/jobs", json={**BODY, "recipe": {"steps": [{"method": "lossless"}]}}).json()
-    from app.jobs.models import Job
+    from presso.app.jobs.models import Job
 
     with app_client.app.state.session_factory() as session:
         assert session.get(Job, job["id"]).queue == "cpu"

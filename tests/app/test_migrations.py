@@ -7,8 +7,8 @@ from pathlib import Path
 from alembic import command
 from sqlalchemy import create_engine, inspect
 
-from app.core.migrate import alembic_config, upgrade
-from app.core.settings import Settings
+from presso.app.core.migrate import alembic_config, upgrade
+from presso.app.core.settings import Settings
 
 
 def test_models_match_migrations(pg_url: str) -> None:

@@ -12,7 +12,7 @@ from svc_helpers import drop_redis_keys
 def test_key_prefix_keeps_published_jobs_under_it(make_settings: Any, redis_url: str) -> None:
     import redis
 
-    from app.core.queue import CeleryPublisher, make_celery
+    from presso.app.core.queue import CeleryPublisher, make_celery
 
     prefix = f"presso-iso-{uuid.uuid4().hex[:8]}:"
     r = redis.Redis.from_url(redis_url)
@@ -34,7 +34,7 @@ def test_key_prefix_keeps_published_jobs_under_it(make_settings: Any, redis_url:
 def test_rate_limiter_keys_carry_the_prefix(redis_url: str) -> None:
     import redis
 
-    from app.core.ratelimit import make_rate_limiter
+    from presso.app.core.ratelimit import make_rate_limiter
 
     prefix = f"presso-iso-{uuid.uuid4().hex[:8]}:"
     limiter = make_rate_limiter(redis_url, rate=1, burst=1, key_prefix=prefix)

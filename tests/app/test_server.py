@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from app.core.server import APP, NoDelayH11Protocol
+from presso.app.core.server import APP, NoDelayH11Protocol
 from presso.cli import main as presso_main
 
 

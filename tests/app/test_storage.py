@@ -10,9 +10,9 @@ import httpx
 import pytest
 from svc_helpers import ARTIFACT_BUCKET
 
-from app.storage import ObjectMissing
-from app.storage.local import LocalStore
-from app.storage.s3 import S3Store
+from presso.app.storage import ObjectMissing
+from presso.app.storage.local import LocalStore
+from presso.app.storage.s3 import S3Store
 
 
 @pytest.fixture(params=["s3", "local"])
@@ -54,7 +54,7 @@ def test_presigned_url_downloads(s3_endpoint: str) -> None:
 def test_multipart_upload(s3_endpoint: str, tmp_path: Path) -> None:
     from boto3.s3.transfer import TransferConfig
 
-    import app.storage.s3 as s3mod
+    import presso.app.storage.s3 as s3mod
 
     store = S3Store(ARTIFACT_BUCKET, "multipart", endpoint_url=s3_endpoint)
     big = tmp_path / "big.bin"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from compression.eval.perplexity import perplexity
+from presso.compression.eval.perplexity import perplexity
 
 REPO = Path(__file__).resolve().parents[2]
 

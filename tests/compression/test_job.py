@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from compression.errors import AccuracyGateFailed
-from compression.job import run_local
-from compression.recipe import parse_recipe
-from compression.spec import LocalJobSpec
+from presso.compression.errors import AccuracyGateFailed
+from presso.compression.job import run_local
+from presso.compression.recipe import parse_recipe
+from presso.compression.spec import LocalJobSpec
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_gate_fails_one_bit_like_recipe_and_falls_back(model_dir, tmp_path):
 
 
 def test_identity_has_zero_kl(tiny_llama, calib_ids):
-    from compression.eval.perplexity import compare, perplexity
+    from presso.compression.eval.perplexity import compare, perplexity
 
     q = compare(tiny_llama, tiny_llama, calib_ids, torch.device("cpu"))
     assert q["kl"] == pytest.approx(0.0, abs=1e-6)
@@ -76,7 +76,7 @@ def test_identity_has_zero_kl(tiny_llama, calib_ids):
 
 def test_perplexity_by_hand():
     """A model whose logits are fixed: NLL computed by hand."""
-    from compression.eval.perplexity import perplexity
+    from presso.compression.eval.perplexity import perplexity
 
     class Fixed(torch.nn.Module):
         def forward(self, input_ids, use_cache=False):

@@ -1,8 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from compression.configs.base import matches, selected
-from compression.recipe import methods_catalog, parse_recipe
+from presso.compression.configs.base import matches, selected
+from presso.compression.recipe import methods_catalog, parse_recipe
 
 ALL = {"rtn", "gptq", "awq", "hqq", "magnitude", "wanda", "sparsegpt", "prune_structured", "svd", "svd_llm",
        "eora", "lossless"}

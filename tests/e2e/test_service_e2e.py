@@ -48,7 +48,7 @@ def stack(pg_url: str, redis_url: str, s3_endpoint: str, tmp_path_factory: pytes
     log = open(tmp / "worker.log", "wb")  # noqa: SIM115
     worker = subprocess.Popen([sys.executable, "-m", "presso.cli", "worker", "--loglevel", "INFO"], cwd=ROOT,
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    from app.core.settings import Settings
+    from presso.app.core.settings import Settings
 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # faultkit (pytest run
 from faultkit import Cluster, RedisServer, S3Endpoint, make_cluster_env, publisher_for  # noqa: E402
 from svc_helpers import ADMIN_KEY, ARTIFACT_BUCKET, MODEL_BUCKET, upload_dir, worker_context  # noqa: E402
 
-from app.core.settings import Settings  # noqa: E402
-from app.tenants.service import ensure_tenant  # noqa: E402
+from presso.app.core.settings import Settings  # noqa: E402
+from presso.app.tenants.service import ensure_tenant  # noqa: E402
 
 
 def _server(url: str, database: str) -> tuple[str, str]:
@@ -43,7 +43,7 @@ def fault_db_url(pg_url: str) -> Iterator[str]:
     """A fresh, migrated database on the test Postgres server, dropped after the module."""
     import psycopg
 
-    from app.core.migrate import upgrade
+    from presso.app.core.migrate import upgrade
 
     name = f"presso_faults_{uuid.uuid4().hex[:12]}"
     conninfo, url = _server(pg_url, name)

@@ -24,13 +24,13 @@ from typing import Any
 import boto3
 from svc_helpers import ARTIFACT_BUCKET, RTN, free_port
 
-from app.core.queue import CeleryPublisher, make_celery
-from app.core.settings import Settings
-from app.jobs import service
-from app.jobs.models import Job
-from app.jobs.schemas import JobCreate
-from app.tenants.models import Tenant
-from workers.context import WorkerContext
+from presso.app.core.queue import CeleryPublisher, make_celery
+from presso.app.core.settings import Settings
+from presso.app.jobs import service
+from presso.app.jobs.models import Job
+from presso.app.jobs.schemas import JobCreate
+from presso.app.tenants.models import Tenant
+from presso.workers.context import WorkerContext
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = ("succeeded", "failed", "cancelled")

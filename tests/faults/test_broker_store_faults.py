@@ -23,7 +23,7 @@ import pytest
 from faultkit import ROOT, STAGE_DELAY_S, Cluster, publisher_for
 from svc_helpers import ARTIFACT_BUCKET, RTN, free_port, serve_api
 
-from app.tenants.service import create_key
+from presso.app.tenants.service import create_key
 
 BODY_EVAL = {"windows": 2, "seq_len": 32, "latency": False}
 
@@ -71,7 +71,7 @@ def test_api_dies_between_commit_and_publish(cluster: Cluster) -> None:
     # The same through HTTP while the broker is unreachable: 202, the job is kept and sent later.
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
+    from presso.app.main import create_app
 
     dead = cluster.settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
     with cluster.ctx.session_factory() as session:

@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import update
 from svc_helpers import RTN, new_db_tenant, submit, worker_context
 
-from app.core.db import utcnow
-from app.jobs.models import Job
-from workers.reaper import MAX_REPUBLISH_INTERVAL_FACTOR, reap_once, republish_due
+from presso.app.core.db import utcnow
+from presso.app.jobs.models import Job
+from presso.workers.reaper import MAX_REPUBLISH_INTERVAL_FACTOR, reap_once, republish_due
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

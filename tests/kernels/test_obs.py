@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compression.configs.quantization import QuantArgs
-from compression.core.quant import qrange
-from compression.core.stats import inverse_cholesky_upper
-from kernels.obs import obs_block, obs_block_ref
+from presso.compression.configs.quantization import QuantArgs
+from presso.compression.core.quant import qrange
+from presso.compression.core.stats import inverse_cholesky_upper
+from presso.kernels.obs import obs_block, obs_block_ref
 
 
 def _problem(n: int, b: int, seed: int = 0, device: str = "cpu"):
@@ -91,7 +91,7 @@ def test_triton_matches_reference(n: int, b: int, mode: str) -> None:
 @pytest.mark.parametrize("group,act_order", [(128, False), (64, False), (96, False), (-1, False), (128, True)])
 def test_gptq_with_kernel_matches_reference_loop(monkeypatch, group: int, act_order: bool) -> None:
     pytest.importorskip("triton")
-    import compression.engines.quantization.gptq.gptq_math as gm
+    import presso.compression.engines.quantization.gptq.gptq_math as gm
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4096, 384, generator=g) @ (torch.randn(384, 384, generator=g) / 20)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from kernels.w4a16 import reference as ref
+from presso.kernels.w4a16 import reference as ref
 
 
 def _rand_q(n: int, k: int, bits: int, gen: torch.Generator) -> torch.Tensor:
@@ -120,19 +120,19 @@ def test_matmul_ref_matches_dense() -> None:
 
 
 def test_public_entry_point_falls_back_on_cpu() -> None:
-    import kernels
+    from presso.kernels import w4a16
 
     gen = torch.Generator().manual_seed(3)
     q = _rand_q(16, 64, 4, gen)
     scale = (torch.rand(16, 2, generator=gen) * 0.05).to(torch.bfloat16)
     x = torch.randn(4, 64, generator=gen).to(torch.bfloat16)
     packed = ref.pack_int(q, 4)
-    y = kernels.w4a16_matmul(x, packed, scale, None, 4, 32)
+    y = w4a16.w4a16_matmul(x, packed, scale, None, 4, 32)
     assert torch.equal(y, ref.w4a16_matmul_ref(x, packed, scale, None, 4, 32))
 
 
 def test_kernels_import_without_triton() -> None:
-    code = "import sys; sys.modules['triton'] = None; import kernels; print(kernels.triton_available())"
+    code = "import sys; sys.modules['triton'] = None; from presso.kernels.support import triton_available; print(triton_available())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() in ("False", "True")
 
@@ -144,7 +144,7 @@ def _gpu():
     pytest.importorskip("triton")
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    from kernels.w4a16 import triton as tk
+    from presso.kernels.w4a16 import triton as tk
 
     return tk
 
@@ -213,12 +213,12 @@ def test_triton_matches_reference_formats(m, n, k, bits, gs, asym, dtype) -> Non
 @pytest.mark.gpu
 def test_public_entry_point_uses_triton_on_cuda() -> None:
     tk = _gpu()
-    import kernels
+    from presso.kernels import w4a16
 
     packed, scale, zp = _make(512, 1024, 4, 128, False, torch.float16, seed=11)
     x = torch.randn(3, 2, 1024, device="cuda", dtype=torch.float16)  # fp16: not the tensor-core kernel's
     tk.last_launch.clear()
-    y = kernels.w4a16_matmul(x, packed, scale, zp, 4, 128)
+    y = w4a16.w4a16_matmul(x, packed, scale, zp, 4, 128)
     assert "gemm" in tk.last_launch
     assert y.shape == (3, 2, 512)
     assert _rel_err(y, ref.w4a16_matmul_ref(x, packed, scale, zp, 4, 128)) <= 1e-2
@@ -226,5 +226,5 @@ def test_public_entry_point_uses_triton_on_cuda() -> None:
     packed, scale, zp = _make(64, 100, 4, 20, False, torch.bfloat16, seed=12)
     x = torch.randn(1, 100, device="cuda", dtype=torch.bfloat16)
     assert torch.equal(
-        kernels.w4a16_matmul(x, packed, scale, zp, 4, 20), ref.w4a16_matmul_ref(x, packed, scale, zp, 4, 20)
+        w4a16.w4a16_matmul(x, packed, scale, zp, 4, 20), ref.w4a16_matmul_ref(x, packed, scale, zp, 4, 20)
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.w4a16 import reference as ref
+from presso.kernels.w4a16 import reference as ref
 
 # --- CPU: the layout, and the kernel's fragment arithmetic emulated ----------------------
 
@@ -85,7 +85,7 @@ def test_pair_rows_round_trip() -> None:
 
 
 def test_supports() -> None:
-    from kernels.w4a16 import mma
+    from presso.kernels.w4a16 import mma
 
     assert mma.supports(4, 128, 4096) and mma.supports(4, 64, 576) and mma.supports(4, None, 100)
     assert not mma.supports(8, 128, 4096) and not mma.supports(4, 32, 4096)
@@ -94,7 +94,7 @@ def test_supports() -> None:
 
 
 def test_prepare_layout_on_cpu() -> None:
-    from kernels.w4a16 import mma
+    from presso.kernels.w4a16 import mma
 
     n, k, gs = 300, 1000, 64
     gen = torch.Generator().manual_seed(3)
@@ -122,7 +122,7 @@ def test_launch_mode_and_staging_rules_on_cpu(monkeypatch: pytest.MonkeyPatch) -
     activations, and the shared memory a configuration asks for."""
     from dataclasses import replace
 
-    from kernels.w4a16 import mma
+    from presso.kernels.w4a16 import mma
 
     k = 4096
     q = torch.zeros(64, k, dtype=torch.int8)
@@ -147,7 +147,7 @@ def test_launch_mode_and_staging_rules_on_cpu(monkeypatch: pytest.MonkeyPatch) -
 
 
 def _mma():
-    from kernels.w4a16 import mma
+    from presso.kernels.w4a16 import mma
 
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
@@ -274,11 +274,11 @@ def test_mma_programmatic_launch_from_the_second_call(monkeypatch: pytest.Monkey
 @pytest.mark.gpu
 def test_public_entry_point_uses_mma_for_bf16() -> None:
     _mma()
-    import kernels
+    from presso.kernels import w4a16
 
     packed, scale, zp = _make(512, 1024, 128, False, seed=21)
     x = torch.randn(3, 2, 1024, device="cuda", dtype=torch.bfloat16)
-    y = kernels.w4a16_matmul(x, packed, scale, zp, 4, 128)
-    assert any(k[0] == "mma" for k in kernels.w4a16._prepared)
+    y = w4a16.w4a16_matmul(x, packed, scale, zp, 4, 128)
+    assert any(k[0] == "mma" for k in w4a16._prepared)
     assert y.shape == (3, 2, 512)
     assert _rel_err(y, ref.w4a16_matmul_ref(x, packed, scale, zp, 4, 128)) <= 1e-2

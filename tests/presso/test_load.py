@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from compression.core.context import StepContext
-from compression.io.artifact import write_model
-from compression.pipeline import compress
-from compression.recipe import parse_recipe
+from presso.compression.core.context import StepContext
+from presso.compression.io.artifact import write_model
+from presso.compression.pipeline import compress
+from presso.compression.recipe import parse_recipe
 from presso.load import load
 
 
@@ -41,7 +41,7 @@ def test_load_reproduces_the_engine_logits(steps, tmp_path):
 
 
 def test_load_refuses_a_mismatched_artifact(tmp_path):
-    from compression.errors import ModelLoadError
+    from presso.compression.errors import ModelLoadError
 
     model = tiny_llama()
     compress(model, parse_recipe({"steps": [{"method": "svd", "ratio": 0.3}]}), StepContext())
@@ -57,10 +57,10 @@ def test_load_sparse_bitmask_artifact(tmp_path):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from compression.core.context import StepContext
-    from compression.io.artifact import write_model
-    from compression.pipeline import compress
-    from compression.recipe import parse_recipe
+    from presso.compression.core.context import StepContext
+    from presso.compression.io.artifact import write_model
+    from presso.compression.pipeline import compress
+    from presso.compression.recipe import parse_recipe
     from presso.load import load
 
     torch.manual_seed(0)
@@ -84,7 +84,7 @@ def test_load_sparse_bitmask_artifact(tmp_path):
 def test_packed_load_keeps_codes_and_matches_the_dense_load(steps, tmp_path):
     from safetensors.torch import load_file
 
-    from compression.io.packed_linear import PackedLinear
+    from presso.compression.io.packed_linear import PackedLinear
 
     model = tiny_llama()
     compress(model, parse_recipe({"steps": steps}), StepContext(calibration=IDS, batch_size=2))
@@ -108,8 +108,8 @@ def test_packed_load_keeps_codes_and_matches_the_dense_load(steps, tmp_path):
 def test_ragged_groups_of_other_writers_dequantize_with_the_written_group():
     """K = 40, groups of 16: 3 groups, the last one short, as llm-compressor writes for widths that do not
     divide (Presso itself picks a dividing group). K / 3 would give the wrong size."""
-    from compression.io.packed_linear import PackedLinear
-    from kernels.w4a16 import reference as ref
+    from presso.compression.io.packed_linear import PackedLinear
+    from presso.kernels.w4a16 import reference as ref
     from presso.load import dequantize_packed_
 
     gen = torch.Generator().manual_seed(5)

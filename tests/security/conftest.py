@@ -47,7 +47,7 @@ def app_client(make_settings: Any, sec_settings: dict[str, Any]) -> Iterator[Any
     """Overrides the suite's app_client: the settings above (loopback allowed by make_settings)."""
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
+    from presso.app.main import create_app
 
     with TestClient(create_app(make_settings(**sec_settings)), follow_redirects=False) as client:
         yield client

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from svc_helpers import ADMIN_KEY, MODEL_BUCKET, RTN, new_tenant, upload_dir
 
-from workers.runner import run_job
+from presso.workers.runner import run_job
 
 FAST_EVAL = {"windows": 2, "seq_len": 32, "latency": False}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}

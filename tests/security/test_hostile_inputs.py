@@ -1,6 +1,6 @@
 """A corpus of hostile inputs through the API and the worker's runner (real Postgres, S3 server, HTTP server).
 
-Each probe is submitted over HTTP; what the API accepts is run by ``workers.runner.run_job`` with the
+Each probe is submitted over HTTP; what the API accepts is run by ``presso.workers.runner.run_job`` with the
 API's settings (work_dir inside the test dir, loopback allowed explicitly, 8 MiB / 10^9 parameter caps).
 Pass: every probe is refused at submit (422 with a code) or fails with a clear job error code; canary files
 that unpickling or importing shipped code would create never appear; nothing is written outside the
@@ -20,7 +20,7 @@ import boto3
 import pytest
 from svc_helpers import ARTIFACT_BUCKET, MODEL_BUCKET, RTN, Api, new_tenant
 
-from workers.runner import run_job
+from presso.workers.runner import run_job
 
 FAST_EVAL = {"windows": 2, "seq_len": 32, "latency": False}
 

@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import update
 from svc_helpers import RTN, job_row, new_db_tenant, submit, worker_context
 
-from app.core.db import utcnow
-from app.jobs import service
-from app.jobs.models import Job, JobState
-from workers import lease
-from workers.heartbeat import Heartbeat
-from workers.reaper import reap_once
+from presso.app.core.db import utcnow
+from presso.app.jobs import service
+from presso.app.jobs.models import Job, JobState
+from presso.workers import lease
+from presso.workers.heartbeat import Heartbeat
+from presso.workers.reaper import reap_once
 
 BODY = {"model_uri": "s3://presso-test-models/tiny", "recipe": RTN}
 
@@ -115,9 +115,9 @@ def test_heartbeat_sees_cancel_request(ctx: Any) -> None:
 
 def test_running_job_cancelled_by_runner(ctx: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     """Cancel stops a running job within seconds (library stand-in that honours should_stop)."""
-    import compression.job
-    import workers.runner as runner_mod
-    from workers import spec as spec_mod
+    import presso.compression.job
+    import presso.workers.runner as runner_mod
+    from presso.workers import spec as spec_mod
 
     def slow_run_local(spec: Any, *, progress: Any, should_stop: Any) -> Any:
         while not should_stop():
@@ -125,7 +125,7 @@ def test_running_job_cancelled_by_runner(ctx: Any, monkeypatch: pytest.MonkeyPat
             time.sleep(0.05)
         raise RuntimeError("stopped")
 
-    monkeypatch.setattr(compression.job, "run_local", slow_run_local)
+    monkeypatch.setattr(presso.compression.job, "run_local", slow_run_local)
     monkeypatch.setattr(runner_mod, "build_spec", lambda claim, settings, tmp, progress: spec_mod.LocalJobSpec(
         model_dir=tmp, out_dir=tmp / "out", recipe=spec_mod.parse_recipe(RTN)))
     ctx.settings = ctx.settings.model_copy(update={"lease_s": 0.4})

@@ -20,7 +20,7 @@ from svc_helpers import (
     worker_context,
 )
 
-from workers.runner import run_job
+from presso.workers.runner import run_job
 
 FAST_EVAL = {"windows": 2, "seq_len": 32, "latency": False}
 

@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from workers.fetch.errors import (
+from presso.workers.fetch.errors import (
     FetchError,
     FetchTimeout,
     InvalidURI,
@@ -32,16 +32,16 @@ from workers.fetch.errors import (
     UnsafeModelFile,
     URINotAllowed,
 )
-from workers.fetch.limits import Budget, FetchLimits
-from workers.fetch.model_files import (
+from presso.workers.fetch.limits import Budget, FetchLimits
+from presso.workers.fetch.model_files import (
     check_name,
     check_single_name,
     classify,
     safetensors_header_params,
     select_model_files,
 )
-from workers.fetch.pipeline import FetchResult, prepare_dest, run_plan
-from workers.fetch.uri import ParsedURI, parse_model_uri
+from presso.workers.fetch.pipeline import FetchResult, prepare_dest, run_plan
+from presso.workers.fetch.uri import ParsedURI, parse_model_uri
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _open_source(
 ) -> tuple[Any, list[tuple[str, int | None]], str | None]:
     """(source, listing, single file name or None) for any scheme."""
     if parsed.scheme == "s3":
-        from workers.fetch.s3 import S3Source, make_client
+        from presso.workers.fetch.s3 import S3Source, make_client
 
         key = parsed.key or ""
         base = key.rsplit("/", 1)[-1]
@@ -93,15 +93,15 @@ def _open_source(
         source = S3Source(make_client(limits), parsed.bucket or "", prefix)
         return source, source.list_prefix(max_entries=limits.max_files * 4 + 1000), None
     if parsed.scheme in ("https", "http"):
-        from workers.fetch.guard import SafeHttp
-        from workers.fetch.web import http_model_source
+        from presso.workers.fetch.guard import SafeHttp
+        from presso.workers.fetch.web import http_model_source
 
         http = stack.enter_context(SafeHttp(limits, budget))
         return http_model_source(parsed, http)
-    from workers.fetch.local import LocalSource, local_source
+    from presso.workers.fetch.local import LocalSource, local_source
 
     if parsed.scheme == "hf":
-        from workers.fetch.hf import hf_snapshot
+        from presso.workers.fetch.hf import hf_snapshot
 
         snapshot, roots = hf_snapshot(parsed, limits)
         hf_source = LocalSource(snapshot, roots)
@@ -168,7 +168,7 @@ def fetch_file(uri: str, dest: Path, limits: FetchLimits) -> Path:
 
 def _download_one(parsed: ParsedURI, limits: FetchLimits, budget: Budget, stack: ExitStack, out: Any) -> None:
     if parsed.scheme == "s3":
-        from workers.fetch.s3 import S3Source, make_client
+        from presso.workers.fetch.s3 import S3Source, make_client
 
         key = parsed.key or ""
         if not key or key.endswith("/"):
@@ -176,13 +176,13 @@ def _download_one(parsed: ParsedURI, limits: FetchLimits, budget: Budget, stack:
         base = key.rsplit("/", 1)[-1]
         S3Source(make_client(limits), parsed.bucket or "", key[: len(key) - len(base)]).download(base, out, budget)
     elif parsed.scheme in ("https", "http"):
-        from workers.fetch.guard import SafeHttp
+        from presso.workers.fetch.guard import SafeHttp
 
         assert parsed.url is not None
         http = stack.enter_context(SafeHttp(limits, budget))
         http.download(parsed.url, parsed.name or "data", out)
     else:
-        from workers.fetch.local import local_source
+        from presso.workers.fetch.local import local_source
 
         assert parsed.local_path is not None
         source, single = local_source(parsed.local_path, limits.allowed_file_roots)

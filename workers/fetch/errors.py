@@ -1,6 +1,6 @@
 """Fetch errors. Each has a stable ``code`` and a user-facing ``message``.
 
-``FetchError`` subclasses :class:`compression.errors.CompressionError`: the user's input is at fault
+``FetchError`` subclasses :class:`presso.compression.errors.CompressionError`: the user's input is at fault
 (bad URI, hostile or oversized model), so the job fails with that code and is not retried.
 ``TransientFetchError`` is deliberately *not* a ``CompressionError``: a reset connection or a 5xx is
 the network's fault, and the worker retries the job with backoff.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compression.errors import CompressionError, ModelLoadError, ModelTooLarge, UnsafeModel
+from presso.compression.errors import CompressionError, ModelLoadError, ModelTooLarge, UnsafeModel
 
 
 class FetchError(CompressionError):

@@ -21,14 +21,14 @@ from urllib.parse import urljoin
 import httpcore
 import httpx
 
-from workers.fetch.errors import (
+from presso.workers.fetch.errors import (
     FetchError,
     FetchTimeout,
     NotFoundError,
     TransientFetchError,
     URINotAllowed,
 )
-from workers.fetch.limits import Budget, FetchLimits
+from presso.workers.fetch.limits import Budget, FetchLimits
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class SafeHttp:
         self.close()
 
     def _vet(self, url: str) -> None:
-        from workers.fetch.uri import parse_model_uri
+        from presso.workers.fetch.uri import parse_model_uri
 
         parsed = parse_model_uri(
             url, allow_http=self.limits.allow_http, allow_private_hosts=self.limits.allow_private_hosts

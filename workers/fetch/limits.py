@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.fetch.errors import FetchTimeout, TooLarge
+from presso.workers.fetch.errors import FetchTimeout, TooLarge
 
 GiB = 2**30
 
@@ -62,7 +62,7 @@ class FetchLimits:
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> FetchLimits:
-        """Build from ``app.core.settings.Settings`` (duck-typed: this package does not import app)."""
+        """Build from ``presso.app.core.settings.Settings`` (duck-typed: this package does not import app)."""
         max_bytes = int(getattr(settings, "max_model_bytes", cls.max_total_bytes))
         values: dict[str, Any] = {
             "max_total_bytes": max_bytes,

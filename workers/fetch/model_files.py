@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.fetch.errors import ModelFileCorrupt, NotFoundError, TooLarge, UnsafeModelFile
+from presso.workers.fetch.errors import ModelFileCorrupt, NotFoundError, TooLarge, UnsafeModelFile
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def check_single_name(name: str) -> str:
     if kind == "pickle":
         raise UnsafeModelFile(f"refused pickle checkpoint {name!r}: Presso loads safetensors or GGUF only")
     if kind != "weights":
-        from workers.fetch.errors import InvalidURI
+        from presso.workers.fetch.errors import InvalidURI
 
         raise InvalidURI(f"{name!r} is not a model: name a .safetensors or .gguf file, or a directory")
     return name

@@ -7,7 +7,7 @@ Accepted forms::
     hf://org/name[@revision]
     file:///absolute/path                (only under an allowed root, after resolving symlinks and ..)
 
-Host names are not resolved here (that happens at fetch time, in :mod:`workers.fetch.guard`), but an
+Host names are not resolved here (that happens at fetch time, in :mod:`presso.workers.fetch.guard`), but an
 IP-literal host or ``localhost`` that the SSRF guard would refuse is refused already at parse time.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from workers.fetch.errors import InvalidURI, URINotAllowed
+from presso.workers.fetch.errors import InvalidURI, URINotAllowed
 
 SCHEMES = ("s3", "https", "hf", "file")
 MAX_URI_CHARS = 4096
@@ -168,7 +168,7 @@ def _parse_http(uri: str, scheme: str, allow_private_hosts: tuple[str, ...]) -> 
 
 
 def _refuse_literal_host(host: str, allow_private_hosts: tuple[str, ...]) -> None:
-    from workers.fetch.guard import is_allowed_address  # local import keeps the parse path small
+    from presso.workers.fetch.guard import is_allowed_address  # local import keeps the parse path small
 
     if host in allow_private_hosts:
         return

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from app.api.deps import AdminDep, SessionDep
-from app.tenants import service
-from app.tenants.schemas import KeyCreate, KeyCreated, KeyPublic, TenantCreate, TenantPublic
+from presso.app.api.deps import AdminDep, SessionDep
+from presso.app.tenants import service
+from presso.app.tenants.schemas import KeyCreate, KeyCreated, KeyPublic, TenantCreate, TenantPublic
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminDep])
 

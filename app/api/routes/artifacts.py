@@ -11,10 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.background import BackgroundTask
 
-from app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
-from app.core.errors import ArtifactCorrupt
-from app.jobs import artifacts, service
-from app.jobs.schemas import ArtifactManifest
+from presso.app.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from presso.app.core.errors import ArtifactCorrupt
+from presso.app.jobs import artifacts, service
+from presso.app.jobs.schemas import ArtifactManifest
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"])
 
@@ -55,8 +55,8 @@ def get_file(
 @router.get("/{job_id}/decoded/{path:path}", response_class=Response)
 def get_decoded_file(job_id: str, path: str, session: SessionDep, tenant: TenantDep, store: StoreDep) -> Response:
     """A lossless-encoded file decoded to plain safetensors (sha256-verified before it is sent)."""
-    from compression.codec import SUFFIX, decode_file  # torch-free
-    from compression.errors import CodecError
+    from presso.compression.codec import SUFFIX, decode_file  # torch-free
+    from presso.compression.errors import CodecError
 
     job = service.get_job(session=session, tenant_id=tenant.id, job_id=job_id)
     entry = artifacts.file_entry(artifacts.stored_manifest(job, store), path + SUFFIX)

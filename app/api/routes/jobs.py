@@ -7,10 +7,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from app.api.deps import PublisherDep, SessionDep, SettingsDep, TenantDep
-from app.core.metrics import JOBS_SUBMITTED
-from app.jobs import service
-from app.jobs.schemas import JobCreate, JobPublic, JobsPublic
+from presso.app.api.deps import PublisherDep, SessionDep, SettingsDep, TenantDep
+from presso.app.core.metrics import JOBS_SUBMITTED
+from presso.app.jobs import service
+from presso.app.jobs.schemas import JobCreate, JobPublic, JobsPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 StateFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from compression.recipe import methods_catalog
+from presso.compression.recipe import methods_catalog
 
 router = APIRouter(prefix="/v1/methods", tags=["methods"])
 

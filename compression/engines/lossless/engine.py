@@ -2,7 +2,7 @@
 
 ``apply_`` only records that the step ran; ``post_write`` (called by the job once the artifact
 directory is complete) packs every ``*.safetensors`` in place into ``*.safetensors.pzst`` and
-writes ``pack.json``. Packing is exact: ``compression.codec.unpack_dir`` restores the files
+writes ``pack.json``. Packing is exact: ``presso.compression.codec.unpack_dir`` restores the files
 byte for byte (sha256-checked).
 """
 
@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compression.codec import INDEX, SUFFIX, is_packed, pack_dir, read_index
-from compression.configs.lossless import LosslessConfig
-from compression.registry import register
+from presso.compression.codec import INDEX, SUFFIX, is_packed, pack_dir, read_index
+from presso.compression.configs.lossless import LosslessConfig
+from presso.compression.registry import register
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from compression.core.context import StepContext
+    from presso.compression.core.context import StepContext
 
 
 @register(LosslessConfig)

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from compression.core.layout import in_out
-from compression.core.sequential import BlockInputs, forward_block, observe_inputs
-from compression.core.stats import gram_
-from compression.errors import InvalidRecipe
+from presso.compression.core.layout import in_out
+from presso.compression.core.sequential import BlockInputs, forward_block, observe_inputs
+from presso.compression.core.stats import gram_
+from presso.compression.errors import InvalidRecipe
 
 
 class InputCovariance:

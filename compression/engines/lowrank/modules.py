@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compression.core.layout import quantized_of
+from presso.compression.core.layout import quantized_of
 
 
 class FactorizedLinear(nn.Module):

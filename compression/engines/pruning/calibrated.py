@@ -8,12 +8,12 @@ from typing import Any
 
 from torch import nn
 
-from compression.configs.pruning import SparsityStep
-from compression.core.context import StepContext
-from compression.core.layout import Layout, find_layout, select_linears
-from compression.core.sequential import BlockInputs, run_blockwise
-from compression.engines.pruning.common import Chosen, observe, preflight
-from compression.engines.pruning.owl import block_sparsities
+from presso.compression.configs.pruning import SparsityStep
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import Layout, find_layout, select_linears
+from presso.compression.core.sequential import BlockInputs, run_blockwise
+from presso.compression.engines.pruning.common import Chosen, observe, preflight
+from presso.compression.engines.pruning.owl import block_sparsities
 
 
 @dataclass

@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.configs.pruning import SparsityStep
-from compression.core.layout import get_weight, in_out, set_weight_
-from compression.core.sequential import BlockInputs, forward_block, observe_inputs
-from compression.core.stats import gram_
-from compression.engines.pruning.masks import check_nm, layer_mask, nm_mask, row_mask, sparsity_of
-from compression.errors import InvalidRecipe
+from presso.compression.configs.pruning import SparsityStep
+from presso.compression.core.layout import get_weight, in_out, set_weight_
+from presso.compression.core.sequential import BlockInputs, forward_block, observe_inputs
+from presso.compression.core.stats import gram_
+from presso.compression.engines.pruning.masks import check_nm, layer_mask, nm_mask, row_mask, sparsity_of
+from presso.compression.errors import InvalidRecipe
 
 Chosen = dict[int, dict[str, nn.Module]]
 

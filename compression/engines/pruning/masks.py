@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from compression.errors import InvalidRecipe
+from presso.compression.errors import InvalidRecipe
 
 
 def count_pruned(numel: int, sparsity: float) -> int:

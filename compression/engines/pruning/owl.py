@@ -15,11 +15,11 @@ import logging
 import torch
 from torch import nn
 
-from compression.configs.pruning import AllocationMixin, SparsityStep
-from compression.core.context import StepContext
-from compression.core.layout import Layout, get_weight
-from compression.core.sequential import BlockInputs, run_blockwise
-from compression.engines.pruning.common import Chosen, SquaredNorms, observe, wanda_scores
+from presso.compression.configs.pruning import AllocationMixin, SparsityStep
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import Layout, get_weight
+from presso.compression.core.sequential import BlockInputs, run_blockwise
+from presso.compression.engines.pruning.common import Chosen, SquaredNorms, observe, wanda_scores
 
 log = logging.getLogger(__name__)
 MAX_SPARSITY = 0.99

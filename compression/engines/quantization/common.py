@@ -6,10 +6,10 @@ from typing import Any
 
 from torch import nn
 
-from compression.configs.quantization import QuantArgs, QuantStep
-from compression.core.layout import in_out
-from compression.core.quant import resolve_group
-from compression.errors import InvalidRecipe
+from presso.compression.configs.quantization import QuantArgs, QuantStep
+from presso.compression.core.layout import in_out
+from presso.compression.core.quant import resolve_group
+from presso.compression.errors import InvalidRecipe
 
 
 def schemes_for(chosen: dict[int, dict[str, nn.Module]], cfg: QuantStep) -> dict[str, QuantArgs | None]:

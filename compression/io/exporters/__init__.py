@@ -12,9 +12,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from compression.io.exporters.lowrank import LowRankExporter
-from compression.io.exporters.quantized import PackQuantizedExporter
-from compression.io.exporters.sparse import SparseBitmaskExporter
+from presso.compression.io.exporters.lowrank import LowRankExporter
+from presso.compression.io.exporters.quantized import PackQuantizedExporter
+from presso.compression.io.exporters.sparse import SparseBitmaskExporter
 
 
 class Exporter(Protocol):

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from compression.engines.lowrank.modules import FactorizedLinear, LoRAResidualLinear
+from presso.compression.engines.lowrank.modules import FactorizedLinear, LoRAResidualLinear
 
 ADAPTER_DIR = "adapter"
 CONFIG_KEY = "presso_lowrank"

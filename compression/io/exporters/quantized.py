@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.core.layout import quantized_of
-from compression.core.packing import pack_int, pack_zero_points
-from compression.core.staging import to_device, to_host
-from compression.io.exporters.device import export_device
+from presso.compression.core.layout import quantized_of
+from presso.compression.core.packing import pack_int, pack_zero_points
+from presso.compression.core.staging import to_device, to_host
+from presso.compression.io.exporters.device import export_device
 
 
 def _scheme_key(qw: Any) -> tuple[int, int, bool]:

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from compression.core.layout import quantized_of
-from compression.core.staging import to_device, to_host
-from compression.io.exporters.device import export_device
+from presso.compression.core.layout import quantized_of
+from presso.compression.core.staging import to_device, to_host
+from presso.compression.io.exporters.device import export_device
 
 SUFFIXES = ("compressed", "bitmask", "row_offsets", "shape")
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

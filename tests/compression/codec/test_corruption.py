@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compression import codec
-from compression.errors import CodecError
+from presso.compression import codec
+from presso.compression.errors import CodecError
 
 from .conftest import SafetensorsFn
 

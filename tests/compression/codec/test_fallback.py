@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compression import codec
+from presso.compression import codec
 
 from .conftest import bf16_bytes, build_safetensors
 

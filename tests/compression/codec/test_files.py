@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compression import codec
-from compression.errors import CodecError
+from presso.compression import codec
+from presso.compression.errors import CodecError
 
 from .conftest import SafetensorsFn
 
@@ -61,8 +61,8 @@ def test_pack_unpack_dir(tmp_path: Path, model_dir: Path) -> None:
 
 
 def test_pack_in_place_and_engine(tmp_path: Path, model_dir: Path) -> None:
-    from compression.configs.lossless import LosslessConfig
-    from compression.registry import engine_for
+    from presso.compression.configs.lossless import LosslessConfig
+    from presso.compression.registry import engine_for
 
     before = {p.relative_to(model_dir).as_posix(): sha(p) for p in model_dir.rglob("*") if p.is_file()}
     engine = engine_for(LosslessConfig())

@@ -7,9 +7,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from compression import codec
-from compression.codec import format as fmt
-from compression.codec import native
+from presso.compression import codec
+from presso.compression.codec import format as fmt
+from presso.compression.codec import native
 
 from .conftest import SafetensorsFn, bf16_bytes
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from compression.core.layout import find_layout, get_weight, select_linears, set_weight_
-from compression.errors import NoTargetModules, UnsupportedModel
+from presso.compression.core.layout import find_layout, get_weight, select_linears, set_weight_
+from presso.compression.errors import NoTargetModules, UnsupportedModel
 
 
 def test_finds_llama_blocks(tiny_llama):

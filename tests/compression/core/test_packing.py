@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compression.core.packing import pack_int, pack_zero_points, packed_words, unpack_int, unpack_zero_points
-from compression.core.quant import qrange
+from presso.compression.core.packing import pack_int, pack_zero_points, packed_words, unpack_int, unpack_zero_points
+from presso.compression.core.quant import qrange
 
 helpers = pytest.importorskip("compressed_tensors.compressors.pack_quantized.helpers")
 

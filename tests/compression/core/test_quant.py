@@ -6,8 +6,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from compression.configs.quantization import GPTQConfig, QuantArgs, RTNConfig
-from compression.core.quant import (
+from presso.compression.configs.quantization import GPTQConfig, QuantArgs, RTNConfig
+from presso.compression.core.quant import (
     choose_params,
     dequantize_codes,
     expand_groups,

@@ -1,8 +1,8 @@
 import torch
 
-from compression.core.context import StepContext
-from compression.core.layout import find_layout
-from compression.core.sequential import capture_inputs, forward_block, run_blockwise
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import find_layout
+from presso.compression.core.sequential import capture_inputs, forward_block, run_blockwise
 
 
 def test_blockwise_outputs_match_full_forward(tiny_llama, calib_ids):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compression.core import staging
+from presso.compression.core import staging
 
 
 def test_cpu_paths_are_plain_copies() -> None:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from compression.errors import CalibrationError
-from compression.io.calibration import generate_windows, load_windows, windows_from_ids, windows_from_text
+from presso.compression.errors import CalibrationError
+from presso.compression.io.calibration import generate_windows, load_windows, windows_from_ids, windows_from_text
 
 
 class CharTok:

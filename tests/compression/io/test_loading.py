@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from compression.errors import ModelLoadError, ModelTooLarge, UnsafeModel
-from compression.io.loading import declared_params, load_model
+from presso.compression.errors import ModelLoadError, ModelTooLarge, UnsafeModel
+from presso.compression.io.loading import declared_params, load_model
 
 
 @pytest.fixture

@@ -4,11 +4,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from compression.configs.pruning import SparseGPTConfig, WandaConfig
-from compression.core.context import StepContext
-from compression.io.artifact import write_model
-from compression.io.exporters.sparse import SparseBitmaskExporter, decode, decompress_state_, encode
-from compression.registry import engine_for
+from presso.compression.configs.pruning import SparseGPTConfig, WandaConfig
+from presso.compression.core.context import StepContext
+from presso.compression.io.artifact import write_model
+from presso.compression.io.exporters.sparse import SparseBitmaskExporter, decode, decompress_state_, encode
+from presso.compression.registry import engine_for
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -29,7 +29,7 @@ def test_torch_packbits_matches_numpy(cols):
     """The torch packer (what a mask on a GPU takes) computes numpy.packbits' bytes."""
     import numpy as np
 
-    from compression.io.exporters import sparse
+    from presso.compression.io.exporters import sparse
 
     mask = torch.rand(17, cols, generator=torch.Generator().manual_seed(cols)) < 0.4
     want = torch.from_numpy(np.packbits(mask.numpy(), axis=-1, bitorder="little"))
@@ -38,7 +38,7 @@ def test_torch_packbits_matches_numpy(cols):
 
 
 def test_two_four_detection():
-    from compression.io.exporters.sparse import is_two_four
+    from presso.compression.io.exporters.sparse import is_two_four
 
     mask = torch.tensor([[1, 1, 0, 0, 0, 1, 1, 0]], dtype=torch.bool)
     assert is_two_four(mask)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from http_helpers import Served, endless, redirect_to, send_bytes, serve_http
 
-from workers.fetch import FetchLimits
+from presso.workers.fetch import FetchLimits
 
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from workers.fetch import (
+from presso.workers.fetch import (
     FetchLimits,
     InvalidURI,
     NotFoundError,
@@ -166,7 +166,7 @@ def _fake_hub(monkeypatch: pytest.MonkeyPatch, siblings: list[tuple[str, int]], 
 def test_hf_online_prechecks_before_download(
     limits: FetchLimits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workers.fetch import ModelTooLargeError, TooLarge
+    from presso.workers.fetch import ModelTooLargeError, TooLarge
 
     calls = _fake_hub(monkeypatch, [("config.json", 10), ("model.safetensors", 100)], params=10**13)
     with pytest.raises(ModelTooLargeError):

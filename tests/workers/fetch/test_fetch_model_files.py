@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from workers.fetch import (
+from presso.workers.fetch import (
     ModelFileCorrupt,
     NotFoundError,
     TooLarge,
     UnsafeModelFile,
     safetensors_header_params,
 )
-from workers.fetch.model_files import check_name, select_model_files, strip_code_keys, validate_model_dir
+from presso.workers.fetch.model_files import check_name, select_model_files, strip_code_keys, validate_model_dir
 
 
 def test_header_params_counts_declared_parameters(h: Any, tmp_path: Path) -> None:
@@ -35,7 +35,7 @@ def test_builder_matches_the_safetensors_library(h: Any, tmp_path: Path) -> None
 
 
 def test_header_declaring_1e13_params_is_counted_from_header_alone(h: Any) -> None:
-    from workers.fetch.model_files import parse_header
+    from presso.workers.fetch.model_files import parse_header
 
     assert parse_header(h.huge_header()).params == 10**13
 

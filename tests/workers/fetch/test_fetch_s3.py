@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from workers.fetch import (
+from presso.workers.fetch import (
     FetchLimits,
     InvalidURI,
     ModelTooLargeError,
@@ -20,7 +20,7 @@ from workers.fetch import (
     fetch_model,
     fetch_model_report,
 )
-from workers.fetch.s3 import S3Source
+from presso.workers.fetch.s3 import S3Source
 
 
 @pytest.fixture

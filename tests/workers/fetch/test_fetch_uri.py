@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.fetch import InvalidURI, URINotAllowed, parse_model_uri
-from workers.fetch.errors import FetchError
+from presso.workers.fetch import InvalidURI, URINotAllowed, parse_model_uri
+from presso.workers.fetch.errors import FetchError
 
 
 def test_s3_uri() -> None:
@@ -136,8 +136,8 @@ def test_file_uri_outside_roots_refused(tmp_path: Path) -> None:
 
 
 def test_errors_are_domain_errors() -> None:
-    from compression.errors import CompressionError
-    from workers.fetch import TransientFetchError
+    from presso.compression.errors import CompressionError
+    from presso.workers.fetch import TransientFetchError
 
     assert issubclass(FetchError, CompressionError)
     assert not issubclass(TransientFetchError, CompressionError)

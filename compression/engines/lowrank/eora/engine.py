@@ -18,15 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.configs.lowrank import EoRAConfig
-from compression.core.context import StepContext
-from compression.core.layout import find_layout, get_weight, select_linears
-from compression.core.sequential import BlockInputs, run_blockwise
-from compression.engines.lowrank.common import block_covariances, check_rank
-from compression.engines.lowrank.eora.eora_math import eora_residual
-from compression.engines.lowrank.modules import LoRAResidualLinear, replace_module_
-from compression.errors import InvalidRecipe, NoTargetModules
-from compression.registry import register
+from presso.compression.configs.lowrank import EoRAConfig
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import find_layout, get_weight, select_linears
+from presso.compression.core.sequential import BlockInputs, run_blockwise
+from presso.compression.engines.lowrank.common import block_covariances, check_rank
+from presso.compression.engines.lowrank.eora.eora_math import eora_residual
+from presso.compression.engines.lowrank.modules import LoRAResidualLinear, replace_module_
+from presso.compression.errors import InvalidRecipe, NoTargetModules
+from presso.compression.registry import register
 
 log = logging.getLogger(__name__)
 

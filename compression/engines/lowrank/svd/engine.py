@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.configs.lowrank import SVDConfig
-from compression.core.context import StepContext
-from compression.core.layout import find_layout, get_weight, in_out, select_linears
-from compression.engines.lowrank.modules import FactorizedLinear, replace_module_
-from compression.engines.lowrank.svd.svd_math import (
+from presso.compression.configs.lowrank import SVDConfig
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import find_layout, get_weight, in_out, select_linears
+from presso.compression.engines.lowrank.modules import FactorizedLinear, replace_module_
+from presso.compression.engines.lowrank.svd.svd_math import (
     balanced_factors,
     factor_dense_params,
     rank_for_energy,
@@ -21,7 +21,7 @@ from compression.engines.lowrank.svd.svd_math import (
     truncation_error,
     uniform_ranks,
 )
-from compression.registry import register
+from presso.compression.registry import register
 
 log = logging.getLogger(__name__)
 

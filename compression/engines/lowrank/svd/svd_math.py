@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from compression.errors import InvalidRecipe
+from presso.compression.errors import InvalidRecipe
 
 
 def rank_for_ratio(out_f: int, in_f: int, ratio: float) -> int:

@@ -17,21 +17,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.configs.lowrank import SVDLLMConfig
-from compression.core.context import StepContext
-from compression.core.layout import Layout, find_layout, get_weight, select_linears
-from compression.core.sequential import BlockInputs, run_blockwise
-from compression.engines.lowrank.common import block_covariances
-from compression.engines.lowrank.svd.engine import factorize_, layer_shapes, summarize
-from compression.engines.lowrank.svd.svd_math import round_rank, uniform_ranks
-from compression.engines.lowrank.svd_llm.svd_llm_math import (
+from presso.compression.configs.lowrank import SVDLLMConfig
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import Layout, find_layout, get_weight, select_linears
+from presso.compression.core.sequential import BlockInputs, run_blockwise
+from presso.compression.engines.lowrank.common import block_covariances
+from presso.compression.engines.lowrank.svd.engine import factorize_, layer_shapes, summarize
+from presso.compression.engines.lowrank.svd.svd_math import round_rank, uniform_ranks
+from presso.compression.engines.lowrank.svd_llm.svd_llm_math import (
     LayerSpectrum,
     allocate_ranks,
     whitened_factors,
     whitened_svd,
     whitening,
 )
-from compression.registry import register
+from presso.compression.registry import register
 
 log = logging.getLogger(__name__)
 Chosen = dict[int, dict[str, nn.Module]]

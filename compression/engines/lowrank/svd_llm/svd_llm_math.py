@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compression.errors import InvalidRecipe
+from presso.compression.errors import InvalidRecipe
 
 MAX_DAMP_TRIES = 12
 

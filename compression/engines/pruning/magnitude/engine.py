@@ -7,12 +7,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.configs.pruning import MagnitudeConfig
-from compression.core.context import StepContext
-from compression.core.layout import find_layout, get_weight, select_linears
-from compression.engines.pruning.common import apply_mask_, choose_mask, layer_record, preflight, summarize
-from compression.engines.pruning.masks import global_threshold, threshold_mask
-from compression.registry import register
+from presso.compression.configs.pruning import MagnitudeConfig
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import find_layout, get_weight, select_linears
+from presso.compression.engines.pruning.common import apply_mask_, choose_mask, layer_record, preflight, summarize
+from presso.compression.engines.pruning.masks import global_threshold, threshold_mask
+from presso.compression.registry import register
 
 
 @register(MagnitudeConfig)

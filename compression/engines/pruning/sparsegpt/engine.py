@@ -14,16 +14,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.configs.pruning import SparseGPTConfig
-from compression.configs.quantization import QuantArgs
-from compression.core.context import StepContext
-from compression.core.layout import get_weight, in_out, set_quantized_, set_weight_
-from compression.core.quant import resolve_group
-from compression.engines.pruning.calibrated import plan, prune_blockwise
-from compression.engines.pruning.common import Hessians, layer_record, summarize
-from compression.engines.pruning.sparsegpt.sparsegpt_math import sparsegpt_prune
-from compression.errors import InvalidRecipe
-from compression.registry import register
+from presso.compression.configs.pruning import SparseGPTConfig
+from presso.compression.configs.quantization import QuantArgs
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import get_weight, in_out, set_quantized_, set_weight_
+from presso.compression.core.quant import resolve_group
+from presso.compression.engines.pruning.calibrated import plan, prune_blockwise
+from presso.compression.engines.pruning.common import Hessians, layer_record, summarize
+from presso.compression.engines.pruning.sparsegpt.sparsegpt_math import sparsegpt_prune
+from presso.compression.errors import InvalidRecipe
+from presso.compression.registry import register
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from compression.configs.quantization import QuantArgs
-from compression.core.quant import QuantizedWeight, choose_params, make_quantized, qrange
-from compression.core.stats import inverse_cholesky_upper
-from compression.engines.pruning.masks import count_pruned, keep_all_but_smallest
-from kernels.obs import obs_block
+from presso.compression.configs.quantization import QuantArgs
+from presso.compression.core.quant import QuantizedWeight, choose_params, make_quantized, qrange
+from presso.compression.core.stats import inverse_cholesky_upper
+from presso.compression.engines.pruning.masks import count_pruned, keep_all_but_smallest
+from presso.kernels.obs import obs_block
 
 
 @dataclass
@@ -109,7 +109,7 @@ def _prune_block(w1: torch.Tensor, u1: torch.Tensor, j0: int, sparsity: float, n
     """Prune (and quantize) the columns of one block in place; returns the scaled errors and the loss.
 
     Unstructured pruning without joint quantization fixes the block's mask up front, so the column
-    loop is ``kernels.obs`` (one Triton launch per block on CUDA); N:M masks and joint quantization
+    loop is ``presso.kernels.obs`` (one Triton launch per block on CUDA); N:M masks and joint quantization
     choose per column group from the updated weights and run the loop here.
     """
     d = torch.diag(u1)

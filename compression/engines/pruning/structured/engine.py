@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.configs.pruning import PruneStructuredConfig
-from compression.core.context import StepContext
-from compression.core.layout import find_layout
-from compression.core.sequential import BlockInputs, forward_block, run_blockwise
-from compression.engines.pruning.common import Hessians, observe
-from compression.engines.pruning.structured import structured_math as sm
-from compression.engines.pruning.structured.surgery import (
+from presso.compression.configs.pruning import PruneStructuredConfig
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import find_layout
+from presso.compression.core.sequential import BlockInputs, forward_block, run_blockwise
+from presso.compression.engines.pruning.common import Hessians, observe
+from presso.compression.engines.pruning.structured import structured_math as sm
+from presso.compression.engines.pruning.structured.surgery import (
     BlockParts,
     Geometry,
     block_parts,
@@ -33,8 +33,8 @@ from compression.engines.pruning.structured.surgery import (
     unit_params,
     update_config_,
 )
-from compression.errors import InvalidRecipe
-from compression.registry import register
+from presso.compression.errors import InvalidRecipe
+from presso.compression.registry import register
 
 log = logging.getLogger(__name__)
 

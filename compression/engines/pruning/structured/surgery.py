@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.core.layout import Layout
-from compression.errors import UnsupportedModel
+from presso.compression.core.layout import Layout
+from presso.compression.errors import UnsupportedModel
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.configs.pruning import WandaConfig
-from compression.core.context import StepContext
-from compression.engines.pruning.calibrated import plan, prune_blockwise
-from compression.engines.pruning.common import (
+from presso.compression.configs.pruning import WandaConfig
+from presso.compression.core.context import StepContext
+from presso.compression.engines.pruning.calibrated import plan, prune_blockwise
+from presso.compression.engines.pruning.common import (
     SquaredNorms,
     apply_mask_,
     choose_mask,
@@ -22,7 +22,7 @@ from compression.engines.pruning.common import (
     summarize,
     wanda_scores,
 )
-from compression.registry import register
+from presso.compression.registry import register
 
 
 @register(WandaConfig)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from compression.configs.quantization import QuantArgs
-from compression.core.quant import choose_params, dequantize_codes, quantize_codes
+from presso.compression.configs.quantization import QuantArgs
+from presso.compression.core.quant import choose_params, dequantize_codes, quantize_codes
 
 
 def awq_scales(x_abs_mean: torch.Tensor, alpha: float) -> torch.Tensor:

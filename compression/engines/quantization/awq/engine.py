@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.configs.quantization import AWQConfig, GPTQConfig, QuantArgs
-from compression.core.context import StepContext
-from compression.core.layout import (
+from presso.compression.configs.quantization import AWQConfig, GPTQConfig, QuantArgs
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import (
     block_linears,
     find_layout,
     get_weight,
@@ -35,19 +35,19 @@ from compression.core.layout import (
     select_linears,
     set_weight_,
 )
-from compression.core.sequential import BlockInputs, forward_block, run_blockwise
-from compression.engines.quantization.awq.awq_math import (
+from presso.compression.core.sequential import BlockInputs, forward_block, run_blockwise
+from presso.compression.engines.quantization.awq.awq_math import (
     fake_quant,
     ranked_alphas,
     scale_hessian,
     scales_for,
     search_scales,
 )
-from compression.engines.quantization.awq.fold import Producer, fold_, fold_is_exact, identity_producers, norm_like
-from compression.engines.quantization.common import layer_record, schemes_for
-from compression.engines.quantization.gptq.engine import solve_shared, uncalled
-from compression.engines.quantization.gptq.observe import InputGroups, observe_block
-from compression.registry import register
+from presso.compression.engines.quantization.awq.fold import Producer, fold_, fold_is_exact, identity_producers, norm_like
+from presso.compression.engines.quantization.common import layer_record, schemes_for
+from presso.compression.engines.quantization.gptq.engine import solve_shared, uncalled
+from presso.compression.engines.quantization.gptq.observe import InputGroups, observe_block
+from presso.compression.registry import register
 
 log = logging.getLogger(__name__)
 Plan = dict[tuple[str, ...], Producer | None]

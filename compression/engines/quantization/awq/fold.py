@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.core.layout import get_weight, is_linear, set_weight_
-from compression.core.sequential import forward_block
+from presso.compression.core.layout import get_weight, is_linear, set_weight_
+from presso.compression.core.sequential import forward_block
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def identity_producers(block: nn.Module, h: torch.Tensor, kw: dict[str, Any], li
 def fold_is_exact(block: nn.Module, producer: nn.Module, kind: str, consumers: list[nn.Module],
                   h: torch.Tensor, kw: dict[str, Any], width: int, seed: int = 0) -> bool:
     """True when folding random scales leaves the block's output unchanged (weights restored after)."""
-    from compression.core.sequential import BlockInputs
+    from presso.compression.core.sequential import BlockInputs
 
     params = [p for m in (producer, *consumers) for p in m.parameters(recurse=False)]
     saved = [p.data.clone() for p in params]

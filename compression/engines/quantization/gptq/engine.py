@@ -15,16 +15,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.configs.quantization import GPTQConfig, QuantArgs
-from compression.core.context import StepContext
-from compression.core.layout import find_layout, get_weight, select_linears, set_quantized_
-from compression.core.quant import QuantizedWeight, quantize_rtn, relative_error
-from compression.core.sequential import BlockInputs, run_blockwise
-from compression.engines.quantization.common import layer_record, schemes_for
-from compression.engines.quantization.gptq.gptq_math import output_error, quantize_weight
-from compression.engines.quantization.gptq.observe import observe_block
-from compression.errors import InvalidRecipe
-from compression.registry import register
+from presso.compression.configs.quantization import GPTQConfig, QuantArgs
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import find_layout, get_weight, select_linears, set_quantized_
+from presso.compression.core.quant import QuantizedWeight, quantize_rtn, relative_error
+from presso.compression.core.sequential import BlockInputs, run_blockwise
+from presso.compression.engines.quantization.common import layer_record, schemes_for
+from presso.compression.engines.quantization.gptq.gptq_math import output_error, quantize_weight
+from presso.compression.engines.quantization.gptq.observe import observe_block
+from presso.compression.errors import InvalidRecipe
+from presso.compression.registry import register
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from compression.configs.quantization import QuantArgs
-from compression.core.quant import QuantizedWeight, choose_params, expand_groups, make_quantized, qrange
-from compression.core.stats import gram_, inverse_cholesky_upper
-from kernels.obs import obs_block
+from presso.compression.configs.quantization import QuantArgs
+from presso.compression.core.quant import QuantizedWeight, choose_params, expand_groups, make_quantized, qrange
+from presso.compression.core.stats import gram_, inverse_cholesky_upper
+from presso.kernels.obs import obs_block
 
 
 class HessianAccumulator:
@@ -138,7 +138,7 @@ def _solve(
 
     Dynamic groups read ``w`` as it is when the solver enters the block holding the group's
     first column (``w`` itself only changes between blocks), so every group starting in a block
-    is chosen at the block's start and the column loop itself (``kernels.obs``) only looks
+    is chosen at the block's start and the column loop itself (``presso.kernels.obs``) only looks
     parameters up.
     """
     n, k = w.shape

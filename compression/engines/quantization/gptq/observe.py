@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.core.sequential import BlockInputs, observe_inputs
-from compression.engines.quantization.gptq.gptq_math import HessianAccumulator
+from presso.compression.core.sequential import BlockInputs, observe_inputs
+from presso.compression.engines.quantization.gptq.gptq_math import HessianAccumulator
 
 
 def _key(x: torch.Tensor) -> tuple[Any, ...]:

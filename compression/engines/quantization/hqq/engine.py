@@ -7,13 +7,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.configs.quantization import HQQConfig
-from compression.core.context import StepContext
-from compression.core.layout import find_layout, get_weight, select_linears, set_quantized_
-from compression.core.quant import relative_error
-from compression.engines.quantization.common import layer_record, schemes_for
-from compression.engines.quantization.hqq.hqq_math import HQQParams, quantize_hqq
-from compression.registry import register
+from presso.compression.configs.quantization import HQQConfig
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import find_layout, get_weight, select_linears, set_quantized_
+from presso.compression.core.quant import relative_error
+from presso.compression.engines.quantization.common import layer_record, schemes_for
+from presso.compression.engines.quantization.hqq.hqq_math import HQQParams, quantize_hqq
+from presso.compression.registry import register
 
 
 @register(HQQConfig)

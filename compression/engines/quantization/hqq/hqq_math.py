@@ -21,7 +21,7 @@ lower squared error: HQQ's l_p fit wins on heavy-tailed groups, while the ``mse`
 is often better in l2 on near-Gaussian ones, and l2 is what the layer output sees. So HQQ is
 never worse than RTN (min/max or mse) in squared weight error.
 
-Codes follow :mod:`compression.core.quant`: ``W ~ (q - z) * s``, ``q`` in the signed range.
+Codes follow :mod:`presso.compression.core.quant`: ``W ~ (q - z) * s``, ``q`` in the signed range.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from compression.configs.quantization import QuantArgs
-from compression.core.quant import QuantizedWeight, choose_params, make_quantized, params_from_range, qrange
+from presso.compression.configs.quantization import QuantArgs
+from presso.compression.core.quant import QuantizedWeight, choose_params, make_quantized, params_from_range, qrange
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from compression.configs.quantization import RTNConfig
-from compression.core.context import StepContext
-from compression.core.layout import find_layout, get_weight, select_linears, set_quantized_
-from compression.core.quant import relative_error
-from compression.engines.quantization.common import layer_record, schemes_for
-from compression.engines.quantization.rtn.rtn_math import quantize_rtn
-from compression.registry import register
+from presso.compression.configs.quantization import RTNConfig
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import find_layout, get_weight, select_linears, set_quantized_
+from presso.compression.core.quant import relative_error
+from presso.compression.engines.quantization.common import layer_record, schemes_for
+from presso.compression.engines.quantization.rtn.rtn_math import quantize_rtn
+from presso.compression.registry import register
 
 
 @register(RTNConfig)

@@ -1,5 +1,5 @@
 """Round-to-nearest is the shared quantizer itself; re-exported here so the method has one home."""
 
-from compression.core.quant import quantize_rtn
+from presso.compression.core.quant import quantize_rtn
 
 __all__ = ["quantize_rtn"]

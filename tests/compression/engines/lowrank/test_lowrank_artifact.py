@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from compression.core.context import StepContext
-from compression.io.artifact import write_model
-from compression.pipeline import compress
-from compression.recipe import parse_recipe
+from presso.compression.core.context import StepContext
+from presso.compression.io.artifact import write_model
+from presso.compression.pipeline import compress
+from presso.compression.recipe import parse_recipe
 
 
 def compressed(model, steps, calib):

@@ -6,12 +6,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from compression.core.context import StepContext
-from compression.core.layout import find_layout, quantized_of
-from compression.engines.lowrank.modules import FactorizedLinear, LoRAResidualLinear
-from compression.errors import CalibrationRequired, InvalidRecipe
-from compression.pipeline import compress
-from compression.recipe import parse_recipe
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import find_layout, quantized_of
+from presso.compression.engines.lowrank.modules import FactorizedLinear, LoRAResidualLinear
+from presso.compression.errors import CalibrationRequired, InvalidRecipe
+from presso.compression.pipeline import compress
+from presso.compression.recipe import parse_recipe
 
 
 def run(model, steps, calib=None):
@@ -104,7 +104,7 @@ def test_bad_input_is_rejected(tiny_llama, calib_ids):
         run(tiny_llama, [{"method": "svd", "ratio": 0.995}])
     with pytest.raises(CalibrationRequired):
         run(tiny_llama, [{"method": "svd_llm", "ratio": 0.2}])
-    from compression.registry import engine_for
+    from presso.compression.registry import engine_for
 
     cfg = parse_recipe({"steps": [{"method": "rtn"}, {"method": "eora"}]}).steps[1]
     with pytest.raises(InvalidRecipe, match="before the lossy"):

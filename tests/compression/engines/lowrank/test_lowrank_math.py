@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from compression.engines.lowrank.eora.eora_math import eora_residual
-from compression.engines.lowrank.svd.svd_math import (
+from presso.compression.engines.lowrank.eora.eora_math import eora_residual
+from presso.compression.engines.lowrank.svd.svd_math import (
     balanced_factors,
     rank_for_energy,
     rank_for_ratio,
@@ -13,14 +13,14 @@ from compression.engines.lowrank.svd.svd_math import (
     truncation_error,
     uniform_ranks,
 )
-from compression.engines.lowrank.svd_llm.svd_llm_math import (
+from presso.compression.engines.lowrank.svd_llm.svd_llm_math import (
     LayerSpectrum,
     allocate_ranks,
     whitened_factors,
     whitened_svd,
     whitening,
 )
-from compression.errors import InvalidRecipe
+from presso.compression.errors import InvalidRecipe
 
 
 def _gen(seed=0):

@@ -2,12 +2,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from compression.configs.pruning import MagnitudeConfig, SparseGPTConfig, WandaConfig
-from compression.core.context import StepContext
-from compression.core.layout import find_layout, get_weight, is_linear, quantized_of
-from compression.engines.pruning.masks import is_nm, sparsity_of
-from compression.errors import InvalidRecipe
-from compression.registry import engine_for
+from presso.compression.configs.pruning import MagnitudeConfig, SparseGPTConfig, WandaConfig
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import find_layout, get_weight, is_linear, quantized_of
+from presso.compression.engines.pruning.masks import is_nm, sparsity_of
+from presso.compression.errors import InvalidRecipe
+from presso.compression.registry import engine_for
 
 
 def _linears(model):

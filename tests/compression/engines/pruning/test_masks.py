@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from compression.engines.pruning.masks import (
+from presso.compression.engines.pruning.masks import (
     check_nm,
     global_threshold,
     is_nm,
@@ -10,8 +10,8 @@ from compression.engines.pruning.masks import (
     row_mask,
     threshold_mask,
 )
-from compression.engines.pruning.owl import allocate, outlier_ratio
-from compression.errors import InvalidRecipe
+from presso.compression.engines.pruning.owl import allocate, outlier_ratio
+from presso.compression.errors import InvalidRecipe
 
 
 @pytest.mark.parametrize(("n", "m"), [(2, 4), (4, 8), (1, 4), (3, 8)])

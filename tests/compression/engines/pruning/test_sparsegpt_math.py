@@ -1,8 +1,8 @@
 import torch
 
-from compression.configs.quantization import QuantArgs
-from compression.engines.pruning.masks import is_nm, nm_mask, row_mask
-from compression.engines.pruning.sparsegpt.sparsegpt_math import sparsegpt_prune
+from presso.compression.configs.quantization import QuantArgs
+from presso.compression.engines.pruning.masks import is_nm, nm_mask, row_mask
+from presso.compression.engines.pruning.sparsegpt.sparsegpt_math import sparsegpt_prune
 
 
 def _correlated_inputs(n=2048, k=128, seed=0):

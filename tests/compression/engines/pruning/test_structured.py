@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from compression.configs.pruning import PruneStructuredConfig
-from compression.core.context import StepContext
-from compression.engines.pruning.structured import structured_math as sm
-from compression.errors import InvalidRecipe
-from compression.io.artifact import write_model
-from compression.registry import engine_for
+from presso.compression.configs.pruning import PruneStructuredConfig
+from presso.compression.core.context import StepContext
+from presso.compression.engines.pruning.structured import structured_math as sm
+from presso.compression.errors import InvalidRecipe
+from presso.compression.io.artifact import write_model
+from presso.compression.registry import engine_for
 
 
 def _run(model, cfg, calib):

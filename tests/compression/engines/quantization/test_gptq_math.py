@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compression.configs.quantization import QuantArgs
-from compression.core.quant import choose_params, qrange, quantize_rtn
-from compression.core.stats import inverse_cholesky_upper
-from compression.engines.quantization.gptq.gptq_math import (
+from presso.compression.configs.quantization import QuantArgs
+from presso.compression.core.quant import choose_params, qrange, quantize_rtn
+from presso.compression.core.stats import inverse_cholesky_upper
+from presso.compression.engines.quantization.gptq.gptq_math import (
     HessianAccumulator,
     output_error,
     quantize_weight,
@@ -119,8 +119,8 @@ def test_gptq_keeps_a_pruning_mask():
     """sparsegpt -> gptq: pruned weights stay exactly zero after quantization."""
     import torch
 
-    from compression.configs.quantization import QuantArgs
-    from compression.engines.quantization.gptq.gptq_math import quantize_weight
+    from presso.compression.configs.quantization import QuantArgs
+    from presso.compression.engines.quantization.gptq.gptq_math import quantize_weight
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(16, 64, generator=g)

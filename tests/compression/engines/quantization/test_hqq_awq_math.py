@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from compression.configs.quantization import QuantArgs
-from compression.core.quant import qrange, quantize_rtn
-from compression.engines.quantization.awq.awq_math import awq_scales, scale_hessian, search_scales
-from compression.engines.quantization.awq.fold import fold_
-from compression.engines.quantization.hqq.hqq_math import HQQParams, optimize_zero, quantize_hqq, shrink_lp
+from presso.compression.configs.quantization import QuantArgs
+from presso.compression.core.quant import qrange, quantize_rtn
+from presso.compression.engines.quantization.awq.awq_math import awq_scales, scale_hessian, search_scales
+from presso.compression.engines.quantization.awq.fold import fold_
+from presso.compression.engines.quantization.hqq.hqq_math import HQQParams, optimize_zero, quantize_hqq, shrink_lp
 
 
 def _heavy(n: int = 64, k: int = 128, seed: int = 0) -> torch.Tensor:

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from compression.configs.quantization import GPTQConfig, HQQConfig, QuantOverride
-from compression.core.context import StepContext
-from compression.io.artifact import write_model
-from compression.registry import engine_for
+from presso.compression.configs.quantization import GPTQConfig, HQQConfig, QuantOverride
+from presso.compression.core.context import StepContext
+from presso.compression.io.artifact import write_model
+from presso.compression.registry import engine_for
 
 pytest.importorskip("compressed_tensors")
 
@@ -66,7 +66,7 @@ def test_asymmetric_artifact_is_standard(tmp_path, make_model, monkeypatch):
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
     from safetensors.torch import load_file
 
-    from compression.core.layout import quantized_of
+    from presso.compression.core.layout import quantized_of
 
     state = load_file(str(tmp_path / "model.safetensors"))
     zp = state["model.layers.0.mlp.up_proj.weight_zero_point"]

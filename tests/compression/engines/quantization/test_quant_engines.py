@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from compression.configs.quantization import AWQConfig, GPTQConfig, HQQConfig, QuantArgs, QuantOverride, RTNConfig
-from compression.core.context import StepContext
-from compression.core.layout import find_layout, get_weight, is_linear, quantized_of
-from compression.errors import InvalidRecipe, NoTargetModules
-from compression.registry import engine_for
+from presso.compression.configs.quantization import AWQConfig, GPTQConfig, HQQConfig, QuantArgs, QuantOverride, RTNConfig
+from presso.compression.core.context import StepContext
+from presso.compression.core.layout import find_layout, get_weight, is_linear, quantized_of
+from presso.compression.errors import InvalidRecipe, NoTargetModules
+from presso.compression.registry import engine_for
 
 
 def _run(model, cfg, calib=None):
@@ -163,8 +163,8 @@ def test_hqq_engine_asymmetric_integer_zero_points(make_model):
 
 
 def test_awq_block_verifier_leaves_weights_untouched(make_model, calib):
-    from compression.core.sequential import BlockInputs, forward_block
-    from compression.engines.quantization.awq.engine import Verifier, calibration_subset
+    from presso.compression.core.sequential import BlockInputs, forward_block
+    from presso.compression.engines.quantization.awq.engine import Verifier, calibration_subset
 
     model = make_model("llama")
     block = model.model.layers[0]

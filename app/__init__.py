@@ -1,1 +1,0 @@
-"""Presso API tier: FastAPI front end. Never imports torch."""
