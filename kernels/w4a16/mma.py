@@ -1,9 +1,12 @@
 """Tensor-core W4A16 matmul (kernels/w4a16/mma.cu) for batch 1..16: build, load, launch.
 
-The CUDA source is compiled with ``nvcc`` on first use (a few seconds) into a per-user cache
-keyed by the source, the compiler and the GPU's architecture, and loaded with ``ctypes``: no
-PyTorch extension build, no Python headers. Where ``nvcc`` or a CUDA device is missing,
-``available()`` is False and callers use the Triton kernels or the reference.
+Built ahead of time where a CUDA toolchain exists: ``presso build-kernels --arch sm_90`` (the GPU
+worker image runs it at build time) writes ``mma-<arch>-prebuilt-<source hash>.so`` into the kernel
+cache (``PRESSO_KERNEL_CACHE``), which is loaded without ``nvcc``. Failing that, the source is
+compiled with ``nvcc`` on first use (a few seconds) into the same cache, keyed by the source, the
+compiler and the GPU's architecture. Loaded with ``ctypes``: no PyTorch extension build, no Python
+headers. Where neither a build nor ``nvcc`` nor a CUDA device exists, ``available()`` is False and
+callers use the Triton kernels or the reference; ``presso doctor`` says which.
 
 Format: 4-bit, symmetric or with zero points, groups of a power-of-two number of 64-wide chunks or
 channel-wise, bf16 activations. The pure-torch reference for the layout is ``reference.mma_repack`` /
@@ -24,7 +27,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-
 from presso.kernels.support import tensor_bytes
 from presso.kernels.w4a16 import reference as ref
 
@@ -79,19 +81,64 @@ def build(nvcc: str, arch: str, source: Path = SOURCE) -> Path:
     return out
 
 
+def prebuilt_path(arch: str, source: Path = SOURCE) -> Path:
+    """Where ``prebuild`` puts the kernel for ``arch``: keyed by the source alone, loadable without nvcc."""
+    tag = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    return _cache_dir() / f"{source.stem}-{arch}-prebuilt-{tag}.so"
+
+
+def prebuild(arch: str, nvcc: str | None = None) -> Path:
+    """Compile the kernel for ``arch`` ahead of time (image build, ``presso build-kernels``)."""
+    nvcc = nvcc or nvcc_path()
+    if nvcc is None:
+        raise RuntimeError("nvcc not found (set PRESSO_NVCC or CUDA_HOME)")
+    out = prebuilt_path(arch)
+    if os.environ.get("PRESSO_W4A16_NVCC_FLAGS"):
+        raise RuntimeError("PRESSO_W4A16_NVCC_FLAGS is for experiments; unset it to prebuild the product kernel")
+    built = build(nvcc, arch)
+    tmp = out.with_suffix(".tmp")
+    shutil.copyfile(built, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def status() -> str:
+    """One line for ``presso doctor``: which build the tensor-core kernel would use here."""
+    if not torch.cuda.is_available():
+        return "off (no CUDA device)"
+    major, minor = torch.cuda.get_device_capability()
+    arch = f"sm_{major}{minor}"
+    if major < 8:
+        return f"off ({arch} < sm_80)"
+    if prebuilt_path(arch).is_file():
+        return f"prebuilt ({prebuilt_path(arch)})"
+    nvcc = nvcc_path()
+    return f"built on first use with {nvcc}" if nvcc else f"off (no prebuilt {arch} kernel and no nvcc)"
+
+
+def _locate(arch: str) -> Path | None:
+    prebuilt = prebuilt_path(arch)
+    if prebuilt.is_file() and not os.environ.get("PRESSO_W4A16_NVCC_FLAGS"):
+        return prebuilt
+    nvcc = nvcc_path()
+    if nvcc is None:
+        log.info("no prebuilt %s kernel and no nvcc: the tensor-core W4A16 kernel is off", arch)
+        return None
+    return build(nvcc, arch)
+
+
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
     if not torch.cuda.is_available():
-        return None
-    nvcc = nvcc_path()
-    if nvcc is None:
-        log.info("nvcc not found: the tensor-core W4A16 kernel is off (Triton kernels are used)")
         return None
     major, minor = torch.cuda.get_device_capability()
     if major < 8:
         return None
     try:
-        lib = ctypes.CDLL(str(build(nvcc, f"sm_{major}{minor}")))
+        path = _locate(f"sm_{major}{minor}")
+        if path is None:
+            return None
+        lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         log.warning("tensor-core W4A16 kernel unavailable: %s", exc)
         return None
