@@ -75,6 +75,10 @@ bench: setup
 bench-service: setup services
 	$(PY) bench/service.py
 
+# mypy checks the installed layout (presso.app, presso.compression, ...): a tree of links under build/typecheck.
 lint: setup
-	$(VENV)/bin/ruff check app workers presso compression kernels tests bench
-	$(VENV)/bin/mypy
+	$(VENV)/bin/ruff check app workers presso compression kernels migrations tests bench setup.py
+	rm -rf build/typecheck && mkdir -p build/typecheck/presso
+	for f in presso/*; do ln -s ../../../$$f build/typecheck/presso/; done
+	for d in app workers compression kernels; do ln -s ../../../$$d build/typecheck/presso/$$d; done
+	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p presso
