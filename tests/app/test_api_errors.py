@@ -48,6 +48,16 @@ def test_bad_recipe_is_422_naming_the_field(api: Api, recipe: dict[str, Any], fi
         "no-scheme",
         "http://example.com/model.safetensors",
         "https://169.254.169.254/latest/meta-data",
+        # IP literals in every form inet_aton reads: parsed to the address, then guarded (issue 18)
+        "https://0177.0.0.1:8443/m/model.safetensors",
+        "https://2130706433/m/model.safetensors",
+        "https://0x7f000001/m/model.safetensors",
+        "https://127.1/m/model.safetensors",
+        "https://0251.0376.0251.0376/latest/meta-data/",
+        # hosts the fetcher could not use: 422 now, never a job retried until max_attempts_exceeded
+        "https://999.1.1.1/m/model.safetensors",
+        "https://1.2.3.4.5/m/model.safetensors",
+        "https://[::ffff:0177.0.0.1]/m/model.safetensors",
     ],
 )
 def test_malformed_or_refused_uri_is_422(app_client: Any, make_settings: Any, uri: str) -> None:

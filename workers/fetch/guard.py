@@ -8,7 +8,6 @@ is impossible. TLS still uses the URL's host name for SNI and certificate verifi
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import ssl
@@ -24,91 +23,27 @@ import httpx
 from presso.workers.fetch.errors import (
     FetchError,
     FetchTimeout,
+    InvalidURI,
     NotFoundError,
     TransientFetchError,
     URINotAllowed,
 )
+from presso.workers.fetch.hosts import IPAddress, ip_literal, is_allowed_address, parse_allowances
 from presso.workers.fetch.limits import Budget, FetchLimits
+from presso.workers.fetch.uri import parse_model_uri
 
 log = logging.getLogger(__name__)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-_BLOCKED = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-        "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
-        "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-        "::/128", "::1/128", "100::/64", "2001:db8::/32", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
-    )
-)  # fmt: skip
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 _REDIRECTS = (301, 302, 303, 307, 308)
-
-
-@lru_cache(maxsize=64)
-def _parse_allowances(entries: tuple[str, ...]) -> tuple[tuple[Any, ...], frozenset[str]]:
-    networks, names = [], set()
-    for entry in entries:
-        try:
-            networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
-        except ValueError:
-            names.add(entry.lower().rstrip("."))
-    return tuple(networks), frozenset(names)
-
-
-def _embedded_v4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    found = []
-    if addr.ipv4_mapped is not None:
-        found.append(addr.ipv4_mapped)
-    elif int(addr) >> 32 == 0 and int(addr) > 1:  # deprecated IPv4-compatible ::a.b.c.d
-        found.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
-    if any(addr in net for net in _NAT64):
-        found.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
-    if addr.sixtofour is not None:
-        found.append(addr.sixtofour)
-    if addr.teredo is not None:
-        found.extend(addr.teredo)
-    return found
-
-
-def _is_public(addr: IPAddress) -> bool:
-    if any(addr.version == net.version and addr in net for net in _BLOCKED):
-        return False
-    flags = (addr.is_loopback, addr.is_private, addr.is_link_local, addr.is_multicast, addr.is_reserved)
-    return addr.is_global and not any(flags) and not addr.is_unspecified
-
-
-def is_allowed_address(addr: IPAddress, allow_private_hosts: Iterable[str] = ()) -> bool:
-    """True when ``addr`` is public, or explicitly allowed by a CIDR in ``allow_private_hosts``.
-
-    IPv4-mapped and IPv4-compatible IPv6 addresses are judged by their IPv4 address; NAT64, 6to4
-    and Teredo addresses must pass both as IPv6 and for the IPv4 address they embed.
-    """
-    networks, _ = _parse_allowances(tuple(allow_private_hosts))
-    if isinstance(addr, ipaddress.IPv6Address):
-        addr = ipaddress.IPv6Address(int(addr))  # drop any %scope
-        embedded = _embedded_v4(addr)
-        mapped = addr.ipv4_mapped is not None or (int(addr) >> 32 == 0 and int(addr) > 1)
-        candidates: list[IPAddress] = [*embedded] if mapped else [addr, *embedded]
-    else:
-        candidates = [addr]
-
-    def ok(a: IPAddress) -> bool:
-        return any(a.version == n.version and a in n for n in networks) or _is_public(a)
-
-    return all(ok(a) for a in candidates)
+__all__ = ["SafeHttp", "is_allowed_address", "resolve_checked"]
 
 
 def resolve_checked(host: str, port: int, allow_private_hosts: Iterable[str] = ()) -> str:
     """Resolve ``host`` once and return the address to connect to; refuse non-public addresses."""
     allowances = tuple(allow_private_hosts)
-    _, names = _parse_allowances(allowances)
+    _, names = parse_allowances(allowances)
     host = host.lower().strip("[]").rstrip(".")
-    try:
-        literal: IPAddress | None = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
+    literal: IPAddress | None = ip_literal(host)  # the same reading of IP literals as at submit
     if literal is not None:
         infos = [str(literal)]
     else:
@@ -123,11 +58,18 @@ def resolve_checked(host: str, port: int, allow_private_hosts: Iterable[str] = (
         raise FetchError(f"host {host!r} has no addresses")
     if host not in names:
         for text in infos:
-            if not is_allowed_address(ipaddress.ip_address(text), allowances):
+            if not is_allowed_address(_address(text), allowances):
                 raise URINotAllowed(
                     f"host {host!r} resolves to {text}, a loopback, private, link-local or reserved address"
                 )
     return infos[0]
+
+
+def _address(text: str) -> IPAddress:
+    addr = ip_literal(text)
+    if addr is None:  # getaddrinfo answers with numeric addresses only
+        raise FetchError(f"resolver returned a non-address {text!r}")
+    return addr
 
 
 class _PinnedBackend(httpcore.NetworkBackend):
@@ -199,6 +141,20 @@ def _mapped_errors(url: str) -> Iterator[None]:
         raise TransientFetchError(f"network error fetching {url}: {exc}") from exc
     except httpx.HTTPError as exc:
         raise FetchError(f"could not fetch {url}: {exc}") from exc
+    except httpx.InvalidURL as exc:  # not an HTTPError: unmapped, it would be retried as infrastructure
+        raise InvalidURI(f"invalid URL {url!r}: {exc}") from exc
+
+
+_LOCATION = "presso_location"
+
+
+def _hold_location(resp: httpx.Response) -> None:
+    """Move Location out of httpx's reach: with it, httpx parses the redirect target itself, and a target it
+    cannot parse (``http://0177.0.0.1/``) becomes a protocol error, retried as if the network had failed.
+    ``SafeHttp.open`` reads it instead and vets every hop with ``parse_model_uri``."""
+    if "location" in resp.headers:
+        resp.extensions[_LOCATION] = resp.headers["location"]
+        del resp.headers["location"]
 
 
 class SafeHttp:
@@ -210,7 +166,8 @@ class SafeHttp:
         self._pins: dict[str, str] = {}
         headers = {"Accept-Encoding": "identity", "User-Agent": "presso-fetch/1"}
         self._client = httpx.Client(
-            transport=_PinnedTransport(self._pins), follow_redirects=False, trust_env=False, headers=headers
+            transport=_PinnedTransport(self._pins), follow_redirects=False, trust_env=False, headers=headers,
+            event_hooks={"response": [_hold_location]},
         )
 
     def close(self) -> None:
@@ -222,37 +179,43 @@ class SafeHttp:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _vet(self, url: str) -> None:
-        from presso.workers.fetch.uri import parse_model_uri
-
+    def _vet(self, url: str) -> str:
+        """Check one hop and pin its host's address; return the URL to request (IP literals canonical)."""
         parsed = parse_model_uri(
             url, allow_http=self.limits.allow_http, allow_private_hosts=self.limits.allow_private_hosts
         )
-        if parsed.scheme not in ("https", "http") or parsed.host is None:
+        if parsed.scheme not in ("https", "http") or parsed.host is None or parsed.url is None:
             raise URINotAllowed(f"redirect to a non-http(s) location {url!r} is not allowed")
         # Pin under the name httpcore will ask for: the ASCII (IDNA) host, without a trailing dot.
-        key = httpx.URL(url).raw_host.decode("ascii").lower().rstrip(".")
+        try:
+            key = httpx.URL(parsed.url).raw_host.decode("ascii").lower().rstrip(".")
+        except httpx.InvalidURL as exc:  # parse_model_uri checked this already; never a retried job
+            raise InvalidURI(f"invalid URL {url!r}: {exc}") from None
         if key not in self._pins:
             port = parsed.port or (443 if parsed.scheme == "https" else 80)
             self._pins[key] = resolve_checked(key, port, self.limits.allow_private_hosts)
+        return parsed.url
 
     @contextmanager
     def open(self, url: str, *, headers: dict[str, str] | None = None) -> Iterator[httpx.Response]:
         current = url
         for _ in range(self.limits.max_redirects + 1):
-            self._vet(current)
+            current = self._vet(current)
             left = self.budget.remaining_s()
             timeout = httpx.Timeout(left, connect=min(left, 30.0))
             with _mapped_errors(current):
                 request = self._client.build_request("GET", current, headers=headers, timeout=timeout)
                 resp = self._client.send(request, stream=True)
             if resp.status_code in _REDIRECTS:
-                location = resp.headers.get("location")
+                location = resp.extensions.get(_LOCATION)
                 resp.close()
                 if not location:
                     raise FetchError(f"{current} redirected without a Location")
                 log.info("fetch redirect %s -> %s", current, location)
-                current = urljoin(current, location)
+                try:
+                    current = urljoin(current, location)
+                except ValueError as exc:
+                    raise InvalidURI(f"{current} redirected to a malformed location {location!r}") from exc
                 continue
             try:
                 _raise_for_status(resp, current)

@@ -8,19 +8,23 @@ Accepted forms::
     file:///absolute/path                (only under an allowed root, after resolving symlinks and ..)
 
 Host names are not resolved here (that happens at fetch time, in :mod:`presso.workers.fetch.guard`), but an
-IP-literal host or ``localhost`` that the SSRF guard would refuse is refused already at parse time.
+IP-literal host or ``localhost`` that the SSRF guard would refuse is refused already at parse time. IP
+literals in any form ``inet_aton`` reads (``0177.0.0.1``, ``2130706433``, ``0x7f.1``, ``127.1``) are parsed
+by :func:`presso.workers.fetch.hosts.ip_literal`, and ``ParsedURI.url`` names the address in its canonical
+form, so the fetcher's HTTP client connects to exactly the address that was checked. Every URL this
+accepts is one the fetcher's HTTP client can parse: what it could not is ``invalid_uri`` here, at submit.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from presso.workers.fetch.errors import InvalidURI, URINotAllowed
+from presso.workers.fetch.hosts import IPAddress, check_host_name, ip_literal, is_allowed_address, url_host
 
 SCHEMES = ("s3", "https", "hf", "file")
 MAX_URI_CHARS = 4096
@@ -55,6 +59,16 @@ class ParsedURI:
         if self.scheme == "file" and self.local_path is not None:
             return self.local_path.name
         return ""
+
+
+def _split(uri: str) -> SplitResult:
+    """urlsplit, with its ValueError (a bad bracketed host, an invalid port) as InvalidURI."""
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise InvalidURI(f"malformed URI {uri!r}: {exc}") from None
+    return parts
 
 
 def _has_dotdot(path: str) -> bool:
@@ -96,7 +110,7 @@ def parse_model_uri(
 
 
 def _parse_s3(uri: str) -> ParsedURI:
-    parts = urlsplit(uri)
+    parts = _split(uri)
     bucket = parts.netloc
     if not _BUCKET.match(bucket) or ".." in bucket:
         raise InvalidURI(f"invalid S3 bucket name {bucket!r}")
@@ -121,7 +135,7 @@ def _parse_hf(uri: str) -> ParsedURI:
 
 
 def _parse_file(uri: str, allowed_file_roots: Sequence[Path]) -> ParsedURI:
-    parts = urlsplit(uri)
+    parts = _split(uri)
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
         raise InvalidURI("file URIs must look like file:///absolute/path")
     raw = unquote(parts.path)
@@ -143,41 +157,48 @@ def is_under_roots(path: Path, roots: Sequence[Path]) -> bool:
 
 
 def _parse_http(uri: str, scheme: str, allow_private_hosts: tuple[str, ...]) -> ParsedURI:
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidURI(f"invalid host or port in {uri!r}: {exc}") from None
     if "@" in parts.netloc:
         raise InvalidURI("credentials in the URL are not allowed")
     host = (parts.hostname or "").lower().rstrip(".")
     if not host:
         raise InvalidURI(f"URI {uri!r} has no host")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise InvalidURI(f"invalid port in {uri!r}") from exc
     if port == 0:
         raise InvalidURI("port 0 is not a valid port")
-    try:
-        host.encode("idna")
-    except UnicodeError as exc:
-        raise InvalidURI(f"invalid host name {host!r}") from exc
-    _refuse_literal_host(host, allow_private_hosts)
+    addr = ip_literal(host)
+    if addr is None:
+        check_host_name(host)
+    _refuse_literal_host(host, addr, allow_private_hosts)
     path = parts.path or "/"
     if _has_dotdot(unquote(path)):
         raise InvalidURI("URL path must not contain '..' segments")
+    if addr is not None:  # the address in its one canonical spelling: what the guard checks and pins
+        host = str(addr)
+        parts = parts._replace(netloc=url_host(addr) + (f":{port}" if port is not None else ""))
     url = parts._replace(scheme=scheme, fragment="").geturl()
+    _check_client_parses(url)
     return ParsedURI(scheme=scheme, uri=uri, host=host, port=port, path=path, url=url)
 
 
-def _refuse_literal_host(host: str, allow_private_hosts: tuple[str, ...]) -> None:
-    from presso.workers.fetch.guard import is_allowed_address  # local import keeps the parse path small
+def _check_client_parses(url: str) -> None:
+    """The fetcher's HTTP client (httpx) must accept ``url``; a URL it refuses is invalid now, not a failed job."""
+    import httpx  # the API has httpx too; imported here so that s3/hf/file parsing stays light
 
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise InvalidURI(f"invalid URL {url!r}: {exc}") from None
+
+
+def _refuse_literal_host(host: str, addr: IPAddress | None, allow_private_hosts: tuple[str, ...]) -> None:
     if host in allow_private_hosts:
         return
-    if host == "localhost" or host.endswith(".localhost"):
-        addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address("127.0.0.1")
-    else:
-        try:
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            return
-    if not is_allowed_address(addr, allow_private_hosts):
-        raise URINotAllowed(f"address {host} is not allowed (private, loopback, link-local or reserved)")
+    if addr is None and (host == "localhost" or host.endswith(".localhost")):
+        addr = ip_literal("127.0.0.1")
+    if addr is not None and not is_allowed_address(addr, allow_private_hosts):
+        shown = host if host == str(addr) else f"{host} ({addr})"
+        raise URINotAllowed(f"address {shown} is not allowed (private, loopback, link-local or reserved)")

@@ -275,3 +275,31 @@ def test_fetch_file_over_http(http_server: Any, limits: FetchLimits, tmp_path: P
     http_server.routes["/calib.txt"] = b"hello world\n" * 10
     path = fetch_file(f"{http_server.base}/calib.txt", tmp_path / "data", limits)
     assert path.name == "calib.txt" and path.read_bytes() == b"hello world\n" * 10
+
+
+@pytest.mark.parametrize("host", ["0177.0.0.1", "2130706433", "0x7f000001", "127.1", "0x7f.0.0.01"])
+def test_ip_literal_forms_fetch_from_the_checked_address(
+    http_server: Any, h: Any, limits: FetchLimits, tmp_path: Path, host: str
+) -> None:
+    """Parsed like inet_aton, at submit and at fetch alike: loopback when allowed, refused otherwise; never an
+    unmapped client error (httpx cannot parse 0177.0.0.1 itself, which made the job retry until it gave up)."""
+    serve_model(http_server, h)
+    port = http_server.base.rsplit(":", 1)[1]
+    ok = fetch_model(f"http://{host}:{port}/m/", tmp_path / "ok", limits)
+    assert (ok / "model.safetensors").exists()
+    with pytest.raises(URINotAllowed):
+        fetch_model(f"http://{host}:{port}/m/", tmp_path / "refused", replace(limits, allow_private_hosts=()))
+
+
+def test_redirect_to_an_octal_ip_literal_is_checked(http_server: Any, h: Any, limits: FetchLimits, tmp_path: Path) -> None:
+    data = h.make_safetensors({"w": ("F32", [2])})
+    port = http_server.base.rsplit(":", 1)[1]
+    http_server.routes["/real.safetensors"] = data
+    http_server.routes["/hop.safetensors"] = h.redirect_to(f"http://0177.0.0.1:{port}/real.safetensors")
+    assert fetch_model(f"{http_server.base}/hop.safetensors", tmp_path / "a", limits).read_bytes() == data
+    http_server.routes["/evil.safetensors"] = h.redirect_to("http://0251.0376.0251.0376/latest/x.safetensors")
+    with pytest.raises(URINotAllowed):
+        fetch_model(f"{http_server.base}/evil.safetensors", tmp_path / "b", limits)
+    http_server.routes["/bad.safetensors"] = h.redirect_to("http://999.1.1.1/x.safetensors")
+    with pytest.raises(InvalidURI):
+        fetch_model(f"{http_server.base}/bad.safetensors", tmp_path / "c", limits)

@@ -147,3 +147,92 @@ def test_package_is_torch_free() -> None:
     code = "import sys, workers.fetch, workers.fetch.uri; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- IP literals: every form inet_aton reads, parsed once (workers/fetch/hosts.py) ------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "0177.0.0.1",  # octal
+        "2130706433",  # one decimal integer
+        "0x7f000001",  # one hex integer
+        "0X7F.1",  # hex, short form
+        "127.1",  # short form
+        "127.0.1",
+        "0x7f.0.0.01",  # mixed
+        "017700000001",  # one octal integer
+        "000000000177.0.0.1",
+        "127.0.0.1.",  # trailing dot
+        "0xa9.0xfe.0xa9.0xfe",  # 169.254.169.254
+        "0",  # 0.0.0.0
+    ],
+)
+def test_every_ipv4_literal_form_is_parsed_and_guarded(host: str) -> None:
+    with pytest.raises(URINotAllowed) as info:
+        parse_model_uri(f"https://{host}:8443/model.safetensors", allowed_file_roots=[])
+    assert info.value.code == "uri_not_allowed"
+
+
+def test_ipv4_literal_forms_match_the_c_library() -> None:
+    import socket
+
+    from presso.workers.fetch.hosts import inet_aton
+
+    cases = [
+        "0177.0.0.1", "2130706433", "0x7f000001", "127.1", "0x7f.1", "1.2.3.4.5", "999.1.1.1", "0x", "09.1.1.1",
+        "08", "00", "1.2.3.256", "1.2.65535", "1.2.65536", "1.16777215", "1.16777216", "4294967295",
+        "4294967296", "0xffffffff", "0x100000000", "0X7F.1", "1..2", ".1.2", "1.2.3.", "017777777777",
+        "0377.0377.0377.0377", "0400.1.1.1", "0xAbC", "1.0x", "1.2.3.4x", "0x1g", "0x0000000000007f.1",
+    ]  # fmt: skip
+    for text in cases:
+        try:
+            expected: str | None = socket.inet_ntoa(socket.inet_aton(text))
+        except OSError:
+            expected = None
+        got = inet_aton(text)
+        assert (str(got) if got is not None else None) == expected, text
+
+
+def test_ip_literal_url_is_canonical_for_the_fetcher() -> None:
+    """The URL handed to the HTTP client names the checked address itself (httpx cannot parse 0177.0.0.1)."""
+    p = parse_model_uri(
+        "https://0177.0.0.1:8443/m/model.safetensors?sig=1#f", allowed_file_roots=[],
+        allow_private_hosts=["127.0.0.0/8"],
+    )
+    assert (p.host, p.port, p.url) == ("127.0.0.1", 8443, "https://127.0.0.1:8443/m/model.safetensors?sig=1")
+    public = parse_model_uri("https://134744072/model.safetensors", allowed_file_roots=[])
+    assert (public.host, public.url) == ("8.8.8.8", "https://8.8.8.8/model.safetensors")
+    assert parse_model_uri("https://0x08080808/x.gguf", allowed_file_roots=[]).host == "8.8.8.8"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://999.1.1.1/x.safetensors",  # numeric, but no address: neither a name nor an IP
+        "https://1.2.3.4.5/x.safetensors",
+        "https://09.1.1.1/x.safetensors",  # 9 is no octal digit
+        "https://1.2.3.0x/x.safetensors",
+        "https://%31%32%37.0.0.1/x.safetensors",
+        "https://[::ffff:0177.0.0.1]/x.safetensors",  # urlsplit raises ValueError: was an unhandled error
+        "https://[::1/x.safetensors",
+        "https://[fe80::zz]/x.safetensors",
+        "https://exa mple.com/x.safetensors",
+        "https://a..b.example.com/x.safetensors",
+        "https://ex<ample.com/x.safetensors",
+    ],
+)
+def test_hosts_the_fetcher_cannot_use_are_invalid(uri: str) -> None:
+    with pytest.raises(InvalidURI) as info:
+        parse_model_uri(uri, allowed_file_roots=[], allow_private_hosts=["127.0.0.0/8", "::/0"])
+    assert info.value.code == "invalid_uri"
+
+
+def test_uri_and_guard_import_without_a_cycle() -> None:
+    """uri.py needs no guard (the address rules live in hosts.py); guard.py imports uri.py at the top."""
+    code = "import sys, presso.workers.fetch.uri; print('presso.workers.fetch.guard' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    code = "import presso.workers.fetch.guard as g; assert g.parse_model_uri"
+    subprocess.run([sys.executable, "-c", code], check=True)
