@@ -12,13 +12,15 @@ def _loaded_after(stmt: str) -> set[str]:
     return set(out.stdout.split())
 
 
-@pytest.mark.parametrize("stmt", ["import compression.recipe", "import compression.spec", "import compression.codec"])
+@pytest.mark.parametrize("stmt", ["import presso.compression.recipe", "import presso.compression.spec",
+                                  "import presso.compression.codec", "import presso.app.main"])
 def test_torch_free_modules(stmt):
     assert "torch" not in _loaded_after(stmt)
 
 
 def test_compression_imports_no_service_stack():
-    mods = _loaded_after("import compression.job, compression.registry; compression.registry._discover()")
+    mods = _loaded_after(
+        "import presso.compression.job, presso.compression.registry; presso.compression.registry._discover()")
     assert "torch" in mods
-    for forbidden in ("app", "workers", "celery", "sqlalchemy", "boto3", "fastapi"):
+    for forbidden in ("presso.app", "presso.workers", "celery", "sqlalchemy", "boto3", "fastapi"):
         assert forbidden not in mods, forbidden
