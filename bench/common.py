@@ -20,7 +20,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,11 @@ DEVICE = torch.device(os.environ.get("PRESSO_BENCH_DEVICE", "cpu"))
 
 CALIB_SAMPLES, EVAL_SAMPLES, SEQ_LEN = 64, 40, 512
 
+# out-of-domain evaluation texts (bench/data/ood/README.md: sources, licences, sha256): every §1 row is
+# also scored on the first EVAL_SAMPLES x SEQ_LEN tokens of each, with the same harness
+OOD_DIR = REPO / "bench" / "data" / "ood"
+OOD_TEXTS = {"code": OOD_DIR / "code.txt", "docs": OOD_DIR / "docs.txt"}
+
 
 @dataclass(frozen=True)
 class Windows:
@@ -45,6 +50,8 @@ class Windows:
     evaluation: torch.Tensor  # [40, 512] int64, wikitext-2 test
     calibration_path: Path  # .npy the peer reads
     evaluation_path: Path
+    # out-of-domain evaluation windows: name -> ([40, 512] int64, .npy the peer reads)
+    ood: dict[str, tuple[torch.Tensor, Path]] = field(default_factory=dict)
 
 
 def _ensure_cache_dir() -> Path:
@@ -119,7 +126,26 @@ def token_windows(tokenizer: Any) -> Windows:
     evals = torch.from_numpy(np.load(epath)).long()
     if tuple(calib.shape) != (CALIB_SAMPLES, SEQ_LEN) or tuple(evals.shape) != (EVAL_SAMPLES, SEQ_LEN):
         raise RuntimeError(f"unexpected window shapes {tuple(calib.shape)} / {tuple(evals.shape)}")
-    return Windows(calib, evals, cpath, epath)
+    return Windows(calib, evals, cpath, epath, ood_windows(tokenizer))
+
+
+def ood_windows(tokenizer: Any) -> dict[str, tuple[torch.Tensor, Path]]:
+    """The out-of-domain evaluation windows (first 40x512 tokens of each OOD text), cached as .npy."""
+    from presso.compression.io.calibration import read_text, windows_from_text
+
+    cache = _ensure_cache_dir()
+    out = {}
+    for name, path in OOD_TEXTS.items():
+        digest = _file_digest(path)
+        npy = cache / f"eval_ood_{name}_{digest}_{EVAL_SAMPLES}x{SEQ_LEN}.npy"
+        if not npy.exists():
+            w = windows_from_text(tokenizer, read_text(path), EVAL_SAMPLES, SEQ_LEN, f"ood {name}")
+            np.save(npy, w.numpy().astype(np.int64))
+        w = torch.from_numpy(np.load(npy)).long()
+        if tuple(w.shape) != (EVAL_SAMPLES, SEQ_LEN):
+            raise RuntimeError(f"ood {name}: unexpected window shape {tuple(w.shape)}")
+        out[name] = (w, npy)
+    return out
 
 
 def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:

@@ -171,6 +171,10 @@ def run_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
         result["cpu_seconds"] = 0.0
     t = time.perf_counter()
     result["ppl"] = perplexity(model, evals)
+    result["ppl_ood"] = {}
+    for spec in args.eval_ood:  # out-of-domain windows, same protocol
+        dom, path = spec.split("=", 1)
+        result["ppl_ood"][dom] = perplexity(model, torch.from_numpy(np.load(path).astype(np.int64)))
     result["eval_seconds"] = time.perf_counter() - t
     out_dir = Path(tempfile.mkdtemp(prefix=f"peer-{row}-", dir=args.work_dir))
     try:
@@ -198,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-dir", type=Path, help="cached dense safetensors dir (bench/common.py)")
     p.add_argument("--calib", type=Path, help="calibration windows .npy [64, 512]")
     p.add_argument("--eval", type=Path, help="evaluation windows .npy [40, 512]")
+    p.add_argument("--eval-ood", action="append", default=[], metavar="NAME=NPY",
+                   help="out-of-domain evaluation windows (.npy [40, 512]); repeatable")
     p.add_argument("--out", type=Path, help="JSON result file")
     p.add_argument("--work-dir", type=Path, default=None, help="where the temporary artifact is written")
     p.add_argument("--keep-artifacts", action="store_true")

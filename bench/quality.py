@@ -3,7 +3,9 @@
 Every row is a Presso recipe run through compression.pipeline.compress on a fresh copy of the dense
 model, its artifact written with compression.io.artifact.write_model, and its perplexity measured
 with the product's own harness (compression.eval.perplexity) on the first 40x512-token windows of
-wikitext-2 test; calibration is 64x512 tokens from the start of wikitext-2 valid. Where llmcompressor
+wikitext-2 test and, out of the calibration domain, of each text in bench/data/ood/ (code: CPython
+stdlib source; docs: the Python language reference; README there); calibration is 64x512 tokens
+from the start of wikitext-2 valid. Where llmcompressor
 has the same method, bench/peer_llmcompressor.py runs it in the separate venv .venv-peer on the
 identical token windows (.npy) and its figures go beside Presso's.
 
@@ -238,6 +240,7 @@ def run_presso(row: Row, dense: Any, tokenizer: Any, windows: Any, numels: dict[
     res.update({k: v for k, v in weight_stats(model).items() if k in ("bits_per_weight", "sparsity")})
     t = time.perf_counter()
     res["ppl"] = perplexity(model, windows.evaluation)
+    res["ppl_ood"] = {name: perplexity(model, w) for name, (w, _path) in windows.ood.items()}
     res["eval_seconds"] = time.perf_counter() - t
     out_dir = Path(tempfile.mkdtemp(prefix=f"presso-{row.name}-", dir=work))
     try:
@@ -275,6 +278,8 @@ def run_peer(name: str, windows: Any, work: Path, timeout: float) -> dict[str, A
     cmd = [str(PEER_PY), str(PEER_SCRIPT), "--row", name, "--model-dir", str(dense_model_dir()),
            "--calib", str(windows.calibration_path), "--eval", str(windows.evaluation_path),
            "--out", str(out), "--work-dir", str(work)]
+    for dom, (_w, path) in windows.ood.items():
+        cmd += ["--eval-ood", f"{dom}={path}"]
     log.info("peer: %s", " ".join(shlex.quote(c) for c in cmd))
     env = dict(os.environ)
     if "PRESSO_PEER_PYTHON" not in env:  # its own venv: nothing of the product's path leaks in
@@ -303,11 +308,13 @@ def load_results(path: Path) -> dict[str, Any]:
     return {"rows": {}, "commands": []}
 
 
-def needs_run(row: Row, side: str, cached: dict[str, Any] | None, force: bool) -> bool:
+def needs_run(row: Row, side: str, cached: dict[str, Any] | None, force: bool, ood: tuple[str, ...] = ()) -> bool:
     if force or cached is None or side not in cached:
         return True
     entry = cached[side]
     if cached.get("recipe_digest") != row.digest():
+        return True
+    if any(d not in (entry.get("ppl_ood") or {}) for d in ood):  # cached before the OOD texts existed
         return True
     status = str(entry.get("status", ""))
     return status != "ok"
@@ -369,13 +376,15 @@ def main(argv: list[str] | None = None) -> int:
         windows = _smoke_windows(windows, work)
     numels = linear_numels(dense)
     results["protocol"] = {"calibration": list(windows.calibration.shape), "evaluation": list(windows.evaluation.shape),
-                           "model": str(dense_model_dir().name), "linear_weights": sum(numels.values())}
+                           "model": str(dense_model_dir().name), "linear_weights": sum(numels.values()),
+                           "ood": {d: [p.name, list(w.shape)] for d, (w, p) in windows.ood.items()}}
     for row in rows:
         cached = results["rows"].get(row.name)
         entry = dict(cached) if cached and cached.get("recipe_digest") == row.digest() else {}
         entry.update({"label": row.label, "group": row.group, "recipe": row.recipe, "recipe_digest": row.digest(),
                       "peer_expected": row.peer})
-        if not args.skip_presso and needs_run(row, "presso", cached, args.force):
+        ood = tuple(windows.ood)
+        if not args.skip_presso and needs_run(row, "presso", cached, args.force, ood):
             log.info("presso: %s ...", row.name)
             entry["presso"] = run_presso(row, dense, tokenizer, windows, numels, work)
             entry["presso"]["command"] = command
@@ -385,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         shared = (results["rows"].get(row.peer_as) or {}).get("peer") if row.peer_as else None
         if shared and shared.get("status") == "ok":
             entry["peer"] = {**shared, "shared_with": row.peer_as}
-        elif row.peer and not args.skip_peer and needs_run(row, "peer", cached, args.force):
+        elif row.peer and not args.skip_peer and needs_run(row, "peer", cached, args.force, ood):
             log.info("peer: %s ...", row.peer_name)
             entry["peer"] = run_peer(row.peer_name, windows, work, args.peer_timeout)
             entry["peer"]["command"] = command
@@ -403,7 +412,11 @@ def _smoke_windows(windows: Windows, work: Path) -> Windows:
     cpath, epath = work / "smoke_calib.npy", work / "smoke_eval.npy"
     np.save(cpath, calib.numpy())
     np.save(epath, evals.numpy())
-    return Windows(calib, evals, cpath, epath)
+    ood = {}
+    for dom, (w, _p) in windows.ood.items():
+        ood[dom] = (w[:2].clone(), work / f"smoke_ood_{dom}.npy")
+        np.save(ood[dom][1], ood[dom][0].numpy())
+    return Windows(calib, evals, cpath, epath, ood)
 
 
 def _brief(res: dict[str, Any]) -> str:

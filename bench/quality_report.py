@@ -76,6 +76,27 @@ def table(rows: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
+def _ood(side: dict[str, Any] | None, dom: str) -> Any:
+    return ((side or {}).get("ppl_ood") or {}).get(dom) if _val(side, "ppl") is not None else None
+
+
+def ood_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Perplexity on wikitext-2 test and on every out-of-domain text, Presso beside the peer."""
+    doms = sorted({d for r in rows.values() for side in ("presso", "peer")
+                   for d in ((r.get(side) or {}).get("ppl_ood") or {})})
+    if not doms:
+        return []
+    head = "| row | wikitext Presso | wikitext peer | " + " | ".join(f"{d} Presso | {d} peer" for d in doms) + " |"
+    out = [head, "|---|" + "---:|" * (2 + 2 * len(doms))]
+    for name, row in rows.items():
+        pr, pe = row.get("presso") or {}, row.get("peer")
+        cells = [f"{row.get('label', name)} (`{name}`)", _f(_val(pr, "ppl")), _f(_val(pe, "ppl"))]
+        for d in doms:
+            cells += [_f(_ood(pr, d)), _f(_ood(pe, d))]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
 def _ppl(rows: dict[str, dict[str, Any]], name: str) -> float | None:
     pr = (rows.get(name) or {}).get("presso")
     return pr.get("ppl") if pr else None
@@ -151,6 +172,11 @@ def markdown(results: dict[str, Any]) -> str:
         *table(rows),
         "",
     ]
+    ood = ood_table(rows)
+    if ood:
+        lines += ["Out of the calibration domain: the same rows scored on the first 40×512-token windows of each "
+                  "text of bench/data/ood/ (code = CPython 3.11 stdlib source, docs = the Python language reference "
+                  "as pydoc ships it; bench/data/ood/README.md), calibration still wikitext-2 valid.", "", *ood, ""]
     f = findings(rows)
     if f:
         lines += ["Findings:", "", *f, ""]
