@@ -75,10 +75,8 @@ bench: setup
 bench-service: setup services
 	$(PY) bench/service.py
 
-# mypy checks the installed layout (presso.app, presso.compression, ...): a tree of links under build/typecheck.
+# mypy and import-linter check the installed layout (presso.app, presso.compression, ...), staged in build/layout.
 lint: setup
-	$(VENV)/bin/ruff check app workers presso compression kernels migrations tests bench setup.py
-	rm -rf build/typecheck && mkdir -p build/typecheck/presso
-	for f in presso/*; do ln -s ../../../$$f build/typecheck/presso/; done
-	for d in app workers compression kernels; do ln -s ../../../$$d build/typecheck/presso/$$d; done
-	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p presso
+	$(VENV)/bin/ruff check app workers presso compression kernels migrations tests bench tools setup.py
+	$(PY) tools/stage_layout.py --lint-imports
+	cd build/layout && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p presso

@@ -8,16 +8,14 @@ from alembic import command
 from alembic.config import Config
 from presso.app.core.settings import Settings
 
-import presso
-
 
 def migrations_dir() -> Path:
-    """``presso.migrations``: under ``presso/`` in a wheel, ``migrations/`` at the root of a checkout."""
-    for entry in presso.__path__:
-        candidate = Path(entry) / "migrations"
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise FileNotFoundError("presso.migrations is missing from this installation")
+    """``presso.migrations``: ``presso/migrations`` in a wheel, ``migrations/`` at the root of a checkout;
+    either way two levels above ``app/core/`` (this file)."""
+    candidate = Path(__file__).resolve().parents[2] / "migrations"
+    if not (candidate / "env.py").is_file():
+        raise FileNotFoundError(f"presso.migrations is missing from this installation ({candidate})")
+    return candidate
 
 
 def alembic_config(url: str) -> Config:
