@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -98,6 +99,31 @@ def ensure_dev_key() -> str | None:
     return secret
 
 
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT reached serve: unwind cmd_serve so that its finally stops the worker."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopOnSignals:
+    """SIGTERM and SIGINT raise _Stopped in serve's main thread, once; set `stopping` to ignore them.
+
+    uvicorn captures both signals while it serves, shuts down, puts these handlers back and raises the
+    signal again: without them SIGTERM killed serve outright (no finally, the worker was left running)."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self)
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if not self.stopping:
+            self.stopping = True
+            raise _Stopped(signum)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -106,16 +132,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from presso.app.main import create_app
 
     set_env("data_dir", args.data_dir)
-    settings = get_settings()
-    upgrade(settings)
-    key = ensure_dev_key()
-    worker = None if args.no_worker else _spawn_worker()
-    print(f"Presso API on http://{args.host}:{args.port}  (docs: /docs)", flush=True)
-    if key:
-        print(f"dev API key (also in {settings.dev_key_path}): {key}", flush=True)
+    worker = None
+    signals: _StopOnSignals | None = None
     try:
+        signals = _StopOnSignals()
+        settings = get_settings()
+        upgrade(settings)
+        key = ensure_dev_key()
+        worker = None if args.no_worker else _spawn_worker()
+        print(f"Presso API on http://{args.host}:{args.port}  (docs: /docs)", flush=True)
+        if key:
+            print(f"dev API key (also in {settings.dev_key_path}): {key}", flush=True)
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    except _Stopped as stopped:
+        return 128 + stopped.signum
     finally:
+        if signals is not None:
+            signals.stopping = True  # a further signal must not cut _stop short
         if worker is not None:
             _stop(worker)
     return 0
@@ -131,22 +164,86 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+_SERVE_PID_ENV = "PRESSO_SERVE_PID"  # set for the worker that serve starts: the pid it must not outlive
+
+
 def _spawn_worker() -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "presso.cli", "worker"], env=dict(os.environ))
+    """The worker leads a session (and process group) of its own, holding Celery's pool children, so serve
+    can signal the whole tree (a terminal's Ctrl-C reaches serve only; serve stops the worker)."""
+    env = {**os.environ, _SERVE_PID_ENV: str(os.getpid())}
+    return subprocess.Popen([sys.executable, "-m", "presso.cli", "worker"], env=env, start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM to the worker (Celery's warm shutdown, as before), then SIGKILL to its process group once it
+    has exited or after `timeout`: nothing it started survives it."""
+    if not hasattr(os, "killpg"):  # no process groups (Windows): the worker alone
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return
+    if proc.returncode is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    # wait without reaping: the exited leader (a zombie) keeps its pid, so the group id cannot be reused
+    # before killpg below
+    while proc.returncode is None and time.monotonic() < deadline:
+        if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            break
+        time.sleep(0.05)
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.wait()
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker started by serve stops when serve is gone, even when serve was SIGKILLed: SIGTERM (Celery's
+    warm shutdown) from the kernel on Linux (PR_SET_PDEATHSIG), elsewhere from a watchdog thread that sees the
+    parent pid change; 15 s later the watchdog SIGKILLs the worker's process group (its pool children)."""
+    pdeathsig = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            pdeathsig = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # serve was gone before prctl took effect
+        raise SystemExit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        log.warning("worker: presso serve (pid %d) is gone; stopping", parent)
+        if not pdeathsig:
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(15.0)
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="presso-parent-watchdog", daemon=True).start()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from presso.app.core.settings import get_settings
 
+    parent = os.environ.pop(_SERVE_PID_ENV, None)
+    if parent and parent.isdigit():
+        _exit_with_parent(int(parent))
     settings = get_settings()
     queues = args.queues or ",".join(settings.worker_queues)
     from presso.workers.celery_app import celery
