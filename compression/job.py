@@ -24,7 +24,7 @@ from presso.compression.eval.report import evaluate, gate_verdict, size_metrics
 from presso.compression.io.artifact import write_model, write_presso_json
 from presso.compression.io.calibration import generate_windows, load_windows
 from presso.compression.io.loading import LoadedModel, load_model
-from presso.compression.pipeline import compress
+from presso.compression.pipeline import compress, preflight
 from presso.compression.recipe import Recipe
 from presso.compression.registry import engine_for
 from presso.compression.spec import LocalJobSpec
@@ -110,6 +110,8 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
             engine_for(s)
     progress("load", 0.0)
     lm = load_model(spec.model_dir, max_params=spec.max_params)
+    for r in recipes:  # what needs the model's shapes fails now too, not after calibration or another attempt
+        preflight(lm.model, r)
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     t = time.perf_counter()
     calib = _calibration(spec, lm, device, any(r.needs_calibration for r in recipes), progress)

@@ -38,6 +38,71 @@ def check_calibration(recipe: Recipe, ctx: StepContext) -> None:
         raise CalibrationRequired(f"steps {needing} need calibration data")
 
 
+# Steps after which layer shapes or names differ from the loaded model's: later steps are checked when they run.
+_RESHAPING = frozenset({"svd", "svd_llm", "prune_structured", "eora"})
+
+
+def _check_step(model: nn.Module, step: Any) -> None:
+    """The checks an engine makes on the model before its work, without the work (see ``preflight``)."""
+    from presso.compression.configs.lowrank import EoRAConfig, SVDConfig
+    from presso.compression.configs.pruning import PruneStructuredConfig, SparseGPTConfig, SparsityStep
+    from presso.compression.configs.quantization import GPTQConfig, QuantStep
+    from presso.compression.core.layout import select_linears
+
+    if step.method == "lossless":
+        return
+    if isinstance(step, PruneStructuredConfig):
+        from presso.compression.engines.pruning.structured.engine import plan
+
+        plan(model, step)
+        return
+    layout = find_layout(model)
+    chosen = select_linears(model, layout, step.targets, step.ignore)  # no_target_modules
+    if isinstance(step, QuantStep):
+        from presso.compression.engines.quantization.common import schemes_for
+
+        schemes = schemes_for(chosen, step)  # an explicit group wider than a layer
+        if isinstance(step, GPTQConfig):
+            from presso.compression.engines.quantization.gptq.engine import check_act_order
+
+            check_act_order(step, schemes)
+    elif isinstance(step, SparsityStep):
+        from presso.compression.engines.pruning.common import preflight as check_sparsity
+
+        check_sparsity(chosen, step)  # N:M against the input widths
+        if isinstance(step, SparseGPTConfig):
+            from presso.compression.engines.pruning.sparsegpt.engine import joint_args
+
+            for lins in chosen.values():
+                for name, mod in lins.items():
+                    joint_args(step, mod, name)
+    elif isinstance(step, SVDConfig) and step.ratio is not None:
+        from presso.compression.engines.lowrank.svd.engine import layer_shapes
+        from presso.compression.engines.lowrank.svd.svd_math import uniform_ranks
+
+        uniform_ranks(layer_shapes(chosen), step.ratio)  # a ratio that leaves some layer rank 0
+    elif isinstance(step, EoRAConfig):
+        from presso.compression.engines.lowrank.common import check_rank
+
+        for lins in chosen.values():
+            for name, mod in lins.items():
+                check_rank(name, mod, step.rank)
+
+
+def preflight(model: nn.Module, recipe: Recipe) -> None:
+    """Model-dependent checks of a recipe, before any data or compute: a group size wider than a layer, an N:M
+    pattern that does not divide a width, drop_blocks >= the block count, a rank above a layer's, targets that
+    match nothing. Raises what the engine would (``invalid_recipe``, ``no_target_modules``) when it starts,
+    which for a later step or a fallback recipe could be an hour later. Steps after one that reshapes layers
+    (svd, svd_llm, prune_structured, eora) are checked only when they run.
+    """
+    for step in recipe.steps:
+        engine_for(step)  # a missing engine, too
+        _check_step(model, step)
+        if step.method in _RESHAPING:
+            break
+
+
 def compress(model: nn.Module, recipe: Recipe, ctx: StepContext, after_step: AfterStep | None = None) -> dict[str, Any]:
     """Apply ``recipe`` to ``model`` in place. Returns {"steps": [...], "seconds": total}."""
     check_calibration(recipe, ctx)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from presso.compression.configs import CONFIGS, StepConfig
+
+MAX_STEPS = 16  # steps of one recipe
+MAX_FALLBACKS = 4  # fallback recipes of one job
+MAX_TOTAL_STEPS = 32  # steps of the recipe and all its fallbacks together
 
 if TYPE_CHECKING:
     Step = StepConfig
@@ -17,7 +21,18 @@ else:  # the discriminated union of every registered step config
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    steps: list[Step] = Field(min_length=1, description="Steps applied in order; each sees the previous output.")
+    steps: list[Step] = Field(
+        min_length=1, max_length=MAX_STEPS,
+        description=f"Steps applied in order; each sees the previous output. At most {MAX_STEPS}.",
+    )
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _at_most(cls, steps: Any) -> Any:
+        # before validation: 5,000 steps are refused without validating 5,000 step bodies first
+        if isinstance(steps, list | tuple) and len(steps) > MAX_STEPS:
+            raise ValueError(f"a recipe has at most {MAX_STEPS} steps, got {len(steps)}")
+        return steps
 
     @model_validator(mode="after")
     def _order(self) -> Recipe:
@@ -36,6 +51,23 @@ class Recipe(BaseModel):
     @property
     def needs_calibration(self) -> bool:
         return any(type(s).needs_calibration for s in self.steps)
+
+
+def check_fallback_count(fallbacks: Any) -> Any:
+    """Before validation: at most MAX_FALLBACKS fallback recipes (raises ValueError)."""
+    if isinstance(fallbacks, list | tuple) and len(fallbacks) > MAX_FALLBACKS:
+        raise ValueError(f"at most {MAX_FALLBACKS} fallback recipes, got {len(fallbacks)}")
+    return fallbacks
+
+
+def check_total_steps(recipe: Recipe | None, fallbacks: list[Recipe]) -> list[Recipe]:
+    """The recipe and its fallbacks together have at most MAX_TOTAL_STEPS steps (raises ValueError)."""
+    total = (len(recipe.steps) if recipe is not None else 0) + sum(len(r.steps) for r in fallbacks)
+    if total > MAX_TOTAL_STEPS:
+        raise ValueError(
+            f"the recipe and its fallbacks have {total} steps together; at most {MAX_TOTAL_STEPS}"
+        )
+    return fallbacks
 
 
 def parse_recipe(data: Any) -> Recipe:

@@ -6,11 +6,11 @@ Paths here are local files the caller already fetched; URIs are the service's bu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from presso.compression.recipe import Recipe
+from presso.compression.recipe import MAX_FALLBACKS, Recipe, check_fallback_count, check_total_steps
 
 
 class _Strict(BaseModel):
@@ -42,10 +42,22 @@ class LocalJobSpec(_Strict):
     model_dir: Path
     out_dir: Path
     recipe: Recipe
-    fallbacks: list[Recipe] = Field(default_factory=list, description="Tried in order when the gate is missed.")
+    fallbacks: list[Recipe] = Field(
+        default_factory=list, max_length=MAX_FALLBACKS, description="Tried in order when the gate is missed."
+    )
     calibration: CalibrationInput = Field(default_factory=CalibrationInput)
     evaluation: EvaluationInput = Field(default_factory=EvaluationInput)
     output_format: Literal["compressed", "dense"] = "compressed"
     device: str | None = Field(default=None, description="'cuda', 'cpu' or None (CUDA when present).")
     seed: int = 0
     max_params: int | None = Field(default=None, description="Refuse models declaring more parameters.")
+
+    @field_validator("fallbacks", mode="before")
+    @classmethod
+    def _fallback_count(cls, fallbacks: Any) -> Any:
+        return check_fallback_count(fallbacks)
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _total_steps(cls, fallbacks: list[Recipe], info: ValidationInfo) -> list[Recipe]:
+        return check_total_steps(info.data.get("recipe"), fallbacks)

@@ -6,7 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from presso.app.core.settings import Settings
+from presso.compression.errors import InvalidRecipe
 from presso.compression.recipe import parse_recipe
 from presso.compression.spec import CalibrationInput, EvaluationInput, LocalJobSpec
 from presso.workers.lease import Claim
@@ -28,6 +31,11 @@ def build_spec(
     from presso.workers.fetch import fetch_file, fetch_model
 
     req = claim.request
+    try:  # before the fetch: a recipe that cannot run costs no download
+        recipe = parse_recipe(req["recipe"])
+        fallbacks = [parse_recipe(r) for r in req.get("fallbacks", [])]
+    except ValidationError as exc:
+        raise _invalid(exc) from exc
     limits = fetch_limits(settings)
     progress("fetch", 0.0)
     model_dir = fetch_model(claim.model_uri, tmp / "model", limits)
@@ -46,10 +54,19 @@ def build_spec(
     )
     out_dir = tmp / "out"
     out_dir.mkdir()
-    return LocalJobSpec(
-        model_dir=model_dir, out_dir=out_dir, recipe=parse_recipe(req["recipe"]),
-        fallbacks=[parse_recipe(r) for r in req.get("fallbacks", [])],
-        calibration=calibration, evaluation=evaluation,
-        output_format=(req.get("output") or {}).get("format", "compressed"),
-        device=settings.device, max_params=settings.max_model_params,
-    )
+    try:
+        return LocalJobSpec(
+            model_dir=model_dir, out_dir=out_dir, recipe=recipe, fallbacks=fallbacks,
+            calibration=calibration, evaluation=evaluation,
+            output_format=(req.get("output") or {}).get("format", "compressed"),
+            device=settings.device, max_params=settings.max_model_params,
+        )
+    except ValidationError as exc:
+        raise _invalid(exc) from exc
+
+
+def _invalid(exc: ValidationError) -> InvalidRecipe:
+    """A request stored under older, looser rules: the user's input at fault, so a failed job, never a retry."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return InvalidRecipe(f"the stored recipe is not valid now: {where}: {first.get('msg')}")

@@ -5,9 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from presso.compression.recipe import Recipe
+from presso.compression.recipe import (
+    MAX_FALLBACKS,
+    MAX_TOTAL_STEPS,
+    Recipe,
+    check_fallback_count,
+    check_total_steps,
+)
 from presso.compression.spec import Gate
 
 
@@ -52,8 +58,21 @@ class JobCreate(_Strict):
     recipe: Recipe
     calibration: CalibrationRequest | None = None
     evaluation: EvaluationRequest | None = None
-    fallbacks: list[Recipe] = Field(default_factory=list, max_length=8)
+    fallbacks: list[Recipe] = Field(
+        default_factory=list, max_length=MAX_FALLBACKS,
+        description=f"At most {MAX_FALLBACKS}; with the recipe, at most {MAX_TOTAL_STEPS} steps in all.",
+    )
     output: OutputRequest = Field(default_factory=OutputRequest)
+
+    @field_validator("fallbacks", mode="before")
+    @classmethod
+    def _fallback_count(cls, fallbacks: Any) -> Any:
+        return check_fallback_count(fallbacks)
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _total_steps(cls, fallbacks: list[Recipe], info: ValidationInfo) -> list[Recipe]:
+        return check_total_steps(info.data.get("recipe"), fallbacks)
 
 
 class Progress(BaseModel):

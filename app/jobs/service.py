@@ -70,6 +70,10 @@ def create_job(
 ) -> tuple[Job, bool]:
     """Insert and commit the row, then publish its id. Returns (job, created)."""
     payload = body.model_dump(mode="json")
+    # Recipes as given, without their defaults: the worker parses them again, and a default must stay a default
+    # there (the default group_size 128 falls back to per channel on a narrower layer; an explicit one is an error).
+    payload["recipe"] = body.recipe.model_dump(mode="json", exclude_unset=True)
+    payload["fallbacks"] = [r.model_dump(mode="json", exclude_unset=True) for r in body.fallbacks]
     digest = request_hash(payload)
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= 200:

@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from presso.compression.configs.base import StepConfig
+from presso.compression.configs.quantization import GroupSize
 
 _NM = re.compile(r"^(\d+):(\d+)$")
 
@@ -64,10 +65,23 @@ class AllocationMixin(StepConfig):
     owl_m: float = Field(default=5.0, gt=0, description="OWL: outlier threshold, multiple of the mean score.")
 
 
+def check_owl_nm(cfg: SparsityStep) -> None:
+    if cfg.pattern is not None and getattr(cfg, "allocation", "uniform") == "owl":
+        raise ValueError(
+            "allocation='owl' varies the sparsity per block, while an N:M pattern fixes it per group of M; "
+            "use one or the other"
+        )
+
+
 class WandaConfig(SparsityStep, AllocationMixin):
     method: Literal["wanda"] = "wanda"
     needs_calibration: ClassVar[bool] = True
     summary: ClassVar[str] = "Wanda: |W| x ||X|| importance per output row (calibrated)."
+
+    @model_validator(mode="after")
+    def _owl_nm(self) -> WandaConfig:
+        check_owl_nm(self)
+        return self
 
 
 class SparseGPTConfig(SparsityStep, AllocationMixin):
@@ -75,10 +89,17 @@ class SparseGPTConfig(SparsityStep, AllocationMixin):
     block_size: int = Field(default=128, ge=1, le=4096)
     damp_percent: float = Field(default=0.01, gt=0, lt=1)
     bits: int | None = Field(default=None, ge=2, le=8, description="Joint mode: also quantize to these bits.")
-    group_size: int = Field(default=128, ge=-1, description="Joint mode group size (-1 per channel).")
+    group_size: GroupSize = Field(
+        default=128, description="Joint mode group size: -1 per channel, or 8-65536 (as for the quantizers)."
+    )
     symmetric: bool = True
     needs_calibration: ClassVar[bool] = True
     summary: ClassVar[str] = "SparseGPT OBS pruning, unstructured or N:M, optionally joint with quantization."
+
+    @model_validator(mode="after")
+    def _owl_nm(self) -> SparseGPTConfig:
+        check_owl_nm(self)
+        return self
 
 
 class PruneStructuredConfig(StepConfig):
@@ -88,7 +109,9 @@ class PruneStructuredConfig(StepConfig):
     )
     mlp_ratio: float | None = Field(default=None, ge=0, lt=1, description="Per-component: MLP channels removed.")
     head_ratio: float | None = Field(default=None, ge=0, lt=1, description="Per-component: attention heads removed.")
-    drop_blocks: int = Field(default=0, ge=0, description="Whole decoder blocks removed (least important first).")
+    drop_blocks: int = Field(
+        default=0, ge=0, le=1024, description="Whole decoder blocks removed (least important first)."
+    )
     needs_calibration: ClassVar[bool] = True
     summary: ClassVar[str] = "Remove MLP channels / attention heads / blocks; a smaller dense model."
 

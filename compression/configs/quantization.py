@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from presso.compression.configs.base import StepConfig
+
+MIN_GROUP_SIZE = 8
+MAX_GROUP_SIZE = 1 << 16  # wider than any layer: a larger group would only mean "per channel"
+
+
+def check_group_size(value: int) -> int:
+    """-1 (per channel) or MIN_GROUP_SIZE..MAX_GROUP_SIZE; one message for every other value (0 included)."""
+    if value != -1 and not MIN_GROUP_SIZE <= value <= MAX_GROUP_SIZE:
+        raise ValueError(
+            f"group_size must be -1 (per channel) or between {MIN_GROUP_SIZE} and {MAX_GROUP_SIZE}, got {value}"
+        )
+    return value
+
+
+# An int checked by check_group_size; the schema states the range (with the hole 0..7 in the description).
+GroupSize = Annotated[
+    int, AfterValidator(check_group_size), Field(json_schema_extra={"minimum": -1, "maximum": MAX_GROUP_SIZE})
+]
 
 
 class QuantOverride(BaseModel):
@@ -16,7 +34,7 @@ class QuantOverride(BaseModel):
 
     pattern: str = Field(description="Module pattern, same syntax as targets ('down_proj', 're:layers\\.0\\.').")
     bits: int | None = Field(default=None, ge=2, le=8)
-    group_size: int | None = Field(default=None, ge=-1)
+    group_size: GroupSize | None = None
     symmetric: bool | None = None
     skip: bool = Field(default=False, description="Leave matching modules dense.")
 
@@ -27,12 +45,13 @@ class QuantArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     bits: int = Field(default=4, ge=2, le=8, description="Bits per weight, 2-8.")
-    group_size: int = Field(
+    group_size: GroupSize = Field(
         default=128,
-        ge=-1,
-        description="Input columns sharing one scale; -1 (or 0) = one scale per output channel. "
-        "When it does not divide a layer's input width the last group of that layer is shorter "
-        "(ragged); see docs/quantization.md.",
+        description=f"Input columns sharing one scale: -1 = one scale per output channel, or "
+        f"{MIN_GROUP_SIZE}-{MAX_GROUP_SIZE}. A layer whose input width it does not divide uses the largest "
+        "divisor not above it (per channel when that is below 16); the default 128 on a layer narrower than "
+        "128 falls back to per channel, an explicit size wider than a layer is an error (invalid_recipe, "
+        "before any compute); see docs/quantization.md.",
     )
     symmetric: bool = Field(default=True, description="Symmetric (no zero point) or asymmetric.")
     observer: Literal["minmax", "mse"] = Field(
@@ -42,17 +61,20 @@ class QuantArgs(BaseModel):
         "always mean lower perplexity: on SmolLM2 RTN W4 g64 minmax scored better, see BENCHMARKS.md).",
     )
 
-    @model_validator(mode="after")
-    def _group(self) -> QuantArgs:
-        if 0 < self.group_size < 8:
-            raise ValueError("group_size must be -1 (per channel) or at least 8")
-        return self
-
 
 class QuantStep(StepConfig, QuantArgs):
     overrides: list[QuantOverride] = Field(
         default_factory=list, description="First matching override wins; e.g. down_proj at 8 bits."
     )
+
+    def group_is_explicit(self, name: str) -> bool:
+        """True when module ``name``'s group size was given (by its override or the step), not the default."""
+        from presso.compression.configs.base import matches
+
+        for ov in self.overrides:
+            if matches(name, ov.pattern):
+                return ov.group_size is not None or "group_size" in self.model_fields_set
+        return "group_size" in self.model_fields_set
 
     def scheme_for(self, name: str) -> QuantArgs | None:
         """The scheme for module ``name`` after overrides; None when an override skips it."""
@@ -103,7 +125,9 @@ class AWQConfig(QuantStep):
         "decoder block's output error on verify_samples sequences; 0 (default) = the linears' error alone, "
         "which measured better at 4 bits on SmolLM2 (BENCHMARKS §1).",
     )
-    verify_samples: int = Field(default=16, ge=1, description="Calibration sequences used for that re-ranking.")
+    verify_samples: int = Field(
+        default=16, ge=1, le=4096, description="Calibration sequences used for that re-ranking."
+    )
     needs_calibration: ClassVar[bool] = True
     summary: ClassVar[str] = "Activation-aware weight quantization: scale search, then RTN or GPTQ."
 

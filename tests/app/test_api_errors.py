@@ -26,6 +26,15 @@ def _error(resp: Any, status: int) -> dict[str, Any]:
         ({"steps": [{"method": "gptq", "bits": 4}, {"method": "rtn", "group_size": 3}]}, "recipe.steps.1"),
         ({"steps": []}, "recipe.steps"),
         ({}, "recipe.steps"),
+        # checks that need no model are 422s, never failed jobs (issue 18)
+        ({"steps": [{"method": "rtn"}] * 5000}, "recipe.steps"),
+        ({"steps": [{"method": "rtn"}] * 17}, "recipe.steps"),
+        ({"steps": [{"method": "rtn", "group_size": 10**18}]}, "recipe.steps.0.group_size"),
+        ({"steps": [{"method": "rtn", "group_size": 0}]}, "recipe.steps.0.group_size"),
+        ({"steps": [{"method": "sparsegpt", "bits": 4, "group_size": 0}]}, "recipe.steps.0.group_size"),
+        ({"steps": [{"method": "rtn", "overrides": [{"pattern": "x", "group_size": 7}]}]},
+         "recipe.steps.0.overrides.0.group_size"),
+        ({"steps": [{"method": "wanda", "pattern": "2:4", "allocation": "owl"}]}, "recipe.steps.0"),
     ],
 )
 def test_bad_recipe_is_422_naming_the_field(api: Api, recipe: dict[str, Any], field: str) -> None:
@@ -33,6 +42,28 @@ def test_bad_recipe_is_422_naming_the_field(api: Api, recipe: dict[str, Any], fi
     assert err["code"] == "validation_error"
     assert err["field"].startswith(field), err
     assert err["message"].startswith(err["field"] + ": ")
+
+
+@pytest.mark.parametrize("value", [0, 7, 10**18])
+def test_group_size_errors_share_one_message(api: Api, value: int) -> None:
+    err = _error(api.post("/v1/jobs", json={**BODY, "recipe": {"steps": [{"method": "gptq", "group_size": value}]}}),
+                 422)
+    assert err["message"] == (
+        f"recipe.steps.0.group_size: group_size must be -1 (per channel) or between 8 and 65536, got {value}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fallbacks", "message"),
+    [
+        ([RTN] * 5, "fallbacks: at most 4 fallback recipes, got 5"),
+        ([{"steps": [{"method": "rtn"}] * 16}] * 2, "fallbacks: the recipe and its fallbacks have 33 steps together"),
+    ],
+)
+def test_fallback_caps_are_422_naming_the_field(api: Api, fallbacks: list[Any], message: str) -> None:
+    err = _error(api.post("/v1/jobs", json={**BODY, "fallbacks": fallbacks}), 422)
+    assert (err["code"], err["field"]) == ("validation_error", "fallbacks")
+    assert err["message"].startswith(message), err
 
 
 @pytest.mark.parametrize(

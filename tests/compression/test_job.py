@@ -94,3 +94,47 @@ def test_perplexity_by_hand():
     ids = torch.tensor([[0, 0, 1, 2]])  # predicted tokens 0, 1, 2
     expected = math.exp((-math.log(0.5) - 2 * math.log(1 / 6)) / 3)
     assert perplexity(Fixed(), ids, torch.device("cpu")) == pytest.approx(expected, rel=1e-6)
+
+
+def test_model_dependent_recipe_errors_fail_before_any_compute(model_dir, tmp_path):
+    """An explicit group wider than a layer (K=96), in a fallback: invalid_recipe right after loading, not after
+    the evaluation data, the first attempt's compression and its evaluation."""
+    from presso.compression.errors import InvalidRecipe
+
+    stages = []
+    good = {"steps": [{"method": "rtn", "bits": 8, "group_size": 32}]}
+    wide = {"steps": [{"method": "rtn", "bits": 4, "group_size": 128}]}
+    spec = _spec(model_dir, tmp_path / "out", good, fallbacks=[parse_recipe(wide)],
+                 evaluation={"gate": {"max_kl": 1e-12}})
+    with pytest.raises(InvalidRecipe) as exc:
+        run_local(spec, progress=lambda s, f: stages.append(s))
+    assert exc.value.code == "invalid_recipe"
+    assert "group_size 128 is larger than the input width 96" in exc.value.message
+    assert set(stages) == {"load"}, stages
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        ({"method": "magnitude", "pattern": "2:7"}, "multiple of M"),
+        ({"method": "prune_structured", "drop_blocks": 2}, "would remove all 2 blocks"),
+        ({"method": "svd", "ratio": 0.2, "targets": ["nothing_matches"]}, "match no linear layer"),
+        ({"method": "rtn", "overrides": [{"pattern": "down_proj", "group_size": 256}]}, "input width 200"),
+    ],
+)
+def test_preflight_raises_what_the_engine_would(tiny_llama, step, message):
+    from presso.compression.errors import CompressionError
+    from presso.compression.pipeline import preflight
+
+    with pytest.raises(CompressionError) as exc:
+        preflight(tiny_llama, parse_recipe({"steps": [{"method": "rtn", "bits": 8}, step]}))
+    assert message in exc.value.message
+
+
+def test_default_group_wider_than_a_layer_falls_back_per_channel(model_dir, tmp_path):
+    """The default group_size 128 on K=96 layers: per channel there, 100 (a divisor of 200) on down_proj."""
+    run_local(_spec(model_dir, tmp_path / "out", {"steps": [{"method": "rtn"}]}))
+    layers = json.loads((tmp_path / "out" / "report.json").read_text())["layers"]
+    groups = {lay["name"].rsplit(".", 1)[-1]: lay["group_size"] for lay in layers}
+    assert groups["q_proj"] == -1 and groups["down_proj"] == 100

@@ -59,3 +59,64 @@ def test_patterns():
     assert matches("model.layers.10.mlp.down_proj", "re:layers\\.1\\d\\.")
     assert not matches("model.layers.1.mlp.down_proj", "re:layers\\.1\\d\\.")
     assert not selected("lm_head", ["*"], ["lm_head"])
+
+
+# -- caps and bounds checked without the model (issue 18) ----------------------------------------------
+
+
+def test_recipe_steps_are_capped():
+    from presso.compression.recipe import MAX_STEPS
+
+    assert len(parse_recipe({"steps": [{"method": "rtn"}] * MAX_STEPS}).steps) == MAX_STEPS
+    with pytest.raises(ValidationError) as exc:
+        parse_recipe({"steps": [{"method": "rtn"}] * 5000})
+    err = exc.value.errors()[0]
+    assert err["loc"] == ("steps",) and f"at most {MAX_STEPS} steps, got 5000" in err["msg"]
+
+
+def test_fallbacks_and_total_steps_are_capped(tmp_path):
+    from presso.compression.recipe import MAX_FALLBACKS, MAX_TOTAL_STEPS
+    from presso.compression.spec import LocalJobSpec
+
+    r16 = parse_recipe({"steps": [{"method": "rtn"}] * 16})
+    one = parse_recipe({"steps": [{"method": "rtn"}]})
+    ok = LocalJobSpec(model_dir=tmp_path, out_dir=tmp_path, recipe=r16, fallbacks=[r16])
+    assert sum(len(r.steps) for r in [ok.recipe, *ok.fallbacks]) == MAX_TOTAL_STEPS
+    with pytest.raises(ValidationError) as exc:
+        LocalJobSpec(model_dir=tmp_path, out_dir=tmp_path, recipe=one, fallbacks=[one] * (MAX_FALLBACKS + 1))
+    assert exc.value.errors()[0]["loc"] == ("fallbacks",) and "at most 4 fallback" in str(exc.value)
+    with pytest.raises(ValidationError) as exc:
+        LocalJobSpec(model_dir=tmp_path, out_dir=tmp_path, recipe=r16, fallbacks=[r16, one])
+    assert exc.value.errors()[0]["loc"] == ("fallbacks",) and "33 steps together; at most 32" in str(exc.value)
+
+
+@pytest.mark.parametrize("value", [0, 1, 7, -2, 65537, 10**18])
+@pytest.mark.parametrize(
+    "step, loc",
+    [
+        (lambda g: {"method": "rtn", "group_size": g}, ("steps", 0, "rtn", "group_size")),
+        (lambda g: {"method": "gptq", "group_size": g}, ("steps", 0, "gptq", "group_size")),
+        (lambda g: {"method": "sparsegpt", "bits": 4, "group_size": g}, ("steps", 0, "sparsegpt", "group_size")),
+        (lambda g: {"method": "rtn", "overrides": [{"pattern": "down_proj", "group_size": g}]},
+         ("steps", 0, "rtn", "overrides", 0, "group_size")),
+    ],
+)
+def test_group_size_out_of_range_has_one_message(step, loc, value):
+    """0 used to pass as 'per channel' while 7 said '-1 or at least 8'; 10**18 passed and failed in the worker."""
+    with pytest.raises(ValidationError) as exc:
+        parse_recipe({"steps": [step(value)]})
+    err = exc.value.errors()[0]
+    assert err["loc"] == loc
+    assert f"group_size must be -1 (per channel) or between 8 and 65536, got {value}" in err["msg"]
+
+
+@pytest.mark.parametrize("value", [-1, 8, 128, 65536])
+def test_group_size_in_range(value):
+    assert parse_recipe({"steps": [{"method": "rtn", "group_size": value}]}).steps[0].group_size == value
+
+
+def test_owl_with_nm_pattern_needs_no_model():
+    for method in ("wanda", "sparsegpt"):
+        with pytest.raises(ValidationError) as exc:
+            parse_recipe({"steps": [{"method": method, "pattern": "2:4", "allocation": "owl"}]})
+        assert "use one or the other" in str(exc.value)

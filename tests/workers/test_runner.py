@@ -103,3 +103,34 @@ def test_unreachable_store_retries_then_gives_up(make_settings: Any, tiny_uri: s
     assert run_job(job_id, ctx) == "failed"
     row = job_row(ctx, job_id)
     assert row.state == "failed" and row.error_code == "max_attempts_exceeded" and row.attempt == 2
+
+
+def test_default_group_size_falls_back_per_channel_through_the_service(make_settings: Any, tiny_uri: str) -> None:
+    """The stored request keeps the recipe as given: the default group_size 128 on the tiny model's 64-wide
+    layers falls back to per channel in the worker (it used to fail there as if the user had asked for 128)."""
+    ctx = worker_context(make_settings())
+    recipe = {"steps": [{"method": "rtn", "bits": 4}]}
+    job_id = submit(ctx, new_db_tenant(ctx), {"model_uri": tiny_uri, "recipe": recipe, "evaluation": FAST_EVAL})
+    assert job_row(ctx, job_id).request["recipe"] == recipe
+    assert run_job(job_id, ctx) == "succeeded", job_row(ctx, job_id).error_message
+    explicit = {"steps": [{"method": "rtn", "bits": 4, "group_size": 128}]}
+    job_id = submit(ctx, new_db_tenant(ctx), {"model_uri": tiny_uri, "recipe": explicit, "evaluation": FAST_EVAL})
+    assert run_job(job_id, ctx) == "failed"
+    row = job_row(ctx, job_id)
+    assert (row.error_code, row.attempt) == ("invalid_recipe", 1) and "larger than the input width" in row.error_message
+
+
+def test_stored_recipe_invalid_under_current_rules_fails_without_retry(make_settings: Any, tiny_uri: str) -> None:
+    """A row queued under looser rules (17 steps): invalid_recipe at once, not an infrastructure retry."""
+    from presso.app.jobs.models import Job
+
+    ctx = worker_context(make_settings())
+    job_id = submit(ctx, new_db_tenant(ctx), {"model_uri": tiny_uri, "recipe": RTN, "evaluation": FAST_EVAL})
+    with ctx.session_factory() as session:
+        job = session.get(Job, job_id)
+        job.request = {**job.request, "recipe": {"steps": [{"method": "rtn"}] * 17}}
+        session.commit()
+    assert run_job(job_id, ctx) == "failed"
+    row = job_row(ctx, job_id)
+    assert (row.error_code, row.attempt) == ("invalid_recipe", 1)
+    assert "at most 16 steps" in row.error_message

@@ -20,7 +20,7 @@ def schemes_for(chosen: dict[int, dict[str, nn.Module]], cfg: QuantStep) -> dict
             scheme = cfg.scheme_for(name)
             if scheme is not None:
                 k, _ = in_out(mod)
-                if scheme.group_size > k and "group_size" in cfg.model_fields_set:
+                if scheme.group_size > k and cfg.group_is_explicit(name):
                     raise InvalidRecipe(
                         f"group_size {scheme.group_size} is larger than the input width {k} of {name}; "
                         "use a smaller group or -1 (per channel)"
