@@ -10,7 +10,6 @@ import copy
 import importlib.metadata
 import logging
 import platform
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from presso.compression.eval.report import evaluate, gate_verdict, size_metrics
 from presso.compression.io.artifact import write_model, write_presso_json
 from presso.compression.io.calibration import generate_windows, load_windows
 from presso.compression.io.loading import LoadedModel, load_model
+from presso.compression.io.outdir import check_out_dir, publish, staged_output
 from presso.compression.pipeline import compress, preflight
 from presso.compression.recipe import Recipe
 from presso.compression.registry import engine_for
@@ -105,6 +105,7 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
     progress = progress or (lambda s, f: None)
     device = pick_device(spec.device)
     recipes = [spec.recipe, *spec.fallbacks]
+    check_out_dir(spec.out_dir, overwrite=spec.overwrite)  # a refused output directory, too
     for r in recipes:  # a missing engine fails before the hour of work
         for s in r.steps:
             engine_for(s)
@@ -142,15 +143,24 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
         )
     recipe, model, attempt = chosen
     progress("write", 0.0)
+    with staged_output(spec.out_dir, overwrite=spec.overwrite) as stage:
+        metrics = _write(spec, stage, recipe, model, lm, attempt, attempts, timings, t0, device)
+        files = publish(stage, spec.out_dir, overwrite=spec.overwrite)
+    progress("write", 1.0)
+    return LocalJobResult(metrics=metrics, files=[Path(f) for f in files], attempts=metrics["attempts"])
+
+
+def _write(spec: LocalJobSpec, out_dir: Path, recipe: Recipe, model: torch.nn.Module, lm: LoadedModel,
+           attempt: dict[str, Any], attempts: list[dict[str, Any]], timings: dict[str, float], t0: float,
+           device: torch.device) -> dict[str, Any]:
+    """The artifact, report.json and presso.json into ``out_dir`` (a staging directory); returns the metrics."""
     t = time.perf_counter()
-    if spec.out_dir.exists():
-        shutil.rmtree(spec.out_dir)
-    write_model(model, lm.tokenizer, spec.out_dir, spec.output_format)
-    post = _post_write(recipe, spec.out_dir)
+    write_model(model, lm.tokenizer, out_dir, spec.output_format)
+    post = _post_write(recipe, out_dir)
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     metrics = {
-        **size_metrics(lm.model, model, spec.out_dir),
+        **size_metrics(lm.model, model, out_dir),
         **attempt["quality"],
         "timings": {**timings, "compress": attempt["report"]["seconds"]},
         "steps": [{k: v for k, v in s.items() if k != "layers"} for s in attempt["report"]["steps"]],
@@ -164,14 +174,11 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
     layers = [layer for s in attempt["report"]["steps"] for layer in s.get("layers", [])]
     import json
 
-    (spec.out_dir / "report.json").write_text(json.dumps({"layers": layers, "steps": metrics["steps"]}, indent=2,
-                                                          default=str))
-    write_presso_json(spec.out_dir, {"presso_version": _presso_version(), "recipe": attempt["recipe"],
-                                     "metrics": metrics, "versions": _versions(),
-                                     "output_format": spec.output_format})
-    progress("write", 1.0)
-    files = sorted(p.relative_to(spec.out_dir) for p in spec.out_dir.rglob("*") if p.is_file())
-    return LocalJobResult(metrics=metrics, files=files, attempts=metrics["attempts"])
+    (out_dir / "report.json").write_text(json.dumps({"layers": layers, "steps": metrics["steps"]}, indent=2,
+                                                     default=str))
+    write_presso_json(out_dir, {"presso_version": _presso_version(), "recipe": attempt["recipe"],
+                                "metrics": metrics, "versions": _versions(), "output_format": spec.output_format})
+    return metrics
 
 
 def _slim(attempt: dict[str, Any]) -> dict[str, Any]:

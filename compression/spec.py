@@ -51,6 +51,11 @@ class LocalJobSpec(_Strict):
     device: str | None = Field(default=None, description="'cuda', 'cpu' or None (CUDA when present).")
     seed: int = 0
     max_params: int | None = Field(default=None, description="Refuse models declaring more parameters.")
+    overwrite: bool = Field(
+        default=False,
+        description="out_dir may hold a previous Presso artifact (presso.json), whose files are then replaced; "
+        "anything else in a non-empty out_dir is refused (compression.io.outdir).",
+    )
 
     @field_validator("fallbacks", mode="before")
     @classmethod

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -87,14 +86,23 @@ class PressoClient:
                 raise TimeoutError(f"job {job_id} still {job['state']} after {timeout:.0f} s")
             time.sleep(poll)
 
-    def download(self, job_id: str, out: Path, *, restore: bool = True) -> list[Path]:
-        """Download every manifest file, verify its sha256, and restore lossless-encoded files."""
+    def download(self, job_id: str, out: Path, *, restore: bool = True, overwrite: bool = False) -> list[Path]:
+        """Download every manifest file, verify its sha256, and restore lossless-encoded files.
+
+        ``out`` must be new or empty, or hold a previous Presso artifact and ``overwrite`` be given (then only
+        that artifact's files are replaced): Presso never deletes what it did not write. Files are downloaded
+        and decoded in a staging directory and moved into ``out`` only when all of them are verified.
+        """
+        from presso.compression.io.outdir import publish, staged_output
+
+        out = Path(out)
         manifest = self.artifact(job_id)
-        out.mkdir(parents=True, exist_ok=True)
-        written = [self._download_file(f, out) for f in manifest["files"]]
-        if restore and any(p.suffix == ".pzst" for p in written):
-            written = restore_dir(out)
-        return written
+        with staged_output(out, overwrite=overwrite) as stage:
+            ready = stage / "files"
+            written = [self._download_file(f, ready) for f in manifest["files"]]
+            if restore and any(p.suffix == ".pzst" for p in written):
+                ready = restore_dir(ready, stage / "restored")
+            return [out / rel for rel in publish(ready, out, overwrite=overwrite)]
 
     def _download_file(self, entry: dict[str, Any], out: Path) -> Path:
         rel = Path(entry["path"])
@@ -122,14 +130,17 @@ class PressoClient:
         return dest
 
 
-def restore_dir(out: Path) -> list[Path]:
-    """Decode *.pzst files in place with the lossless codec (``presso.compression.codec.unpack_dir``)."""
-    from presso.compression.codec import unpack_dir
+def restore_dir(packed: Path, restored: Path) -> Path:
+    """Decode a downloaded lossless artifact into the new directory ``restored`` (every file sha256-checked by
+    ``presso.compression.codec.unpack_dir``) and return it. Deletes nothing: the caller owns both."""
+    import shutil
 
-    restored = out.with_name(out.name + ".restoring")
-    if restored.exists():
-        shutil.rmtree(restored)
-    unpack_dir(out, restored)
-    shutil.rmtree(out)
-    restored.rename(out)
-    return sorted(p for p in out.rglob("*") if p.is_file())
+    from presso.compression.codec import INDEX, SUFFIX, unpack_dir
+
+    unpack_dir(packed, restored)
+    for path in sorted(p for p in packed.rglob("*") if p.is_file()):  # presso.json, report.json: beside the index
+        rel = path.relative_to(packed)
+        if rel.as_posix() != INDEX and path.suffix != SUFFIX and not (restored / rel).exists():
+            (restored / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, restored / rel)
+    return restored

@@ -85,8 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     from presso.compression.io.smollm2 import gguf_path
 
     gguf = gguf_path()
+    from presso.compression.errors import CompressionError
+    from presso.compression.io.outdir import check_out_dir
+
+    try:  # before an hour of work: the download would refuse it at the end
+        check_out_dir(args.out, overwrite=True)
+    except CompressionError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     data_dir = args.data_dir.resolve()
-    shutil.rmtree(data_dir, ignore_errors=True)  # a fresh embedded service each run: no leftover jobs
+    if data_dir.exists() and any(data_dir.iterdir()) and not (data_dir / "dev-api-key").is_file():
+        print(f"error: {data_dir} is not empty and is no earlier demo's data dir (no dev-api-key); "
+              "not deleting it: pass another --data-dir", file=sys.stderr)
+        return 2
+    shutil.rmtree(data_dir, ignore_errors=True)  # an earlier demo's service: a fresh one each run, no leftover jobs
     data_dir.mkdir(parents=True)
     print(f"model: {gguf}\nstarting the embedded service on port {args.port} (log: {data_dir / 'serve.log'})")
     # Evaluation text: the project's own README (any text file works; without one the model would
@@ -106,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             if job["state"] != "succeeded":
                 print(json.dumps(job, indent=2))
                 return 1
-            files = client.download(job["id"], args.out)
+            files = client.download(job["id"], args.out, overwrite=True)  # an earlier demo's artifact only
             print(f"downloaded {len(files)} files to {args.out} (sha256 verified)\n")
             print(metrics_table(job["metrics"] or {}))
     finally:

@@ -50,6 +50,8 @@ def register(sub: Any) -> None:
     p.add_argument("job_id")
     p.add_argument("out", type=Path)
     p.add_argument("--keep-encoded", action="store_true", help="do not decode *.pzst files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="OUT holds a previous Presso artifact: replace its files (nothing else there is touched)")
     _server_args(p)
     p.set_defaults(func=cmd_download)
 
@@ -120,11 +122,16 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    from presso.compression.errors import CompressionError
+
     try:
         with _client(args) as client:
-            files = client.download(args.job_id, args.out, restore=not args.keep_encoded)
+            files = client.download(args.job_id, args.out, restore=not args.keep_encoded, overwrite=args.overwrite)
     except PressoError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except CompressionError as exc:  # a refused OUT, a lossless file that does not decode
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return 2
     print(f"{len(files)} files in {args.out} (sha256 verified)")
     return 0
