@@ -11,7 +11,7 @@ DEMO_DIR ?= .presso/demo
 TORCH_VERSION := 2.13.0
 LATEST_VENV ?= .venv-latest
 
-.PHONY: setup test test-latest lock demo doctor bench bench-service lint services help
+.PHONY: browser setup test test-latest lock demo doctor bench bench-service lint services help
 
 help:
 	@echo "make setup   create .venv and install (idempotent)"
@@ -59,7 +59,13 @@ services:
 		|| redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 	@for i in $$(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.5; done
 
-test: setup services
+# The console's browser tests drive Debian's Chromium (never a downloaded browser); without it they skip, saying so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium chromium-driver) >/dev/null 2>&1 \
+		|| echo "chromium could not be installed: the console's browser tests will skip"
+
+test: setup services browser
 	$(PY) -m pytest -q
 
 doctor: setup
