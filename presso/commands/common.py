@@ -22,16 +22,46 @@ def set_env(name: str, value: object | None) -> None:
     get_settings.cache_clear()
 
 
+class RecipeInputError(ValueError):
+    """--recipe names no readable file, or holds no JSON object. The message is one line for stderr."""
+
+
 def load_recipe(text: str) -> dict[str, Any]:
-    """A recipe given inline as JSON or as a path to a JSON file."""
+    """A recipe given inline as JSON or as a path to a JSON file (RecipeInputError when neither works)."""
     stripped = text.strip()
-    if stripped.startswith("{"):
-        data = json.loads(stripped)
+    if stripped.startswith(("{", "[")):
+        where, raw = "--recipe", stripped
     else:
-        data = json.loads(Path(text).read_text())
+        where = f"recipe file {text}"
+        try:
+            raw = Path(text).expanduser().read_text()
+        except FileNotFoundError:
+            raise RecipeInputError(f"{where} does not exist (give a JSON file or inline JSON)") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeInputError(f"{where} cannot be read: {exc}") from None
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise RecipeInputError(f"{where} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise SystemExit("recipe must be a JSON object like {\"steps\": [...]}")
+        raise RecipeInputError(f'{where}: a recipe is a JSON object like {{"steps": [...]}}')
     return data
+
+
+def validation_message(exc: Any, prefix: str = "recipe") -> str:
+    """A pydantic ValidationError as one line: its first error, naming the field as the API's 422 does
+    (``recipe.steps.0.group_size: ...``)."""
+    from presso.compression.configs import CONFIGS
+
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": str(exc)}
+    loc = list(first.get("loc", ()))
+    # drop the method tags pydantic puts in the path of a discriminated union (steps.0.rtn.bits)
+    parts = [*([prefix] if prefix else []),
+             *(str(p) for i, p in enumerate(loc)
+               if not (isinstance(p, str) and p in CONFIGS and i > 0 and isinstance(loc[i - 1], int)))]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{'.'.join(parts)}: {str(first.get('msg', '')).removeprefix('Value error, ')}{more}"
 
 
 def as_uri(value: str) -> str:

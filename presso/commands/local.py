@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from presso.commands.common import as_uri, help_formatter, load_recipe
+from presso.commands.common import RecipeInputError, as_uri, help_formatter, load_recipe, validation_message
 
 
 def register(sub: Any) -> None:
@@ -20,7 +20,11 @@ def register(sub: Any) -> None:
   presso compress hf://HuggingFaceTB/SmolLM2-135M --recipe recipe.json --eval ./test.txt --out ./out""")
     p.add_argument("model_uri", help="s3://, https://, hf://, file:// or a local path")
     p.add_argument("--recipe", required=True, help="recipe JSON inline or a file")
-    p.add_argument("--out", required=True, type=Path, help="artifact directory to write")
+    p.add_argument("--out", required=True, type=Path,
+                   help="artifact directory to write: new or empty, or a previous artifact with --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of the Presso artifact already in --out (its presso.json lists them); "
+                   "nothing else there is ever deleted")
     p.add_argument("--calib", help="calibration text (file://, s3://, https:// or a path)")
     p.add_argument("--eval", dest="eval_uri", help="evaluation text (file://, s3://, https:// or a path)")
     p.add_argument("--samples", type=int, default=64, help="calibration samples")
@@ -76,29 +80,53 @@ def _fetch_inputs(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path | Non
     return model, calib, evaluation
 
 
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from presso.compression.errors import CompressionError
-    from presso.compression.job import run_local
+    from presso.compression.io.outdir import check_out_dir
     from presso.compression.recipe import parse_recipe
-    from presso.compression.spec import CalibrationInput, EvaluationInput, LocalJobSpec
+    from presso.compression.spec import CalibrationInput, EvaluationInput
+
+    # Everything that needs no model first: a bad recipe or --out costs no download and no traceback.
+    try:
+        recipe = parse_recipe(load_recipe(args.recipe))
+    except RecipeInputError as exc:
+        return _fail(str(exc))
+    except ValidationError as exc:
+        return _fail(f"invalid recipe: {validation_message(exc)}")
+    try:
+        calibration = CalibrationInput(samples=args.samples, seq_len=args.seq_len)
+        evaluation = EvaluationInput(enabled=not args.no_eval, windows=args.windows, seq_len=args.seq_len)
+    except ValidationError as exc:
+        return _fail(f"invalid option --{validation_message(exc, prefix='').replace('_', '-')}")
+    try:
+        check_out_dir(args.out, overwrite=args.overwrite)
+    except CompressionError as exc:
+        return _fail(f"{exc.code}: {exc.message}")
+
+    from presso.compression.job import run_local
+    from presso.compression.spec import LocalJobSpec
 
     bars = _Bars()
     try:
         with tempfile.TemporaryDirectory(prefix="presso-compress-") as tmp:
-            model, calib, evaluation = _fetch_inputs(args, Path(tmp))
-            args.out.mkdir(parents=True, exist_ok=True)
+            model, calib, evaluation_path = _fetch_inputs(args, Path(tmp))
             spec = LocalJobSpec(
-                model_dir=model, out_dir=args.out, recipe=parse_recipe(load_recipe(args.recipe)),
-                calibration=CalibrationInput(path=calib, samples=args.samples, seq_len=args.seq_len),
-                evaluation=EvaluationInput(enabled=not args.no_eval, path=evaluation, windows=args.windows,
-                                           seq_len=args.seq_len),
+                model_dir=model, out_dir=args.out, recipe=recipe, overwrite=args.overwrite,
+                calibration=calibration.model_copy(update={"path": calib}),
+                evaluation=evaluation.model_copy(update={"path": evaluation_path}),
                 output_format=args.format, device=args.device,
             )
             result = run_local(spec, progress=bars, should_stop=lambda: False)
     except CompressionError as exc:
         bars.close()
-        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
-        return 2
+        return _fail(f"{exc.code}: {exc.message}")
     bars.close()
     print(json.dumps(result.metrics, indent=2, default=str))
     print(f"artifact: {args.out}")
