@@ -20,6 +20,7 @@ from presso.compression.codec.files import (
     is_packed,
     pack_dir,
     read_index,
+    sha256_file,
     unpack_dir,
 )
 
@@ -37,5 +38,6 @@ __all__ = [
     "is_packed",
     "pack_dir",
     "read_index",
+    "sha256_file",
     "unpack_dir",
 ]

@@ -81,7 +81,9 @@ def is_packed(path: Path) -> bool:
         return False
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 8 MiB chunks: the one digest of artifact files (manifests, pack.json,
+    presso.json, uploads)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(8 << 20):
@@ -110,7 +112,7 @@ def pack_dir(src_dir: Path, out_dir: Path, *, chunk_bytes: int = 1 << 20, thread
             if in_place:
                 path.unlink()
         else:
-            entry["sha256"] = _sha256(path)
+            entry["sha256"] = sha256_file(path)
             if not in_place:
                 shutil.copy2(path, target)
             written.append(target)
@@ -140,12 +142,26 @@ def read_index(src_dir: Path) -> dict[str, Any]:
 
 
 def unpack_dir(src_dir: Path, out_dir: Path, *, threads: int | None = None) -> list[Path]:
-    """Restore a packed directory into ``out_dir``; every file is checked against its sha256."""
+    """Restore a packed directory into ``out_dir``; every indexed file is checked against its sha256.
+
+    Files added beside the index after packing (an artifact's ``presso.json`` and ``report.json``) are
+    copied as they are; ``pack.json`` and the ``*.pzst`` streams are not (the result is a plain directory)."""
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     index = read_index(src_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for entry in index.get("files", []):
+    entries = index.get("files", [])
+    known = {INDEX} | {e.get("name") for e in entries} | {e.get("packed") for e in entries if e.get("packed")}
+    for path in sorted(p for p in src_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(src_dir).as_posix()
+        if rel in known or path.name.startswith(".") or rel.endswith(SUFFIX):
+            continue
+        target = out_dir / rel
+        if path.resolve() != target.resolve():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        written.append(target)
+    for entry in entries:
         name = _safe_rel(entry.get("name"))
         target = out_dir / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +171,7 @@ def unpack_dir(src_dir: Path, out_dir: Path, *, threads: int | None = None) -> l
         else:
             if (src_dir / name).resolve() != target.resolve():
                 shutil.copy2(src_dir / name, target)
-            digest = _sha256(target)
+            digest = sha256_file(target)
         if digest != entry.get("sha256"):
             raise CodecError(f"{name}: sha256 mismatch after unpacking")
         written.append(target)
