@@ -40,7 +40,9 @@ setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
     package_data={"presso.kernels": ["**/*.cu", "**/*.cuh", "**/*.h"], "presso.compression.codec": ["_native.c"],
-                  "presso.migrations": ["script.py.mako"]},
+                  "presso.migrations": ["script.py.mako"],
+                  "presso.app.console": ["templates/*.html", "static/*"],
+                  "presso.app.api.apidocs": ["static/*.md", "static/swagger-ui/*", "static/redoc/*"]},
     ext_modules=[
         # A plain C library (no Python API), loaded with ctypes so every call drops the GIL.
         Extension(

@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from presso.app.api.apidocs import install_api_docs
 from presso.app.api.routes import admin, artifacts, health, jobs, methods
+from presso.app.console import install_console
 from presso.app.core.db import make_engine, make_session_factory
 from presso.app.core.errors import install_error_handlers
 from presso.app.core.metrics import metrics_middleware
@@ -36,6 +38,8 @@ def create_app(
         version="0.1.0",
         description="Compression-as-a-service: submit a model and a recipe, get a compressed artifact.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc from local assets: install_api_docs below
+        redoc_url=None,
     )
     celery = make_celery(settings) if publisher is None else None
     app.state.settings = settings
@@ -51,4 +55,6 @@ def create_app(
     app.middleware("http")(metrics_middleware)
     for module in (jobs, artifacts, methods, admin, health):
         app.include_router(module.router)
+    install_api_docs(app)
+    install_console(app, settings)  # /console: the web console
     return app
