@@ -16,6 +16,7 @@ See docs/uris.md for the rules.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from presso.workers.fetch.errors import (
 )
 from presso.workers.fetch.limits import Budget, FetchLimits
 from presso.workers.fetch.model_files import (
+    PEEK_BYTES,
     check_name,
     check_single_name,
     classify,
@@ -76,6 +78,11 @@ def _parse(uri: str, limits: FetchLimits) -> ParsedURI:
     )
 
 
+def _peek(source: Any) -> Callable[[str], bytes]:
+    """The first bytes of a source's file: what a refused pickle-suffixed file turns out to be."""
+    return lambda name: bytes(source.read_prefix(name, PEEK_BYTES)[0])
+
+
 def _open_source(
     parsed: ParsedURI, limits: FetchLimits, budget: Budget, stack: ExitStack
 ) -> tuple[Any, list[tuple[str, int | None]], str | None]:
@@ -86,8 +93,8 @@ def _open_source(
         key = parsed.key or ""
         base = key.rsplit("/", 1)[-1]
         if base and classify(check_name(base)) in ("weights", "pickle"):
-            check_single_name(base)
             s3_single = S3Source(make_client(limits), parsed.bucket or "", key[: len(key) - len(base)])
+            check_single_name(base, peek=_peek(s3_single))
             return s3_single, [(base, s3_single.head(base))], base
         prefix = key.rstrip("/") + "/" if key else ""
         source = S3Source(make_client(limits), parsed.bucket or "", prefix)
@@ -120,10 +127,10 @@ def fetch_model_report(uri: str, dest: Path, limits: FetchLimits) -> FetchResult
         source, entries, single = _open_source(parsed, limits, budget, stack)
         skipped: list[str] = []
         if single is not None:
-            check_single_name(single)
+            check_single_name(single, peek=_peek(source))
             files = entries
         else:
-            selection = select_model_files(entries, max_files=limits.max_files)
+            selection = select_model_files(entries, max_files=limits.max_files, peek=_peek(source))
             files, skipped = selection.files, selection.skipped
         result = run_plan(source, files, dest, limits, budget)
     result.skipped = skipped

@@ -6,12 +6,19 @@ import json
 import logging
 import math
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from presso.workers.fetch.errors import ModelFileCorrupt, NotFoundError, TooLarge, UnsafeModelFile
+from presso.workers.fetch.errors import (
+    FetchError,
+    ModelFileCorrupt,
+    NotFoundError,
+    TooLarge,
+    TransientFetchError,
+    UnsafeModelFile,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +80,13 @@ class Selection:
     skipped: list[str] = field(default_factory=list)
 
 
-def select_model_files(entries: Iterable[tuple[str, int | None]], *, max_files: int) -> Selection:
-    """Keep the safe files of a model listing (relative names); refuse hostile or pickle-only ones."""
+def select_model_files(
+    entries: Iterable[tuple[str, int | None]], *, max_files: int, peek: Peek | None = None
+) -> Selection:
+    """Keep the safe files of a model listing (relative names); refuse hostile or pickle-only ones.
+
+    ``peek(name)`` (the first bytes of a file), when given, lets the refusal of a pickle-only listing say
+    what the file actually is (:func:`refuse_checkpoint`)."""
     selection, pickles = Selection(), []
     for name, size in entries:
         kind = classify(check_name(name))
@@ -86,10 +98,7 @@ def select_model_files(entries: Iterable[tuple[str, int | None]], *, max_files: 
             selection.files.append((name, size))
     if not any(classify(n) == "weights" for n, _ in selection.files):
         if pickles:
-            raise UnsafeModelFile(
-                f"refused pickle checkpoint {pickles[0]!r}: Presso loads safetensors or GGUF weights only "
-                "(convert the checkpoint to .safetensors)"
-            )
+            raise refuse_checkpoint(pickles[0], peek)
         raise NotFoundError("no model weights found: expected *.safetensors or *.gguf files")
     if pickles:
         log.warning("skipping pickle files next to safe weights: %s", pickles)
@@ -101,16 +110,69 @@ def select_model_files(entries: Iterable[tuple[str, int | None]], *, max_files: 
     return selection
 
 
-def check_single_name(name: str) -> str:
-    """A URI naming one file must name a .safetensors or .gguf file."""
+def check_single_name(name: str, peek: Peek | None = None) -> str:
+    """A URI naming one file must name a .safetensors or .gguf file (``peek`` as for select_model_files)."""
     kind = classify(check_name(name))
     if kind == "pickle":
-        raise UnsafeModelFile(f"refused pickle checkpoint {name!r}: Presso loads safetensors or GGUF only")
+        raise refuse_checkpoint(name, peek)
     if kind != "weights":
         from presso.workers.fetch.errors import InvalidURI
 
         raise InvalidURI(f"{name!r} is not a model: name a .safetensors or .gguf file, or a directory")
     return name
+
+
+# -- what a pickle-suffixed file really is ------------------------------------------------------------
+
+Peek = Callable[[str], bytes]
+PEEK_BYTES = 64
+
+
+def describe_checkpoint(head: bytes) -> tuple[bool, str]:
+    """(is a pickle, what it is) from a file's first bytes, never unpickling anything."""
+    if head.startswith(b"PK\x03\x04"):
+        return True, "a zip archive holding a pickle (the PyTorch checkpoint format)"
+    if head[:1] == b"\x80":  # PROTO, the first opcode of every pickle since protocol 2
+        protocol = f" (protocol {head[1]})" if len(head) > 1 else ""
+        return True, f"a pickle stream{protocol} (a legacy PyTorch checkpoint)"
+    if not head:
+        return False, "an empty file"
+    if head.startswith(b"GGUF"):
+        return False, "a GGUF file under another name (name it *.gguf)"
+    if len(head) > 9 and head[8:9] == b"{" and 2 <= struct.unpack("<Q", head[:8])[0] <= MAX_HEADER_BYTES:
+        return False, "a safetensors file under another name (name it *.safetensors)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a multi-byte character cut at the end of the prefix is still text
+        text = head[: exc.start].decode("utf-8") if exc.start >= len(head) - 3 else ""
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        shown = " ".join(text.split())[:40]
+        return False, f"it looks like text: {shown!r}"
+    return True, "binary data of no format Presso reads, possibly a pickle"  # when unsure: refused as unsafe
+
+
+def refuse_checkpoint(name: str, peek: Peek | None = None) -> FetchError:
+    """The error for a pickle-suffixed file that would be the model's only weights, saying what it is."""
+    head = None
+    if peek is not None:
+        try:
+            head = peek(name)[:PEEK_BYTES]
+        except (FetchError, TransientFetchError, OSError) as exc:  # the refusal stands; only the detail is lost
+            log.info("could not read the start of %s to describe it: %s", name, exc)
+    if head is None:
+        return UnsafeModelFile(
+            f"refused pickle checkpoint {name!r}: Presso loads safetensors or GGUF weights only "
+            "(convert the checkpoint to .safetensors)"
+        )
+    pickle, what = describe_checkpoint(head)
+    if pickle:
+        return UnsafeModelFile(
+            f"refused {name!r}: it is {what}, which loading would unpickle; Presso loads safetensors or GGUF "
+            "weights only (convert the checkpoint to .safetensors)"
+        )
+    return ModelFileCorrupt(
+        f"{name} is not a PyTorch checkpoint ({what}), and the model has no safetensors or GGUF weights"
+    )
 
 
 # -- safetensors --------------------------------------------------------------------------------------

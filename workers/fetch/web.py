@@ -14,7 +14,7 @@ from urllib.parse import quote, urljoin
 from presso.workers.fetch.errors import FetchError, TooLarge
 from presso.workers.fetch.guard import SafeHttp
 from presso.workers.fetch.limits import Budget
-from presso.workers.fetch.model_files import check_name, check_single_name
+from presso.workers.fetch.model_files import PEEK_BYTES, check_name, check_single_name
 from presso.workers.fetch.uri import ParsedURI
 
 FILE_LIST = "presso-files.txt"
@@ -60,5 +60,6 @@ def http_model_source(parsed: ParsedURI, http: SafeHttp) -> tuple[HttpSource, li
         names = parse_file_list(data)
         urls = {n: urljoin(list_url, quote(n)) for n in names}
         return HttpSource(http, urls), [(n, None) for n in names], None
-    check_single_name(name)
-    return HttpSource(http, {name: parsed.url}), [(name, None)], name
+    url = parsed.url
+    check_single_name(name, peek=lambda _: http.read_prefix(url, PEEK_BYTES)[0])
+    return HttpSource(http, {name: url}), [(name, None)], name

@@ -291,7 +291,9 @@ def test_ip_literal_forms_fetch_from_the_checked_address(
         fetch_model(f"http://{host}:{port}/m/", tmp_path / "refused", replace(limits, allow_private_hosts=()))
 
 
-def test_redirect_to_an_octal_ip_literal_is_checked(http_server: Any, h: Any, limits: FetchLimits, tmp_path: Path) -> None:
+def test_redirect_to_an_octal_ip_literal_is_checked(
+    http_server: Any, h: Any, limits: FetchLimits, tmp_path: Path
+) -> None:
     data = h.make_safetensors({"w": ("F32", [2])})
     port = http_server.base.rsplit(":", 1)[1]
     http_server.routes["/real.safetensors"] = data
@@ -303,3 +305,14 @@ def test_redirect_to_an_octal_ip_literal_is_checked(http_server: Any, h: Any, li
     http_server.routes["/bad.safetensors"] = h.redirect_to("http://999.1.1.1/x.safetensors")
     with pytest.raises(InvalidURI):
         fetch_model(f"{http_server.base}/bad.safetensors", tmp_path / "c", limits)
+
+
+def test_text_named_bin_over_https_says_what_it_is(http_server: Any, limits: FetchLimits, tmp_path: Path) -> None:
+    http_server.routes["/t/model.bin"] = b"404: Not Found"
+    with pytest.raises(ModelFileCorrupt) as info:
+        fetch_model(f"{http_server.base}/t/model.bin", tmp_path / "a", limits)
+    assert info.value.message.startswith("model.bin is not a PyTorch checkpoint (it looks like text: '404: Not Found')")
+    http_server.routes["/t/presso-files.txt"] = b"config.json\nmodel.bin\n"
+    http_server.routes["/t/config.json"] = b"{}"
+    with pytest.raises(ModelFileCorrupt):
+        fetch_model(f"{http_server.base}/t/", tmp_path / "b", limits)

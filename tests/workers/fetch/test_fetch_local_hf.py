@@ -178,3 +178,21 @@ def test_hf_online_prechecks_before_download(
     _fake_hub(monkeypatch, [("model.safetensors", 10**12)], params=1)
     with pytest.raises(TooLarge):
         fetch_model("hf://org/big", tmp_path / "c", limits)
+
+
+def test_text_file_named_bin_is_described_not_called_a_pickle(limits: FetchLimits, tmp_path: Path) -> None:
+    """It used to fail as `unsafe_model: refused pickle checkpoint`, whatever the file held."""
+    from presso.workers.fetch import ModelFileCorrupt
+
+    allowed = tmp_path / "allowed"
+    text = write_files(allowed / "text", {"config.json": b"{}", "model.bin": b"hello, I am a README\n"})
+    with pytest.raises(ModelFileCorrupt) as info:
+        fetch_model(f"file://{text}", tmp_path / "a", limits)
+    assert info.value.code == "model_load_error"
+    assert info.value.message.startswith("model.bin is not a PyTorch checkpoint (it looks like text: 'hello, I am")
+    with pytest.raises(ModelFileCorrupt):  # named on its own, too
+        fetch_model(f"file://{text}/model.bin", tmp_path / "b", limits)
+    real = write_files(allowed / "real", {"config.json": b"{}", "pytorch_model.bin": b"PK\x03\x04" + b"\0" * 60})
+    with pytest.raises(UnsafeModelFile) as refused:
+        fetch_model(f"file://{real}", tmp_path / "c", limits)
+    assert "pytorch_model.bin" in refused.value.message and "zip archive holding a pickle" in refused.value.message

@@ -155,3 +155,45 @@ def test_bad_config_and_index(h: Any, tmp_path: Path) -> None:
     (tmp_path / "model.gguf").write_bytes(b"NOPE" + b"\0" * 16)
     with pytest.raises(ModelFileCorrupt):
         validate_model_dir(tmp_path, ["model.gguf"], max_json_bytes=1 << 20)
+
+
+# -- a pickle-suffixed file that is the only "weights": say what it is (issue 18) -----------------------
+
+
+@pytest.mark.parametrize(
+    ("head", "pickle", "what"),
+    [
+        (b"PK\x03\x04\x14\x00\x00\x00\x08\x00archive/data.pkl", True, "zip archive holding a pickle"),
+        (b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.", True, "pickle stream (protocol 2)"),
+        (b"\x80\x04\x95\x10\x00", True, "pickle stream (protocol 4)"),
+        (b"\x00\x01\x02\xff\xfe binary", True, "possibly a pickle"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\n", False, "it looks like text: 'version https"),
+        ("héllo wörld, not a model".encode(), False, "it looks like text"),
+        (b"GGUF\x03\x00\x00\x00", False, "a GGUF file under another name"),
+        (struct.pack("<Q", 60) + b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', False,
+         "a safetensors file under another name"),
+        (b"", False, "an empty file"),
+    ],
+)
+def test_describe_checkpoint(head: bytes, pickle: bool, what: str) -> None:
+    from presso.workers.fetch.model_files import describe_checkpoint
+
+    is_pickle, description = describe_checkpoint(head)
+    assert is_pickle is pickle and what in description, description
+
+
+def test_refusal_says_what_was_found() -> None:
+    from presso.workers.fetch.model_files import refuse_checkpoint
+
+    text = refuse_checkpoint("model.bin", lambda name: b"this is not a checkpoint\n")
+    assert isinstance(text, ModelFileCorrupt) and text.code == "model_load_error"
+    assert text.message.startswith("model.bin is not a PyTorch checkpoint (it looks like text: 'this is not a")
+    real = refuse_checkpoint("pytorch_model.bin", lambda name: b"PK\x03\x04rest")
+    assert isinstance(real, UnsafeModelFile) and real.code == "unsafe_model"
+    assert "it is a zip archive holding a pickle (the PyTorch checkpoint format)" in real.message
+
+    def unreadable(name: str) -> bytes:
+        raise OSError("gone")
+
+    unknown = refuse_checkpoint("x.pt", unreadable)  # no content: refused by its name, as before
+    assert isinstance(unknown, UnsafeModelFile) and "refused pickle checkpoint 'x.pt'" in unknown.message

@@ -81,9 +81,20 @@ def test_pickle_only_prefix_refused(s3: Any, bucket: str, s3_limits: FetchLimits
     put_model(s3, bucket, "p/", {"config.json": b"{}", "pytorch_model.bin": b"\x80\x04evil"})
     with pytest.raises(UnsafeModelFile) as info:
         fetch_model(f"s3://{bucket}/p/", tmp_path / "job", s3_limits)
-    assert "safetensors" in info.value.message
-    with pytest.raises(UnsafeModelFile):
+    assert "safetensors" in info.value.message and "pickle stream (protocol 4)" in info.value.message
+    with pytest.raises(UnsafeModelFile) as single:
         fetch_model(f"s3://{bucket}/p/pytorch_model.bin", tmp_path / "job", s3_limits)
+    assert "pickle stream (protocol 4)" in single.value.message
+
+
+def test_text_named_bin_on_s3_says_what_it_is(s3: Any, bucket: str, s3_limits: FetchLimits, tmp_path: Path) -> None:
+    from presso.workers.fetch import ModelFileCorrupt
+
+    put_model(s3, bucket, "t/", {"config.json": b"{}", "model.bin": b"<html>Access denied</html>"})
+    for uri in (f"s3://{bucket}/t/", f"s3://{bucket}/t/model.bin"):
+        with pytest.raises(ModelFileCorrupt) as info:
+            fetch_model(uri, tmp_path / "job", s3_limits)
+        assert "model.bin is not a PyTorch checkpoint (it looks like text: '<html>Access denied" in info.value.message
 
 
 @pytest.mark.parametrize("key", ["t/../escape.json", "t/a/../../escape.json", "t/..\\..\\escape.json"])
