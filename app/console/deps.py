@@ -9,7 +9,7 @@ with the API's status, code and message.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -30,6 +30,10 @@ from presso.app.tenants.service import ensure_tenant
 
 MAX_FORM_BYTES = 512 * 1024
 PREFIX = "/console"
+NOTICES = {  # shown on the sign-in page after a redirect (by code: no text travels in the URL)
+    "expired": "Your console session expired; sign in again.",
+    "revoked": "The API key of this session was revoked; sign in with another key.",
+}
 
 
 @dataclass
@@ -51,8 +55,11 @@ class Console:
     tenant: Tenant | None
     auth_disabled: bool = False
     reissue: bool = False
-    notice: str | None = None
-    flashes: list[str] = field(default_factory=list)
+    notice: str | None = None  # a NOTICES code
+
+    @property
+    def notice_text(self) -> str | None:
+        return NOTICES.get(self.notice or "")
 
     @property
     def csrf_token(self) -> str:
@@ -91,7 +98,7 @@ def console_context(request: Request, db: SessionDep, settings: SettingsDep) -> 
     if loaded is None:
         session, reissue = ConsoleSession.anonymous(ttl), True
         if request.cookies.get(COOKIE):
-            notice = "Your console session expired; sign in again."
+            notice = "expired"
     else:
         session, reissue = loaded  # reissue: signed with a rotated-out secret, re-sign with the newest
     tenant = None
@@ -101,7 +108,7 @@ def console_context(request: Request, db: SessionDep, settings: SettingsDep) -> 
         tenant = _live_tenant(db, session)
         if tenant is None:
             session, reissue = ConsoleSession.anonymous(ttl), True
-            notice = "The API key of this session was revoked; sign in with another key."
+            notice = "revoked"
         else:
             limiter: RateLimiter = request.app.state.rate_limiter
             wait = limiter.acquire(session.key_id or "")
@@ -222,7 +229,10 @@ class ConsoleRoute(APIRoute):
                     response = JSONResponse(error_body("unauthorized", "sign in to the console"), status_code=401)
                 else:
                     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                    response = RedirectResponse(f"{PREFIX}/login?next={quote(target, safe='')}", status_code=303)
+                    ctx: Console | None = getattr(request.state, "console", None)
+                    notice = f"&notice={ctx.notice}" if ctx is not None and ctx.notice else ""
+                    response = RedirectResponse(f"{PREFIX}/login?next={quote(target, safe='')}{notice}",
+                                                status_code=303)
             except CsrfRejected:
                 response = _error_page(request, 403, "csrf_failed",
                                        "The form's CSRF token is missing or does not match your session; "

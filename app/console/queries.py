@@ -11,7 +11,8 @@ import datetime as dt
 import json
 from collections.abc import Sequence
 
-from sqlalchemy import Text, and_, cast, exists, func, literal_column, or_, select
+from sqlalchemy import Text, and_, cast, exists, func, literal_column, or_, select, type_coerce
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -25,7 +26,8 @@ def _method_filter(session: Session, method: str) -> ColumnElement[bool]:
     """Any step of the job's recipe uses ``method``."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        return Job.request["recipe"]["steps"].contains([{"method": method}])  # JSONB @>
+        steps = type_coerce(Job.request, JSONB)["recipe"]["steps"]
+        return steps.contains([{"method": method}])  # JSONB @>
     if dialect == "sqlite":
         steps = func.json_each(Job.request, "$.recipe.steps").table_valued("value").alias("steps")
         return exists(select(literal_column("1")).select_from(steps)

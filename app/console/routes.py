@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from presso.app.api.deps import PublisherDep, SessionDep, SettingsDep, StoreDep, current_tenant
 from presso.app.api.routes import artifacts as artifact_routes
 from presso.app.console import forms, queries, views
-from presso.app.console.deps import ConsoleDep, ConsoleRoute, FormDep, SignedInDep
+from presso.app.console.deps import NOTICES, ConsoleDep, ConsoleRoute, FormDep, SignedInDep
 from presso.app.console.session import ConsoleSession
 from presso.app.core.errors import AppError, InvalidInput, RateLimited, Unauthorized, status_for
 from presso.app.core.metrics import JOBS_SUBMITTED
@@ -62,9 +62,11 @@ def home(ctx: ConsoleDep) -> Response:
 
 
 @router.get("/login")
-def login_page(ctx: ConsoleDep, next: str | None = None) -> Response:  # noqa: A002 - the query's name
+def login_page(ctx: ConsoleDep, next: str | None = None, notice: str | None = None) -> Response:  # noqa: A002
     if ctx.tenant is not None:
         return _redirect(_safe_next(next))
+    if notice in NOTICES and ctx.notice is None:
+        ctx.notice = notice
     return ctx.render("login.html", next=_safe_next(next))
 
 

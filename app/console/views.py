@@ -301,5 +301,6 @@ def compare_view(jobs: Sequence[Job], metric: str, x_key: str) -> dict[str, Any]
     if points:
         chart = charts.scatter(points, title=f"{y_label} against {COMPARE_X.get(x_key, x_key)}",
                                x_label=COMPARE_X.get(x_key, x_key), y_label=y_label)
-    return {"chart": chart, "rows": rows, "by_id": {r["id"]: r for r in rows}, "models": models, "metrics": available, "y_label": y_label,
+    return {"chart": chart, "rows": rows, "by_id": {r["id"]: r for r in rows}, "models": models,
+            "metrics": available, "y_label": y_label,
             "x_label": COMPARE_X.get(x_key, x_key)}
