@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 from presso.compression.core.context import StepContext, pick_device
-from presso.compression.errors import AccuracyGateFailed, CompressionError
+from presso.compression.errors import AccuracyGateFailed
 from presso.compression.eval.report import evaluate, gate_verdict, size_metrics
-from presso.compression.io.artifact import write_model, write_presso_json
+from presso.compression.io.artifact import encode, write_model, write_presso_json
 from presso.compression.io.calibration import generate_windows, load_windows
+from presso.compression.io.formats import artifact_loaders
 from presso.compression.io.loading import LoadedModel, load_model
 from presso.compression.io.outdir import check_out_dir, publish, staged_output
 from presso.compression.pipeline import compress, preflight
@@ -155,8 +156,12 @@ def _write(spec: LocalJobSpec, out_dir: Path, recipe: Recipe, model: torch.nn.Mo
            device: torch.device) -> dict[str, Any]:
     """The artifact, report.json and presso.json into ``out_dir`` (a staging directory); returns the metrics."""
     t = time.perf_counter()
-    write_model(model, lm.tokenizer, out_dir, spec.output_format)
-    post = _post_write(recipe, out_dir)
+    forms = write_model(model, lm.tokenizer, out_dir, spec.output_format, sparse_format=spec.sparse_format,
+                        source_dir=spec.model_dir if spec.model_dir.is_dir() else spec.model_dir.parent)
+    output: dict[str, Any] = {"sparse_format": spec.sparse_format, "forms": forms, **artifact_loaders(out_dir)}
+    encoding = output_encoding(spec, recipe)
+    post = {name: encode(out_dir, name, **opts) for name, opts in encoding.items()}
+    output["encoding"] = next(iter(encoding), None)
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     metrics = {
@@ -177,7 +182,8 @@ def _write(spec: LocalJobSpec, out_dir: Path, recipe: Recipe, model: torch.nn.Mo
     (out_dir / "report.json").write_text(json.dumps({"layers": layers, "steps": metrics["steps"]}, indent=2,
                                                      default=str))
     write_presso_json(out_dir, {"presso_version": _presso_version(), "recipe": attempt["recipe"],
-                                "metrics": metrics, "versions": _versions(), "output_format": spec.output_format})
+                                "metrics": metrics, "versions": _versions(), "output_format": spec.output_format,
+                                **output})
     return metrics
 
 
@@ -185,13 +191,12 @@ def _slim(attempt: dict[str, Any]) -> dict[str, Any]:
     return {k: attempt[k] for k in ("index", "recipe", "quality", "passed", "gate_failures", "seconds") if k in attempt}
 
 
-def _post_write(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for step in recipe.steps:
-        engine = engine_for(step)
-        if hasattr(engine, "post_write"):
-            try:
-                out[step.method] = engine.post_write(out_dir, step)
-            except CompressionError:
-                raise
-    return out
+def output_encoding(spec: LocalJobSpec, recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """The encoding of the written artifact, with its options: ``spec.output_encoding``, or the recipe's last
+    step ``lossless`` (still accepted; its ``chunk_bytes`` is used)."""
+    from presso.compression.configs.lossless import LosslessConfig
+
+    last = recipe.steps[-1]
+    if isinstance(last, LosslessConfig):
+        return {"lossless": {"chunk_bytes": last.chunk_bytes}}
+    return {spec.output_encoding: {}} if spec.output_encoding else {}

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from presso.compression.configs import CONFIGS, StepConfig
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from torch import nn
 
     from presso.compression.core.context import StepContext
@@ -24,10 +22,6 @@ class Engine(Protocol):
     def apply_(self, model: nn.Module, cfg: Any, ctx: StepContext) -> dict[str, Any]:
         """Compress ``model`` in place; return this step's report (JSON-able)."""
         ...
-
-
-class ArtifactPostProcessor(Protocol):
-    def post_write(self, out_dir: Path, cfg: Any) -> dict[str, Any]: ...
 
 
 _ENGINES: dict[type[StepConfig], type] = {}

@@ -48,6 +48,11 @@ class LocalJobSpec(_Strict):
     calibration: CalibrationInput = Field(default_factory=CalibrationInput)
     evaluation: EvaluationInput = Field(default_factory=EvaluationInput)
     output_format: Literal["compressed", "dense"] = "compressed"
+    sparse_format: Literal["dense", "sparse-bitmask"] = Field(
+        default="dense", description="Sparse layers: dense (loads everywhere) or compressed-tensors sparse-bitmask "
+        "(smaller; presso.load only, plain transformers refuses it).")
+    output_encoding: Literal["lossless"] | None = Field(
+        default=None, description="'lossless': PZST-encode the finished artifact's safetensors (exact).")
     device: str | None = Field(default=None, description="'cuda', 'cpu' or None (CUDA when present).")
     seed: int = 0
     max_params: int | None = Field(default=None, description="Refuse models declaring more parameters.")

@@ -59,6 +59,8 @@ def build_spec(
             model_dir=model_dir, out_dir=out_dir, recipe=recipe, fallbacks=fallbacks,
             calibration=calibration, evaluation=evaluation,
             output_format=(req.get("output") or {}).get("format", "compressed"),
+            sparse_format=(req.get("output") or {}).get("sparse_format", "dense"),
+            output_encoding=(req.get("output") or {}).get("encoding"),
             device=settings.device, max_params=settings.max_model_params,
         )
     except ValidationError as exc:

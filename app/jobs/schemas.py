@@ -38,6 +38,12 @@ class EvaluationRequest(_Strict):
 
 class OutputRequest(_Strict):
     format: Literal["compressed", "dense"] = "compressed"
+    sparse_format: Literal["dense", "sparse-bitmask"] = Field(
+        default="dense", description="Sparse layers: dense (loads everywhere) or sparse-bitmask (smaller; "
+        "presso.load only, plain transformers refuses it).")
+    encoding: Literal["lossless"] | None = Field(
+        default=None, description="'lossless': PZST-encode the artifact's safetensors (exact; `presso download` "
+        "decodes). A recipe's last step 'lossless' does the same.")
 
 
 class JobCreate(_Strict):

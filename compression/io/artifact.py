@@ -1,15 +1,18 @@
-"""Write an artifact directory: config.json, *.safetensors, tokenizer files, presso.json.
+"""Write an artifact directory: config.json, *.safetensors, the input model's tokenizer/processor/generation
+files, and, from the job, report.json and presso.json.
 
-``compressed``: each compressed module in its packed/sparse/factorized on-disk form (see
-compression.io.exporters); ``dense``: dequantized weights in the model's dtype, for tools that
-read only dense checkpoints.
+The model's modules are stored by the forms of compression.io.formats (``WriteOptions``: ``compressed``
+keeps each form compact; ``dense`` writes plain weights in the model's dtype, for tools that read only
+dense checkpoints; sparse layers are dense unless ``sparse_format="sparse-bitmask"``). An encoding
+(``lossless``) is applied to the finished directory by :func:`encode`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import fnmatch
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +20,23 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from presso.compression.io.exporters import EXPORTERS
+from presso.compression.codec import sha256_file
+from presso.compression.io.formats import ENCODINGS, WriteOptions, export_state, write_side_files
 
 log = logging.getLogger(__name__)
 SHARD_BYTES = 4 << 30
+__all__ = ["KEPT_FILES", "encode", "file_table", "kept_files", "sha256_file", "write_model", "write_presso_json"]
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# What an artifact keeps of the input model's own files, byte for byte: tokenizer, chat template,
+# processor and generation settings (transformers reads them from the artifact directory).
+KEPT_FILES = (
+    "tokenizer*.json", "tokenizer.model", "tokenizer*.txt", "*.jinja", "chat_template.json",
+    "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "*.tiktoken",
+    "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
+    "generation_config.json",
+)  # fmt: skip
+_NEVER_KEPT = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".safetensors", ".gguf")
 
 
 def _state_without_ties(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -70,30 +78,50 @@ def _save_shards(state: dict[str, torch.Tensor], out_dir: Path) -> list[Path]:
     return [*paths, index]
 
 
-def write_model(model: nn.Module, tokenizer: Any | None, out_dir: Path, fmt: str = "compressed") -> None:
+def kept_files(source_dir: Path | None) -> list[Path]:
+    """The input model's files an artifact keeps (top level, KEPT_FILES, never weights or pickles)."""
+    if source_dir is None or not Path(source_dir).is_dir():
+        return []
+    return sorted(p for p in Path(source_dir).iterdir()
+                  if p.is_file() and not p.name.lower().endswith(_NEVER_KEPT)
+                  and any(fnmatch.fnmatch(p.name, pat) for pat in KEPT_FILES))
+
+
+def write_model(model: nn.Module, tokenizer: Any | None, out_dir: Path, fmt: str = "compressed", *,
+                sparse_format: str = "dense", source_dir: Path | None = None) -> list[str]:
+    """Write the model files into ``out_dir``; returns the names of the forms used (compression.io.formats).
+
+    ``source_dir``: the input model's directory; its tokenizer, chat template, processor and generation
+    files are copied as they are. Without them, the tokenizer and generation config are saved from memory."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    options = WriteOptions(format=fmt, sparse_format=sparse_format)
     model = model.to("cpu")
     state = _state_without_ties(model)
     config = getattr(model, "config").to_dict()  # noqa: B009
     for key in ("quantization_config", "auto_map"):
         config.pop(key, None)
-    for exporter in EXPORTERS:  # dense: an exporter's densify_ turns its modules back into <name>.weight
-        step = exporter.export_ if fmt == "compressed" else getattr(exporter, "densify_", None)
-        if step is not None:
-            step(model, state, config)
+    forms = export_state(model, state, config, options)
     _save_shards(state, out_dir)
-    for exporter in EXPORTERS:  # side files, e.g. the PEFT adapter of EoRA residuals
-        if fmt == "compressed" and hasattr(exporter, "write_files"):
-            exporter.write_files(model, out_dir)
+    write_side_files(model, out_dir, options)  # e.g. the PEFT adapter of EoRA residuals
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+    kept = kept_files(source_dir)
+    for path in kept:
+        shutil.copy2(path, out_dir / path.name)
+    names = {p.name for p in kept}
     gen = getattr(model, "generation_config", None)
-    if gen is not None:
+    if gen is not None and "generation_config.json" not in names:
         try:
             gen.save_pretrained(str(out_dir))
         except Exception as exc:  # generation config is optional
             log.warning("generation_config not saved: %s", exc)
-    if tokenizer is not None:
+    if tokenizer is not None and not any(n.startswith("tokenizer") for n in names):
         tokenizer.save_pretrained(str(out_dir))
+    return forms
+
+
+def encode(out_dir: Path, encoding: str, **options: Any) -> dict[str, Any]:
+    """Apply the encoding ``encoding`` (compression.io.formats.ENCODINGS) to the finished directory."""
+    return ENCODINGS[encoding].encode(out_dir, **options)
 
 
 def file_table(out_dir: Path) -> list[dict[str, Any]]:

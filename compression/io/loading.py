@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +77,9 @@ def declared_params(model_dir: Path) -> int:
     return total
 
 
-def _auto_class(config: Any) -> tuple[Any, str]:
+def auto_class(config: Any) -> tuple[Any, str]:
+    """The Auto class that builds ``config``'s model and its kind: (AutoModelForCausalLM, "causal_lm") or
+    (AutoModel, "encoder")."""
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -150,7 +151,7 @@ def _load_safetensors_dir(path: Path, dtype: torch.dtype | None, notes: list[str
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     except Exception as exc:
         raise UnsupportedModel(f"config.json not understood by transformers: {exc}") from exc
-    cls, kind = _auto_class(config)
+    cls, kind = auto_class(config)
     # transformers would fall back to *.bin for missing shards: load from a copy holding safe files only.
     with tempfile.TemporaryDirectory(prefix="presso-load-") as tmp:
         safe = Path(tmp)
@@ -166,9 +167,3 @@ def _load_safetensors_dir(path: Path, dtype: torch.dtype | None, notes: list[str
         tok = _load_tokenizer(safe)
     return LoadedModel(model=model.eval(), tokenizer=tok, kind=kind, source_format="safetensors", notes=notes)
 
-
-def copy_tokenizer_files(src_dir: Path, dst_dir: Path) -> None:
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                 "merges.txt", "tokenizer.model", "generation_config.json"):
-        if (src_dir / name).exists() and not (dst_dir / name).exists():
-            shutil.copy2(src_dir / name, dst_dir / name)

@@ -32,6 +32,9 @@ def register(sub: Any) -> None:
     p.add_argument("--windows", type=int, default=8, help="evaluation windows")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation")
     p.add_argument("--format", choices=["compressed", "dense"], default="compressed")
+    p.add_argument("--sparse-format", choices=["dense", "sparse-bitmask"], default="dense",
+                   help="sparse layers: dense (loads everywhere) or sparse-bitmask (smaller; presso.load only)")
+    p.add_argument("--encoding", choices=["lossless"], help="lossless: PZST-encode the artifact's safetensors")
     p.add_argument("--device", help="cuda or cpu (default: CUDA when present)")
     p.set_defaults(func=cmd_compress)
 
@@ -122,6 +125,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                 calibration=calibration.model_copy(update={"path": calib}),
                 evaluation=evaluation.model_copy(update={"path": evaluation_path}),
                 output_format=args.format, device=args.device,
+                sparse_format=args.sparse_format, output_encoding=args.encoding,
             )
             result = run_local(spec, progress=bars, should_stop=lambda: False)
     except CompressionError as exc:

@@ -67,7 +67,7 @@ def test_load_sparse_bitmask_artifact(tmp_path):
     model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, vocab_size=128)).eval()
     compress(model, parse_recipe({"steps": [{"method": "magnitude", "sparsity": 0.6}]}), StepContext())
-    write_model(model, None, tmp_path / "a")
+    write_model(model, None, tmp_path / "a", sparse_format="sparse-bitmask")
     assert any(k.endswith(".weight.bitmask") for k in __import__("safetensors.torch", fromlist=["x"]).load_file(
         str(tmp_path / "a" / "model.safetensors")))
     ids = torch.randint(0, 128, (2, 12))
@@ -110,7 +110,7 @@ def test_ragged_groups_of_other_writers_dequantize_with_the_written_group():
     divide (Presso itself picks a dividing group). K / 3 would give the wrong size."""
     from presso.compression.io.packed_linear import PackedLinear
     from presso.kernels.w4a16 import reference as ref
-    from presso.load import dequantize_packed_
+    from presso.compression.io.formats.quantized import dequantize_packed_
 
     gen = torch.Generator().manual_seed(5)
     q = torch.randint(-8, 8, (6, 40), generator=gen, dtype=torch.int8)

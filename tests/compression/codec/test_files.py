@@ -1,4 +1,4 @@
-"""encode_file/decode_file, pack_dir/unpack_dir, is_packed, the lossless engine's post_write."""
+"""encode_file/decode_file, pack_dir/unpack_dir, is_packed, the artifact's lossless encoding."""
 
 from __future__ import annotations
 
@@ -60,19 +60,30 @@ def test_pack_unpack_dir(tmp_path: Path, model_dir: Path) -> None:
     assert {p.relative_to(tmp_path / "out").as_posix(): sha(p) for p in restored} == before
 
 
-def test_pack_in_place_and_engine(tmp_path: Path, model_dir: Path) -> None:
-    from presso.compression.configs.lossless import LosslessConfig
-    from presso.compression.registry import engine_for
+def test_lossless_encoding_in_place(tmp_path: Path, model_dir: Path) -> None:
+    from presso.compression.io.artifact import encode
 
     before = {p.relative_to(model_dir).as_posix(): sha(p) for p in model_dir.rglob("*") if p.is_file()}
-    engine = engine_for(LosslessConfig())
-    report = engine.post_write(model_dir, LosslessConfig())
+    report = encode(model_dir, "lossless")
     assert report["files"] == 2 and report["bytes_after"] < report["bytes_before"]
     assert not list(model_dir.rglob("*.safetensors"))
-    assert engine.post_write(model_dir, LosslessConfig()) == {"skipped": "already packed"}
+    assert encode(model_dir, "lossless") == {"skipped": "already packed"}
     codec.unpack_dir(model_dir, tmp_path / "out")
     after = {p.relative_to(tmp_path / "out").as_posix(): sha(p) for p in (tmp_path / "out").rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_unpack_keeps_files_written_after_packing(tmp_path: Path, model_dir: Path) -> None:
+    """An artifact's presso.json and report.json are written after its safetensors are packed: restoring the
+    directory keeps them (and drops pack.json and the streams)."""
+    codec.pack_dir(model_dir, model_dir)
+    (model_dir / "presso.json").write_text('{"files": []}')
+    (model_dir / "report.json").write_text('{"layers": []}')
+    restored = codec.unpack_dir(model_dir, tmp_path / "out")
+    names = {p.relative_to(tmp_path / "out").as_posix() for p in restored}
+    assert {"presso.json", "report.json", "config.json", "sub/model-00002-of-00002.safetensors"} <= names
+    assert (tmp_path / "out" / "presso.json").read_text() == '{"files": []}'
+    assert not list((tmp_path / "out").rglob("*.pzst")) and not (tmp_path / "out" / "pack.json").exists()
 
 
 def test_unpack_rejects_bad_names_and_hashes(tmp_path: Path, model_dir: Path) -> None:

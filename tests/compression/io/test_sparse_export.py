@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 from presso.compression.configs.pruning import SparseGPTConfig, WandaConfig
 from presso.compression.core.context import StepContext
 from presso.compression.io.artifact import write_model
-from presso.compression.io.exporters.sparse import SparseBitmaskExporter, decode, decompress_state_, encode
+from presso.compression.io.formats.base import WriteOptions
+from presso.compression.io.formats.sparse import SparseBitmask, decode, decompress_state_, encode
 from presso.compression.registry import engine_for
 
 
@@ -29,7 +30,7 @@ def test_torch_packbits_matches_numpy(cols):
     """The torch packer (what a mask on a GPU takes) computes numpy.packbits' bytes."""
     import numpy as np
 
-    from presso.compression.io.exporters import sparse
+    from presso.compression.io.formats import sparse
 
     mask = torch.rand(17, cols, generator=torch.Generator().manual_seed(cols)) < 0.4
     want = torch.from_numpy(np.packbits(mask.numpy(), axis=-1, bitorder="little"))
@@ -38,7 +39,7 @@ def test_torch_packbits_matches_numpy(cols):
 
 
 def test_two_four_detection():
-    from presso.compression.io.exporters.sparse import is_two_four
+    from presso.compression.io.formats.sparse import is_two_four
 
     mask = torch.tensor([[1, 1, 0, 0, 0, 1, 1, 0]], dtype=torch.bool)
     assert is_two_four(mask)
@@ -65,13 +66,15 @@ def _pruned(tiny_llama, calib_ids, cfg):
 
 def test_sparse_artifact_is_smaller_and_restores_bit_exact(tiny_llama, calib_ids, tmp_path):
     model = _pruned(tiny_llama, calib_ids, WandaConfig(pattern="2:4"))
-    write_model(model, None, tmp_path / "sparse")
+    write_model(model, None, tmp_path / "sparse", sparse_format="sparse-bitmask")
     write_model(model, None, tmp_path / "dense", fmt="dense")
     sparse_size = (tmp_path / "sparse" / "model.safetensors").stat().st_size
     dense_size = (tmp_path / "dense" / "model.safetensors").stat().st_size
     # 2:4 of fp32: half the values, plus 1/32 for the bitmask and 8 bytes per row
     assert sparse_size < dense_size - 0.43 * 4 * sum(p.numel() for n, p in model.named_parameters() if "proj" in n)
-    cfg = json.loads((tmp_path / "sparse" / "config.json").read_text())["quantization_config"]["sparsity_config"]
+    qc = json.loads((tmp_path / "sparse" / "config.json").read_text())["quantization_config"]
+    assert "quant_method" not in qc and qc["presso_format"] == ["sparse-bitmask"]  # transformers refuses it
+    cfg = qc["compressed_tensors"]["sparsity_config"]
     assert cfg["format"] == "sparse-bitmask" and cfg["sparsity_structure"] == "2:4"
     state = load_file(tmp_path / "sparse" / "model.safetensors")
     assert len(decompress_state_(state)) == 14
@@ -86,15 +89,23 @@ def test_layers_below_break_even_stay_dense(tiny_llama):
     tiny_llama.model.layers[1].mlp.down_proj.weight.data[:, :100] = 0  # 50%: sparse
     state = {k: v.contiguous() for k, v in tiny_llama.state_dict().items()}
     config: dict = {}
-    SparseBitmaskExporter().export_(tiny_llama, state, config)
+    assert SparseBitmask().export(tiny_llama, state, config, WriteOptions(sparse_format="sparse-bitmask"))
     assert "model.layers.0.mlp.down_proj.weight" in state
     assert "model.layers.1.mlp.down_proj.weight.compressed" in state
     assert config["quantization_config"]["sparsity_config"]["sparsity_structure"] == "unstructured"
 
 
+def test_sparse_layers_are_dense_by_default(tiny_llama, calib_ids, tmp_path):
+    model = _pruned(tiny_llama, calib_ids, WandaConfig(sparsity=0.5))
+    assert write_model(model, None, tmp_path) == ["dense"]
+    state = load_file(tmp_path / "model.safetensors")
+    assert not any(k.endswith(".bitmask") for k in state)
+    assert "quantization_config" not in json.loads((tmp_path / "config.json").read_text())
+
+
 def test_sparse_and_quantized_layers_are_stored_packed(tiny_llama, calib_ids, tmp_path):
     model = _pruned(tiny_llama, calib_ids, SparseGPTConfig(sparsity=0.5, bits=4, group_size=32, block_size=32))
-    write_model(model, None, tmp_path)
+    write_model(model, None, tmp_path, sparse_format="sparse-bitmask")  # quantized layers stay packed anyway
     state = load_file(tmp_path / "model.safetensors")
     assert not any(k.endswith(".compressed") for k in state)
     assert sum(k.endswith(".weight_packed") for k in state) == 14

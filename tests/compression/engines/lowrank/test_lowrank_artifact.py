@@ -52,16 +52,16 @@ def eora_artifact(tiny_llama, calib_ids, tmp_path):
 
 def test_eora_residual_is_a_peft_adapter_on_the_packed_base(eora_artifact, calib_ids):
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+    from transformers import AutoModelForCausalLM
 
     model, d = eora_artifact
     keys = keys_and_bytes(d)
     assert "model.layers.0.self_attn.q_proj.weight_packed" in keys and not any("lora" in k for k in keys)
     cfg = json.loads((d / "adapter" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == cfg["lora_alpha"] == 8 and len(cfg["target_modules"]) == 14
-    # PEFT wraps Linear layers that hold a weight: let transformers decompress the packed base on load
-    base = AutoModelForCausalLM.from_pretrained(str(d), quantization_config=CompressedTensorsConfig(
-        run_compressed=False)).eval()
+    # the README's path as written: config.json's `dequantize` makes transformers decompress the packed base
+    # on load, so PEFT finds plain Linear layers with a weight
+    base = AutoModelForCausalLM.from_pretrained(str(d)).eval()
     peft_model = PeftModel.from_pretrained(base, str(d / "adapter")).eval()
     with torch.no_grad():
         want = model(calib_ids[:2]).logits

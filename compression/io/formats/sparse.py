@@ -1,4 +1,7 @@
-"""Sparse linears -> compressed-tensors ``sparse-bitmask`` (values + bitmask + row offsets + shape).
+"""sparse-bitmask (opt-in): sparse linears as compressed-tensors ``sparse-bitmask`` tensors.
+
+Written only with ``output.sparse_format = "sparse-bitmask"``; by default sparse layers are stored dense
+(plain ``<name>.weight``), which every loader reads.
 
 Per weight ``<name>.weight`` [rows, cols] the artifact holds
 ``<name>.weight.compressed`` (the non-zero values, row-major, in the weight's dtype),
@@ -10,13 +13,14 @@ with format ``sparse-bitmask``, the layout of compressed-tensors' BitmaskCompres
 * "Zero" means all bits zero, so -0.0 is stored as a value and the round trip is bit-exact.
 * A layer is stored sparse only when that is smaller than dense: (1 - s) * bits + 1 bit per weight
   plus 8 bytes per row, i.e. above ~1/bits sparsity (6.3% for 16-bit, 3.1% for fp32 weights).
-* Quantized modules are left to the pack-quantized exporter, which runs first and claims them:
+* Quantized modules are left to the pack-quantized format, which runs first and claims them:
   compressed-tensors has no sparse form of packed int4 weights that a loader reads (see
   docs/pruning.md), so sparse + quantized layers are stored packed.
 
-Loading: compressed-tensors >= 0.15 dropped the legacy sparse decompressors, and transformers 5.x
-then loads such a checkpoint with those layers MISSING (randomly initialized). Presso reads it with
-:func:`decompress_state_`; see docs/pruning.md for the trade-off and the ``dense`` output format.
+Loading: compressed-tensors >= 0.15 dropped the sparse decompressors, and transformers 5.x loads such a
+checkpoint with those layers MISSING (randomly initialized, a warning only). So the form is
+``presso_only``: the artifact's config is marked and plain transformers refuses it
+(formats.base.mark_presso_only); ``presso.load`` decodes it (:func:`decompress_state_`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from torch import nn
 
 from presso.compression.core.layout import quantized_of
 from presso.compression.core.staging import to_device, to_host
-from presso.compression.io.exporters.device import export_device
+from presso.compression.io.formats.base import Format, LoadContext, WriteOptions
+from presso.compression.io.formats.device import export_device
 
 SUFFIXES = ("compressed", "bitmask", "row_offsets", "shape")
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -113,10 +118,18 @@ def decompress_state_(state: dict[str, torch.Tensor]) -> list[str]:
     return [k[: -len(".weight")] for k in names]
 
 
-class SparseBitmaskExporter:
-    """Claims every dense ``nn.Linear`` weight that is smaller stored as a bitmask."""
+class SparseBitmask(Format):
+    """Claims every dense ``nn.Linear`` weight that is smaller stored as a bitmask (when opted in)."""
 
-    def export_(self, model: nn.Module, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    name = "sparse-bitmask"
+    loaders = ("presso.load",)
+    presso_only = True
+    reads_quantization_config = True
+
+    def export(self, model: nn.Module, state: dict[str, torch.Tensor], config: dict[str, Any],
+               options: WriteOptions) -> bool:
+        if options.sparse_format != "sparse-bitmask":
+            return False
         names: list[str] = []
         zeros = total = 0
         two_four = True
@@ -140,7 +153,7 @@ class SparseBitmaskExporter:
             zeros += t.numel() - nnz
             total += t.numel()
         if not names:
-            return
+            return False
         qc = config.setdefault("quantization_config", {"quant_method": "compressed-tensors", "format": "dense",
                                                        "quantization_status": "compressed", "ignore": []})
         qc["sparsity_config"] = {
@@ -150,3 +163,10 @@ class SparseBitmaskExporter:
             "targets": ["re:^(" + "|".join(re.escape(n) for n in names) + ")$"],
             "ignore": [],
         }
+        return True
+
+    def present(self, ctx: LoadContext) -> bool:
+        return (ctx.qcfg.get("sparsity_config") or {}).get("format") == "sparse-bitmask"
+
+    def load(self, model: nn.Module, state: dict[str, torch.Tensor], ctx: LoadContext) -> None:
+        decompress_state_(state)
