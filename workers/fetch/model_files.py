@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
@@ -25,16 +26,21 @@ log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 INDEX_SUFFIX = ".safetensors.index.json"
 CONFIG_FILES = frozenset({"config.json", "generation_config.json"})
+# Tokenizer, chat template and processor files, as fnmatch patterns of lower-case names (also the Hub's
+# allow_patterns): every one a model comes with is kept into its artifact (compression.io.artifact.KEPT_FILES).
 TOKENIZER_FILES = frozenset(
     {
-        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-        "tokenizer.model", "added_tokens.json", "vocab.txt",
+        "tokenizer*.json", "tokenizer.model", "tokenizer*.txt", "*.jinja", "chat_template.json",
+        "special_tokens_map.json", "added_tokens.json",
+        "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "*.tiktoken",
+        "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
     }
 )  # fmt: skip
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
 # Config keys that make transformers import code shipped with the model (with trust_remote_code).
 CODE_KEYS = frozenset({"auto_map", "custom_pipelines", "trust_remote_code"})
-SANITIZED_FILES = ("config.json", "tokenizer_config.json")
+SANITIZED_FILES = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json",
+                   "video_preprocessor_config.json")
 MAX_HEADER_BYTES = 100 * 2**20
 DTYPE_BITS = {
     "BOOL": 8, "U8": 8, "I8": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6,
@@ -65,12 +71,12 @@ def classify(name: str) -> str:
         return "index"
     if base.endswith(WEIGHT_SUFFIXES):
         return "weights"
-    if base in CONFIG_FILES:
-        return "config"
-    if base in TOKENIZER_FILES:
-        return "tokenizer"
     if base.endswith(PICKLE_SUFFIXES):
         return "pickle"
+    if base in CONFIG_FILES:
+        return "config"
+    if any(fnmatch.fnmatchcase(base, pattern) for pattern in TOKENIZER_FILES):
+        return "tokenizer"
     return "other"
 
 
