@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from presso.kernels import w4a16  # noqa: E402
 from bench.kernels_w4a16 import capture, quantize_sym  # noqa: E402
+from presso.kernels import w4a16  # noqa: E402
 from presso.kernels.w4a16 import reference as ref  # noqa: E402
 
 GROUP = 128

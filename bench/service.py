@@ -90,9 +90,9 @@ class Stack:
             "PRESSO_DATA_DIR": str(work / "data"), "PRESSO_WORK_DIR": str(work / "jobs"),
             "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
         }
+        from bench.submit_latency import ensure_database
         from presso.app.core.migrate import upgrade
         from presso.app.core.settings import Settings
-        from bench.submit_latency import ensure_database
 
         ensure_database(args.database_url)
         upgrade(Settings(database_url=args.database_url))

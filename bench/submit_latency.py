@@ -63,7 +63,8 @@ def start_api(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
     upgrade(Settings(database_url=args.database_url))
     port = _free_port()
     if args.plain_uvicorn:  # uvicorn's own --workers mode, for comparison (Nagle stays on: app/core/server.py)
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "presso.app.main:create_app", "--workers", str(args.api_workers)]
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "presso.app.main:create_app",
+               "--workers", str(args.api_workers)]
     else:  # what production runs (the Docker image's command)
         cmd = [sys.executable, "-m", "presso.cli", "api", "--workers", str(args.api_workers)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]

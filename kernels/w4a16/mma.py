@@ -27,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+
 from presso.kernels.support import tensor_bytes
 from presso.kernels.w4a16 import reference as ref
 

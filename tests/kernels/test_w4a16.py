@@ -132,7 +132,8 @@ def test_public_entry_point_falls_back_on_cpu() -> None:
 
 
 def test_kernels_import_without_triton() -> None:
-    code = "import sys; sys.modules['triton'] = None; from presso.kernels.support import triton_available; print(triton_available())"
+    code = ("import sys; sys.modules['triton'] = None; "
+            "from presso.kernels.support import triton_available; print(triton_available())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() in ("False", "True")
 

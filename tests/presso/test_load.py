@@ -108,9 +108,9 @@ def test_packed_load_keeps_codes_and_matches_the_dense_load(steps, tmp_path):
 def test_ragged_groups_of_other_writers_dequantize_with_the_written_group():
     """K = 40, groups of 16: 3 groups, the last one short, as llm-compressor writes for widths that do not
     divide (Presso itself picks a dividing group). K / 3 would give the wrong size."""
+    from presso.compression.io.formats.quantized import dequantize_packed_
     from presso.compression.io.packed_linear import PackedLinear
     from presso.kernels.w4a16 import reference as ref
-    from presso.compression.io.formats.quantized import dequantize_packed_
 
     gen = torch.Generator().manual_seed(5)
     q = torch.randint(-8, 8, (6, 40), generator=gen, dtype=torch.int8)

@@ -43,7 +43,13 @@ from presso.compression.engines.quantization.awq.awq_math import (
     scales_for,
     search_scales,
 )
-from presso.compression.engines.quantization.awq.fold import Producer, fold_, fold_is_exact, identity_producers, norm_like
+from presso.compression.engines.quantization.awq.fold import (
+    Producer,
+    fold_,
+    fold_is_exact,
+    identity_producers,
+    norm_like,
+)
 from presso.compression.engines.quantization.common import layer_record, schemes_for
 from presso.compression.engines.quantization.gptq.engine import solve_shared, uncalled
 from presso.compression.engines.quantization.gptq.observe import InputGroups, observe_block

@@ -7,7 +7,14 @@ import copy
 import pytest
 import torch
 
-from presso.compression.configs.quantization import AWQConfig, GPTQConfig, HQQConfig, QuantArgs, QuantOverride, RTNConfig
+from presso.compression.configs.quantization import (
+    AWQConfig,
+    GPTQConfig,
+    HQQConfig,
+    QuantArgs,
+    QuantOverride,
+    RTNConfig,
+)
 from presso.compression.core.context import StepContext
 from presso.compression.core.layout import find_layout, get_weight, is_linear, quantized_of
 from presso.compression.errors import InvalidRecipe, NoTargetModules
