@@ -44,6 +44,8 @@ CASES: dict[str, tuple[list[dict[str, Any]], dict[str, Any], str | None, tuple[s
     "quantized-symmetric": ([RTN], {}, None, ALL, ()),
     "quantized-asymmetric": ([ASYM], {}, None, ALL, ()),
     "hqq-asymmetric": ([{"method": "hqq", "bits": 4, "group_size": 16, "iters": 5}], {}, None, ALL, ()),
+    "gptq": ([{"method": "gptq", "bits": 4, "group_size": 16, "block_size": 16}], {}, None, ALL, ()),
+    "awq-asymmetric": ([{"method": "awq", "bits": 4, "group_size": 16, "symmetric": False}], {}, None, ALL, ()),
     "quantized-two-schemes-symmetric": ([{**RTN, "overrides": MIXED}], {}, None,
                                         ("presso.load", "transformers", "vllm"), ()),
     "quantized-two-schemes-asymmetric": ([{**ASYM, "overrides": MIXED}], {}, None, ("presso.load", "vllm"), ()),
