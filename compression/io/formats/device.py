@@ -1,4 +1,4 @@
-"""Where exporters do their tensor work (bit packing, bitmasks) before the tensors go to disk."""
+"""Where the forms do their export tensor work (bit packing, bitmasks) before the tensors go to disk."""
 
 from __future__ import annotations
 

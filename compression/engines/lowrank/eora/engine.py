@@ -3,7 +3,7 @@
 Layer-sequential on the CURRENT (compressed) model: each block's linear inputs are observed with
 the already-compensated blocks before it, ΔW = ctx.originals[name] - current weight, and the
 module becomes a LoRAResidualLinear (base weight and its quantized codes untouched). The artifact
-stores the residuals as a PEFT LoRA adapter (compression/io/exporters/lowrank.py).
+stores the residuals as a PEFT LoRA adapter (compression/io/formats/lowrank.py).
 
 Scope: plain ``nn.Linear`` layers present in ``ctx.originals``. Factor layers of an earlier svd /
 svd_llm step (``<name>.A`` / ``<name>.B``) have no original of their own and are skipped, as are
