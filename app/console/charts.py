@@ -114,7 +114,12 @@ def scatter(points: Sequence[Point], *, title: str, x_label: str, y_label: str, 
     if not pts:
         return _svg(width, 60, title, [f'<text class="tick" x="10" y="30">{escape(title)}: nothing to plot</text>'])
     xs, ys = [p.x for p in pts], [p.y for p in pts]
-    xt = nice_ticks(min(xs) - (max(xs) - min(xs)) * 0.05, max(xs) + (max(xs) - min(xs)) * 0.05)
+    pad = (max(xs) - min(xs)) * 0.05
+    if x_fmt is fmt_bytes:  # round numbers of KiB / MiB / GiB, not of bytes
+        unit = next((u for u in (2**30, 2**20, 2**10) if max(xs) >= 4 * u), 1)
+        xt = [t * unit for t in nice_ticks((min(xs) - pad) / unit, (max(xs) + pad) / unit)]
+    else:
+        xt = nice_ticks(min(xs) - pad, max(xs) + pad)
     yt = nice_ticks(min(ys) - (max(ys) - min(ys)) * 0.05, max(ys) + (max(ys) - min(ys)) * 0.05)
 
     def x(v: float) -> float:

@@ -96,7 +96,9 @@ def console_context(request: Request, db: SessionDep, settings: SettingsDep) -> 
     loaded = state.signer.loads(request.cookies.get(COOKIE))
     notice = None
     if loaded is None:
-        session, reissue = ConsoleSession.anonymous(ttl), True
+        # A cookie for a new session only on a page load: a POST without a valid cookie (a cross-site form,
+        # which SameSite=Lax sends without it) fails its CSRF check and must not replace the user's session.
+        session, reissue = ConsoleSession.anonymous(ttl), request.method in ("GET", "HEAD")
         if request.cookies.get(COOKIE):
             notice = "expired"
     else:
