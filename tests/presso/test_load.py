@@ -125,3 +125,22 @@ def test_ragged_groups_of_other_writers_dequantize_with_the_written_group():
     x = torch.randn(3, 40, generator=gen)
     layer = PackedLinear(40, 6, 4, 16, packed, scale)
     assert torch.allclose(layer(x), x @ want.t(), atol=1e-5)
+
+
+def test_other_quantization_formats_go_to_transformers(tmp_path, monkeypatch):
+    """A compressed-tensors checkpoint in a format Presso does not write (here FP8 'float-quantized') is not
+    read by the pack-quantized form: presso.load hands it to transformers' own from_pretrained."""
+    import json
+
+    from presso.compression.io import loading
+
+    model = tiny_llama()
+    write_model(model, None, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "compressed-tensors", "format": "float-quantized",
+                                  "config_groups": {"g": {"targets": ["Linear"], "weights": {"num_bits": 8}}}}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    seen = []
+    monkeypatch.setattr(loading, "load_model", lambda path, dtype=None: seen.append(path) or
+                        loading.LoadedModel(model=model, tokenizer=None, kind="causal_lm", source_format="x"))
+    assert load(tmp_path) is model and seen == [tmp_path]

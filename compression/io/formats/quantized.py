@@ -105,7 +105,8 @@ class PackQuantized(Format):
         return True
 
     def present(self, ctx: LoadContext) -> bool:
-        return bool(ctx.qcfg.get("config_groups"))
+        qcfg = ctx.qcfg
+        return bool(qcfg.get("config_groups")) and qcfg.get("format") in (None, "pack-quantized")
 
     def loaders_for(self, ctx: LoadContext) -> tuple[str, ...]:
         groups = list((ctx.qcfg.get("config_groups") or {}).values())
