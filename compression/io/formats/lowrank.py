@@ -80,9 +80,7 @@ class Factorized(Format):
             n: {"rank": m.rank, "in_features": m.in_features, "out_features": m.out_features}
             for n, m in model.named_modules() if isinstance(m, FactorizedLinear)
         }
-        if factorized:
-            config.setdefault(CONFIG_KEY, {"version": 1})["factorized"] = factorized
-        return bool(factorized)
+        return _note(config, "factorized", factorized)
 
     def densify(self, model: nn.Module, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
         for name, mod in model.named_modules():
@@ -105,6 +103,13 @@ class Factorized(Format):
             replace_module_(model, name, mod)
 
 
+def _note(config: dict[str, Any], key: str, value: Any) -> bool:
+    """Set ``config.json``'s ``presso_lowrank[key]`` when there is something to say; returns whether there was."""
+    if value:
+        config.setdefault(CONFIG_KEY, {"version": 1})[key] = value
+    return bool(value)
+
+
 def factorized_of(config: dict[str, Any]) -> dict[str, Any]:
     return dict((config.get(CONFIG_KEY) or {}).get("factorized") or {})
 
@@ -120,9 +125,7 @@ class LoraAdapter(Format):
         for name in residuals:
             state.pop(f"{name}.lora_A", None)
             state.pop(f"{name}.lora_B", None)
-        if residuals:
-            config.setdefault(CONFIG_KEY, {"version": 1})["adapter"] = ADAPTER_DIR
-        return bool(residuals)
+        return _note(config, "adapter", ADAPTER_DIR if residuals else None)
 
     def densify(self, model: nn.Module, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
         for name, mod in model.named_modules():
