@@ -133,7 +133,7 @@ def build_body(form: dict[str, str], forms: list[MethodForm]) -> Submission:
         body["recipe"] = _json_field(form["recipe_json"], "recipe", errors)
         inputs["recipe"] = "recipe_json"
     else:
-        steps = []
+        steps: list[dict[str, Any]] = []
         for slot in range(STEP_SLOTS):
             method = form.get(f"s{slot}.method", "").strip()
             if not method:

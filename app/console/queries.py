@@ -29,9 +29,9 @@ def _method_filter(session: Session, method: str) -> ColumnElement[bool]:
         steps = type_coerce(Job.request, JSONB)["recipe"]["steps"]
         return steps.contains([{"method": method}])  # JSONB @>
     if dialect == "sqlite":
-        steps = func.json_each(Job.request, "$.recipe.steps").table_valued("value").alias("steps")
-        return exists(select(literal_column("1")).select_from(steps)
-                      .where(func.json_extract(steps.c.value, "$.method") == method))
+        each = func.json_each(Job.request, "$.recipe.steps").table_valued("value").alias("steps")
+        return exists(select(literal_column("1")).select_from(each)
+                      .where(func.json_extract(each.c.value, "$.method") == method))
     return cast(Job.request, Text).contains(json.dumps({"method": method})[1:-1])  # pragma: no cover
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -51,8 +51,9 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s // 3600} h {s % 3600 // 60} min"
 
 
-FILTERS = {"value": fmt_value, "when": fmt_dt, "duration": fmt_duration, "bytes": charts.fmt_bytes,
-           "num": charts.fmt_number}
+FILTERS: dict[str, Callable[..., str]] = {
+    "value": fmt_value, "when": fmt_dt, "duration": fmt_duration, "bytes": charts.fmt_bytes, "num": charts.fmt_number,
+}
 
 # ---- jobs ---------------------------------------------------------------------------------------
 
@@ -102,7 +103,7 @@ _BYTES = {"bytes_before", "bytes_after", "artifact_bytes"}
 
 
 def metric_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     seen = set()
     for key, label in METRIC_LABELS:
         if key in metrics:
@@ -123,7 +124,7 @@ def _metric_row(key: str, label: str, value: Any) -> dict[str, Any]:
 
 
 def latency_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, pair in (metrics.get("latency") or {}).items():
         before, after = (pair or {}).get("before") or {}, (pair or {}).get("after") or {}
         b, a = before.get("tokens_per_s"), after.get("tokens_per_s")
@@ -146,7 +147,7 @@ def timing_view(job: Job) -> dict[str, Any]:
 
 
 def step_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, step in enumerate(metrics.get("steps") or []):
         ev = step.get("eval") or {}
         extra = {k: v for k, v in step.items() if k not in ("method", "seconds", "eval")
@@ -159,7 +160,7 @@ def step_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 def attempt_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The recipe and each fallback tried against the gate; the published one is the one that passed."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for a in metrics.get("attempts") or []:
         q = a.get("quality") or {}
         index = a.get("index", len(rows))
