@@ -55,22 +55,51 @@ def _preload(**_: Any) -> None:
     log.info("job modules preloaded")
 
 
+@worker_init.connect
+def _register(**_: Any) -> None:
+    """Register this worker (workers/liveness.py) before the pool forks its job children, which inherit the id
+    and stamp it on the jobs they claim. A failure here is retried by the first beat."""
+    settings = get_settings()
+    if settings.worker_heartbeat_s <= 0:
+        return
+    from presso.workers import liveness
+    from presso.workers.context import get_context
+
+    try:
+        liveness.register(get_context().session_factory, settings.worker_queues)
+    except Exception:  # noqa: BLE001 - the database may come up later; beat() inserts the row then
+        log.warning("registering the worker failed; the first heartbeat retries", exc_info=True)
+
+
 @worker_ready.connect
 def _start_reaper(**_: Any) -> None:
     global _reaper
+    from presso.workers import liveness
     from presso.workers.context import get_context
     from presso.workers.reaper import ReaperThread
 
     ctx = get_context()
-    _reaper = ReaperThread(ctx.session_factory, ctx.publisher, ctx.settings)
+    _reaper = ReaperThread(ctx.session_factory, ctx.publisher, ctx.settings, liveness.current())
     _reaper.start()
-    log.info("reaper running every %.0f s", ctx.settings.reaper_interval_s)
+    log.info("reaper running every %.0f s; liveness every %.1f s (dead after %.0f s)", ctx.settings.reaper_interval_s,
+             ctx.settings.worker_heartbeat_s, ctx.settings.worker_dead_after_s)
 
 
 @worker_shutdown.connect
 def _stop_reaper(**_: Any) -> None:
     if _reaper is not None:
         _reaper.stop_event.set()
+        _reaper.join(timeout=5)
+    from presso.workers import liveness
+
+    identity = liveness.current()
+    if identity is not None:
+        from presso.workers.context import get_context
+
+        try:
+            liveness.deregister(get_context().session_factory, identity)
+        except Exception:  # noqa: BLE001 - the row then ages out; its jobs (none after a warm stop) are requeued
+            log.warning("deregistering the worker failed", exc_info=True)
 
 
 app = celery

@@ -30,8 +30,13 @@ class Claim:
     request: dict[str, Any]
 
 
-def claim(factory: sessionmaker[Session], job_id: str, *, lease_s: float) -> Claim | None:
-    """queued -> running with attempt + 1. None when the job is not queued (done, running, cancelled)."""
+def claim(factory: sessionmaker[Session], job_id: str, *, lease_s: float, worker_id: str | None = None,
+          worker_pid: int | None = None) -> Claim | None:
+    """queued -> running with attempt + 1. None when the job is not queued (done, running, cancelled).
+
+    ``worker_id`` / ``worker_pid`` name the registered worker and its process that run the attempt
+    (workers/liveness.py): the attempt is then requeued as soon as either is seen dead, not at lease expiry.
+    """
     now = utcnow()
     with session_scope(factory) as session:
         result = session.execute(
@@ -39,7 +44,8 @@ def claim(factory: sessionmaker[Session], job_id: str, *, lease_s: float) -> Cla
             .where(Job.id == job_id, Job.state == JobState.queued.value, Job.cancel_requested.is_(False))
             .values(state=RUNNING, attempt=Job.attempt + 1, lease_expires_at=now + dt.timedelta(seconds=lease_s),
                     started_at=now, progress_stage="starting", progress_fraction=0.0, not_before=None,
-                    error_code=None, error_message=None, updated_at=now)
+                    error_code=None, error_message=None, updated_at=now, worker_id=worker_id,
+                    worker_pid=worker_pid if worker_id is not None else None)
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return None

@@ -8,6 +8,7 @@ A redelivered message for a job that is not queued is a no-op.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 from presso.app.jobs.models import JobState
 from presso.compression.errors import CompressionError
-from presso.workers import lease
+from presso.workers import lease, liveness
 from presso.workers.context import WorkerContext
 from presso.workers.heartbeat import Heartbeat
 from presso.workers.spec import build_spec
@@ -32,7 +33,8 @@ class Stopped(Exception):
 def run_job(job_id: str, ctx: WorkerContext) -> str:
     """Run one job to a terminal state (or back to queued for a retry). Returns the outcome name."""
     settings = ctx.settings
-    claim = lease.claim(ctx.session_factory, job_id, lease_s=settings.lease_s)
+    claim = lease.claim(ctx.session_factory, job_id, lease_s=settings.lease_s,
+                        worker_id=liveness.current_worker_id(), worker_pid=os.getpid())
     if claim is None:
         log.info("job %s is not queued; nothing to do", job_id)
         return "skipped"

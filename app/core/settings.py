@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(default=5.0, ge=0)
     republish_after_s: float = Field(default=120.0, gt=0, description="Queued this long unclaimed -> republish.")
     reaper_interval_s: float = Field(default=15.0, gt=0)
+    worker_heartbeat_s: float = Field(
+        default=2.0, ge=0,
+        description="Each worker process beats its own row this often and checks its job processes and the other "
+                    "workers' beats; 0 = off (a lost job waits for its lease to expire).")
+    worker_dead_after_s: float = Field(
+        default=10.0, gt=0,
+        description="A worker silent this long is dead: its running jobs are requeued at once, before their leases "
+                    "expire.")
     job_soft_time_limit_s: int = Field(default=6 * 3600, ge=1)
     job_time_limit_s: int = Field(default=6 * 3600 + 300, ge=1)
     worker_queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["gpu", "cpu"])

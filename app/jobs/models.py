@@ -56,6 +56,12 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     manifest_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(
+        String(96), nullable=True, comment="The worker (workers.id) that claimed the current attempt.")
+    worker_pid: Mapped[int | None] = mapped_column(
+        Integer, nullable=True, comment="The process of that worker that runs the attempt.")
+    plan: Mapped[dict[str, Any] | None] = mapped_column(
+        JSONType, nullable=True, comment="The resource plan (compression/plan.py).")
 
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     queued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -67,3 +73,16 @@ class Job(Base):
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+
+class Worker(Base):
+    """A live worker process (its main process), beaten every ``worker_heartbeat_s``; see workers/liveness.py."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[str] = mapped_column(String(255), default="")
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

@@ -258,13 +258,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_reaper(args: argparse.Namespace) -> int:
     from presso.workers.context import get_context
-    from presso.workers.reaper import reap_once
+    from presso.workers.reaper import ReaperThread, reap_once
 
     ctx = get_context()
-    while True:
-        result = reap_once(ctx.session_factory, ctx.publisher, ctx.settings)
-        log.info("reaper: %s", result)
-        if args.once:
-            print(result)
-            return 0
-        time.sleep(ctx.settings.reaper_interval_s)
+    if args.once:
+        print(reap_once(ctx.session_factory, ctx.publisher, ctx.settings))
+        return 0
+    # dead workers every PRESSO_WORKER_HEARTBEAT_S, leases and lost messages every PRESSO_REAPER_INTERVAL_S
+    ReaperThread(ctx.session_factory, ctx.publisher, ctx.settings).run()
+    return 0

@@ -58,8 +58,9 @@ def fault_db_url(pg_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(fault_db_url: str, s3_endpoint: str, tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Cluster]:
+def cluster(fault_db_url: str, s3_endpoint: str, tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+            request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """Two workers with faultkit.WORKER_ENV, updated by the test module's ``CLUSTER_ENV`` dict if it has one."""
     root = tmp_path_factory.mktemp("faults")
     markers, work_dir = root / "markers", root / "work"
     markers.mkdir()
@@ -74,6 +75,7 @@ def cluster(fault_db_url: str, s3_endpoint: str, tiny_llama_dir: Path, tmp_path_
         env = make_cluster_env(dict(os.environ), pg_url=fault_db_url, redis_url=redis.url, s3_url=s3.url,
                                store_url=store_url, data_dir=root / "data", markers=markers, work_dir=work_dir,
                                admin_key=ADMIN_KEY)
+        env.update(getattr(request.module, "CLUSTER_ENV", {}))
         settings = Settings(database_url=fault_db_url, broker_url=redis.url, store_url=store_url,
                             s3_endpoint_url=s3.url, admin_key=ADMIN_KEY, rate_limit_per_s=0,
                             fetch_allow_private_hosts=["127.0.0.0/8"], max_attempts=5, presign_expires_s=120,

@@ -1,4 +1,9 @@
-"""The reaper's republish backoff (found by the kill -9 tests: a fixed interval livelocked the workers)."""
+"""The reaper's republish backoff (found by the kill -9 tests: a fixed interval livelocked the workers).
+
+Since the reaper reads the broker (workers/brokerscan.py) the backoff applies only where it cannot: these
+tests use a broker URL that brokerscan does not read. tests/workers/test_liveness.py covers the broker-read
+rule (a job whose message waits is never re-sent).
+"""
 
 from __future__ import annotations
 
@@ -34,7 +39,9 @@ def test_interval_doubles_with_the_wait_and_is_capped() -> None:
 
 def test_backlogged_job_is_not_republished_every_interval(make_settings: Any, fault_db_url: str) -> None:
     # The private database: reap_once acts on every job of its database, other sessions' included.
-    ctx = worker_context(make_settings(republish_after_s=5, database_url=fault_db_url))
+    # amqp: a transport whose queue brokerscan does not read, so the backoff decides (the publisher only records)
+    ctx = worker_context(make_settings(republish_after_s=5, database_url=fault_db_url,
+                                       broker_url="amqp://guest@127.0.0.1:1//"))
     job_id = submit(ctx, new_db_tenant(ctx), {"model_uri": "s3://presso-test-models/none", "recipe": RTN})
     now = utcnow()
     with ctx.session_factory() as session:  # waited 60 s, last sent 6 s ago: only a backlog, not due
