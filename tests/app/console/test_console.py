@@ -483,3 +483,17 @@ def test_docs_pages_load_nothing_from_elsewhere(app_client: Any) -> None:
             assert asset in resp.text
             got = app_client.get(asset)
             assert got.status_code == 200 and len(got.content) > 100_000
+
+
+def test_auth_disabled_acts_as_the_default_tenant(make_settings: Any) -> None:
+    from presso.app.main import create_app
+
+    with TestClient(create_app(make_settings(auth="disabled")), follow_redirects=False) as client:
+        anon = Browserish(client.app)
+        assert anon.get("/console/login").headers["location"] == "/console/jobs"
+        page = anon.get("/console/jobs")
+        assert page.status_code == 200 and 'id="tenant-name">default<' in page.text
+        assert "/console/logout" not in page.text  # nothing to sign out of
+        resp = anon.post("/console/submit", data=_form(anon, model_uri=BODY["model_uri"], **{"s0.method": "rtn"}))
+        assert resp.status_code == 303, resp.text
+        assert anon.post("/console/submit", data={"model_uri": BODY["model_uri"]}).status_code == 403  # CSRF still
