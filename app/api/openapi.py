@@ -21,6 +21,7 @@ from fastapi import routing as fastapi_routing
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+
 from presso.app.api.deps import current_tenant, require_admin
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}

@@ -21,10 +21,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from presso.app.api.deps import SessionDep, SettingsDep
-from presso.app.core.errors import AppError, RateLimited, error_body, field_path, status_for
-from presso.app.core.ratelimit import RateLimiter
 from presso.app.console.session import COOKIE, COOKIE_PATH, ConsoleSession, Signer
 from presso.app.console.settings import ConsoleSettings
+from presso.app.core.errors import AppError, RateLimited, error_body, field_path, status_for
+from presso.app.core.ratelimit import RateLimiter
 from presso.app.tenants.models import ApiKey, Tenant
 from presso.app.tenants.service import ensure_tenant
 

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+
 from presso.app.api.openapi import install_openapi
 
 STATIC = Path(__file__).resolve().parent / "static"
