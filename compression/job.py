@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from presso.compression.core.context import StepContext, pick_device
 from presso.compression.errors import AccuracyGateFailed
 from presso.compression.eval.report import evaluate, gate_verdict, size_metrics
@@ -61,8 +62,8 @@ def _calibration(spec: LocalJobSpec, lm: LoadedModel, device: torch.device, need
         return None
     progress("calibration-data", 0.0)
     vocab = getattr(lm.model.config, "vocab_size", None)
-    if c.path is not None:
-        return load_windows(c.path, lm.tokenizer, c.samples, c.seq_len, vocab)
+    if spec.calibration_path is not None:
+        return load_windows(spec.calibration_path, lm.tokenizer, c.samples, c.seq_len, vocab)
     return generate_windows(lm.model, lm.tokenizer, c.samples, c.seq_len, seed=spec.seed, prompt=c.seed_prompt,
                             device=device, progress=lambda f: progress("calibration-data", f))
 
@@ -74,8 +75,8 @@ def _eval_windows(spec: LocalJobSpec, lm: LoadedModel, device: torch.device,
         return None
     progress("evaluation-data", 0.0)
     vocab = getattr(lm.model.config, "vocab_size", None)
-    if e.path is not None:
-        return load_windows(e.path, lm.tokenizer, e.windows, e.seq_len, vocab)
+    if spec.evaluation_path is not None:
+        return load_windows(spec.evaluation_path, lm.tokenizer, e.windows, e.seq_len, vocab)
     if lm.kind != "causal_lm":
         return torch.randint(0, vocab or 2, (e.windows, e.seq_len), generator=torch.Generator().manual_seed(spec.seed))
     # held apart from calibration: another seed and another prompt
@@ -156,9 +157,9 @@ def _write(spec: LocalJobSpec, out_dir: Path, recipe: Recipe, model: torch.nn.Mo
            device: torch.device) -> dict[str, Any]:
     """The artifact, report.json and presso.json into ``out_dir`` (a staging directory); returns the metrics."""
     t = time.perf_counter()
-    forms = write_model(model, lm.tokenizer, out_dir, spec.output_format, sparse_format=spec.sparse_format,
+    forms = write_model(model, lm.tokenizer, out_dir, spec.output.format, sparse_format=spec.output.sparse_format,
                         source_dir=spec.model_dir if spec.model_dir.is_dir() else spec.model_dir.parent)
-    output: dict[str, Any] = {"sparse_format": spec.sparse_format, "forms": forms, **artifact_loaders(out_dir)}
+    output: dict[str, Any] = {"sparse_format": spec.output.sparse_format, "forms": forms, **artifact_loaders(out_dir)}
     encoding = output_encoding(spec, recipe)
     post = {name: encode(out_dir, name, **opts) for name, opts in encoding.items()}
     output["encoding"] = next(iter(encoding), None)
@@ -182,7 +183,7 @@ def _write(spec: LocalJobSpec, out_dir: Path, recipe: Recipe, model: torch.nn.Mo
     (out_dir / "report.json").write_text(json.dumps({"layers": layers, "steps": metrics["steps"]}, indent=2,
                                                      default=str))
     write_presso_json(out_dir, {"presso_version": _presso_version(), "recipe": attempt["recipe"],
-                                "metrics": metrics, "versions": _versions(), "output_format": spec.output_format,
+                                "metrics": metrics, "versions": _versions(), "output_format": spec.output.format,
                                 **output})
     return metrics
 
@@ -192,11 +193,11 @@ def _slim(attempt: dict[str, Any]) -> dict[str, Any]:
 
 
 def output_encoding(spec: LocalJobSpec, recipe: Recipe) -> dict[str, dict[str, Any]]:
-    """The encoding of the written artifact, with its options: ``spec.output_encoding``, or the recipe's last
+    """The encoding of the written artifact, with its options: ``spec.output.encoding``, or the recipe's last
     step ``lossless`` (still accepted; its ``chunk_bytes`` is used)."""
     from presso.compression.configs.lossless import LosslessConfig
 
     last = recipe.steps[-1]
     if isinstance(last, LosslessConfig):
         return {"lossless": {"chunk_bytes": last.chunk_bytes}}
-    return {spec.output_encoding: {}} if spec.output_encoding else {}
+    return {spec.output.encoding: {}} if spec.output.encoding else {}

@@ -1,16 +1,30 @@
-"""Torch-free description of one local compression run (what a worker or the CLI hands the library).
+"""The job spec: one set of torch-free models for what a user asks and for one run of it.
 
-Paths here are local files the caller already fetched; URIs are the service's business.
+``JobSpec`` is the request as the API takes it (``POST /v1/jobs`` body), as the CLI builds it from
+its flags (``presso compress`` and ``presso submit`` share them: presso/commands/jobargs.py) and as
+the job row stores it. ``LocalJobSpec`` is the same request refined for one run on this machine:
+the worker (or the CLI) fetches every URI and refines the spec with ``model_copy(update=...)`` to
+local ``file://`` URIs (``JobSpec.localized``), then adds what only the runner decides (output
+directory, device, limits). A new option is one field here; nothing copies field lists by hand.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from presso.compression.recipe import MAX_FALLBACKS, Recipe, check_fallback_count, check_total_steps
+from presso.compression.recipe import (
+    MAX_FALLBACKS,
+    MAX_TOTAL_STEPS,
+    Recipe,
+    check_fallback_count,
+    check_total_steps,
+)
+
+MAX_URI = 2048
 
 
 class _Strict(BaseModel):
@@ -22,45 +36,61 @@ class Gate(_Strict):
     max_kl: float | None = Field(default=None, ge=0, description="Max mean KL(original || compressed), nats/token.")
 
 
-class CalibrationInput(_Strict):
-    path: Path | None = Field(default=None, description="Text, JSONL ({'text': ...}) or token-id (.npy/.json) file.")
+class CalibrationSpec(_Strict):
+    uri: str | None = Field(default=None, max_length=MAX_URI,
+                            description="Text, JSONL ({'text': ...}) or token-id (.npy/.json) file (s3, https, file).")
     samples: int = Field(default=64, ge=1, le=4096)
     seq_len: int = Field(default=512, ge=16, le=32768)
-    seed_prompt: str = Field(default="The", description="Used when no file is given: the model writes its own text.")
+    seed_prompt: str = Field(default="The", min_length=1, max_length=2000,
+                             description="Used when no file is given: the model writes its own text.")
 
 
-class EvaluationInput(_Strict):
+class EvaluationSpec(_Strict):
     enabled: bool = True
-    path: Path | None = Field(default=None, description="Evaluation text; none -> text the base model generates.")
+    uri: str | None = Field(default=None, max_length=MAX_URI,
+                            description="Evaluation text (s3, https, file); none -> text the base model generates.")
     windows: int = Field(default=8, ge=1, le=1024)
     seq_len: int = Field(default=512, ge=16, le=32768)
     gate: Gate | None = None
     latency: bool = Field(default=True, description="Measure forward latency before/after.")
 
 
-class LocalJobSpec(_Strict):
-    model_dir: Path
-    out_dir: Path
-    recipe: Recipe
-    fallbacks: list[Recipe] = Field(
-        default_factory=list, max_length=MAX_FALLBACKS, description="Tried in order when the gate is missed."
-    )
-    calibration: CalibrationInput = Field(default_factory=CalibrationInput)
-    evaluation: EvaluationInput = Field(default_factory=EvaluationInput)
-    output_format: Literal["compressed", "dense"] = "compressed"
+class OutputSpec(_Strict):
+    format: Literal["compressed", "dense"] = "compressed"
     sparse_format: Literal["dense", "sparse-bitmask"] = Field(
         default="dense", description="Sparse layers: dense (loads everywhere) or compressed-tensors sparse-bitmask "
         "(smaller; presso.load only, plain transformers refuses it).")
-    output_encoding: Literal["lossless"] | None = Field(
+    encoding: Literal["lossless"] | None = Field(
         default=None, description="'lossless': PZST-encode the finished artifact's safetensors (exact).")
-    device: str | None = Field(default=None, description="'cuda', 'cpu' or None (CUDA when present).")
-    seed: int = 0
-    max_params: int | None = Field(default=None, description="Refuse models declaring more parameters.")
-    overwrite: bool = Field(
-        default=False,
-        description="out_dir may hold a previous Presso artifact (presso.json), whose files are then replaced; "
-        "anything else in a non-empty out_dir is refused (compression.io.outdir).",
+
+
+class JobSpec(_Strict):
+    """What a user asks for: the API body, the CLI's flags, the stored request."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True,
+        json_schema_extra={"examples": [{
+            "model_uri": "s3://models/llama-tiny",
+            "recipe": {"steps": [{"method": "rtn", "bits": 4, "group_size": 64}]},
+            "evaluation": {"windows": 4, "seq_len": 256},
+        }]},
     )
+
+    model_uri: str = Field(min_length=1, max_length=MAX_URI, description="s3://, https://, hf:// or file://")
+    recipe: Recipe
+    fallbacks: list[Recipe] = Field(
+        default_factory=list, max_length=MAX_FALLBACKS,
+        description=f"Tried in order when the gate is missed. At most {MAX_FALLBACKS}; with the recipe, at most "
+        f"{MAX_TOTAL_STEPS} steps in all.",
+    )
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @field_validator("calibration", "evaluation", "output", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any) -> Any:
+        return {} if value is None else value  # older stored requests and clients send null
 
     @field_validator("fallbacks", mode="before")
     @classmethod
@@ -71,3 +101,77 @@ class LocalJobSpec(_Strict):
     @classmethod
     def _total_steps(cls, fallbacks: list[Recipe], info: ValidationInfo) -> list[Recipe]:
         return check_total_steps(info.data.get("recipe"), fallbacks)
+
+    def stored(self) -> dict[str, Any]:
+        """The request as given (JSON, unset fields left out: a default recipe option stays a default)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    def uris(self) -> dict[str, str]:
+        """Every user-supplied URI by its field name (what the submit check and the fetch both guard)."""
+        found = {"model_uri": self.model_uri}
+        if self.calibration.uri:
+            found["calibration.uri"] = self.calibration.uri
+        if self.evaluation.uri:
+            found["evaluation.uri"] = self.evaluation.uri
+        return found
+
+    def localized(self, model: Path, calibration: Path | None, evaluation: Path | None) -> JobSpec:
+        """The same request with every URI replaced by the local file it was fetched to."""
+        return self.model_copy(update={
+            "model_uri": model.as_uri(),
+            "calibration": self.calibration.model_copy(update={"uri": calibration.as_uri() if calibration else None}),
+            "evaluation": self.evaluation.model_copy(update={"uri": evaluation.as_uri() if evaluation else None}),
+        })
+
+
+def local_path(uri: str) -> Path:
+    """``file:///x`` or a bare path -> Path; anything else is not local (ValueError)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and uri[1:3] in (":\\", ":/")):
+        return Path(uri)
+    raise ValueError(f"not a local path: {uri!r} (fetch it first)")
+
+
+class LocalJobSpec(JobSpec):
+    """One run on this machine: a ``JobSpec`` whose URIs are local files, plus what the runner decides."""
+
+    out_dir: Path
+    device: str | None = Field(default=None, description="'cuda', 'cpu' or None (CUDA when present).")
+    seed: int = 0
+    max_params: int | None = Field(default=None, description="Refuse models declaring more parameters.")
+    overwrite: bool = Field(
+        default=False,
+        description="out_dir may hold a previous Presso artifact (presso.json), whose files are then replaced; "
+        "anything else in a non-empty out_dir is refused (compression.io.outdir).",
+    )
+
+    @model_validator(mode="after")
+    def _inputs_are_local(self) -> LocalJobSpec:
+        for field, uri in self.uris().items():
+            try:
+                local_path(uri)
+            except ValueError as exc:
+                raise ValueError(f"{field}: {exc}") from None
+        return self
+
+    @classmethod
+    def for_run(cls, job: JobSpec, *, model: Path, calibration: Path | None = None,
+                evaluation: Path | None = None, **run: Any) -> LocalJobSpec:
+        """Refine a fetched ``job`` for one run; ``run`` holds out_dir, device, seed, max_params, overwrite."""
+        refined = job.localized(model, calibration, evaluation)
+        fields = {name: getattr(refined, name) for name in refined.model_fields_set | {"model_uri"}}
+        return cls(**fields, **run)
+
+    @property
+    def model_dir(self) -> Path:
+        return local_path(self.model_uri)
+
+    @property
+    def calibration_path(self) -> Path | None:
+        return local_path(self.calibration.uri) if self.calibration.uri else None
+
+    @property
+    def evaluation_path(self) -> Path | None:
+        return local_path(self.evaluation.uri) if self.evaluation.uri else None

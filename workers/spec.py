@@ -10,8 +10,7 @@ from pydantic import ValidationError
 
 from presso.app.core.settings import Settings
 from presso.compression.errors import InvalidRecipe
-from presso.compression.recipe import parse_recipe
-from presso.compression.spec import CalibrationInput, EvaluationInput, LocalJobSpec
+from presso.compression.spec import JobSpec, LocalJobSpec
 from presso.workers.lease import Claim
 
 
@@ -28,43 +27,25 @@ def fetch_limits(settings: Settings) -> Any:
 def build_spec(
     claim: Claim, settings: Settings, tmp: Path, *, progress: Callable[[str, float], None]
 ) -> LocalJobSpec:
+    """The stored request as a ``JobSpec`` (validated before any fetch: a recipe that cannot run costs no
+    download), its URIs fetched into ``tmp``, refined into this run's ``LocalJobSpec``."""
     from presso.workers.fetch import fetch_file, fetch_model
 
-    req = claim.request
-    try:  # before the fetch: a recipe that cannot run costs no download
-        recipe = parse_recipe(req["recipe"])
-        fallbacks = [parse_recipe(r) for r in req.get("fallbacks", [])]
+    try:
+        job = JobSpec.model_validate({**claim.request, "model_uri": claim.model_uri})
     except ValidationError as exc:
         raise _invalid(exc) from exc
     limits = fetch_limits(settings)
     progress("fetch", 0.0)
-    model_dir = fetch_model(claim.model_uri, tmp / "model", limits)
+    model_dir = fetch_model(job.model_uri, tmp / "model", limits)
     progress("fetch", 0.5)
-    calib_req: dict[str, Any] = req.get("calibration") or {}
-    eval_req: dict[str, Any] = req.get("evaluation") or {}
-    calib_path = fetch_file(calib_req["uri"], tmp / "calibration", limits) if calib_req.get("uri") else None
-    eval_path = fetch_file(eval_req["uri"], tmp / "evaluation", limits) if eval_req.get("uri") else None
+    calibration = fetch_file(job.calibration.uri, tmp / "calibration", limits) if job.calibration.uri else None
+    evaluation = fetch_file(job.evaluation.uri, tmp / "evaluation", limits) if job.evaluation.uri else None
     progress("fetch", 1.0)
-    calibration = CalibrationInput(
-        path=calib_path, **{k: v for k, v in calib_req.items() if k in ("samples", "seq_len")}
-    )
-    evaluation = EvaluationInput(
-        path=eval_path,
-        **{k: v for k, v in eval_req.items() if k in ("enabled", "windows", "seq_len", "gate", "latency")},
-    )
     out_dir = tmp / "out"
     out_dir.mkdir()
-    try:
-        return LocalJobSpec(
-            model_dir=model_dir, out_dir=out_dir, recipe=recipe, fallbacks=fallbacks,
-            calibration=calibration, evaluation=evaluation,
-            output_format=(req.get("output") or {}).get("format", "compressed"),
-            sparse_format=(req.get("output") or {}).get("sparse_format", "dense"),
-            output_encoding=(req.get("output") or {}).get("encoding"),
-            device=settings.device, max_params=settings.max_model_params,
-        )
-    except ValidationError as exc:
-        raise _invalid(exc) from exc
+    return LocalJobSpec.for_run(job, model=model_dir, calibration=calibration, evaluation=evaluation,
+                                out_dir=out_dir, device=settings.device, max_params=settings.max_model_params)
 
 
 def _invalid(exc: ValidationError) -> InvalidRecipe:

@@ -5,80 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field
 
-from presso.compression.recipe import (
-    MAX_FALLBACKS,
-    MAX_TOTAL_STEPS,
-    Recipe,
-    check_fallback_count,
-    check_total_steps,
-)
-from presso.compression.spec import Gate
+from presso.compression.spec import JobSpec
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CalibrationRequest(_Strict):
-    uri: str | None = Field(default=None, max_length=2048, description="Text/JSONL file (s3, https, file).")
-    samples: int = Field(default=64, ge=1, le=4096)
-    seq_len: int = Field(default=512, ge=16, le=32768)
-
-
-class EvaluationRequest(_Strict):
-    enabled: bool = True
-    uri: str | None = Field(default=None, max_length=2048, description="Evaluation text (s3, https, file).")
-    windows: int = Field(default=8, ge=1, le=1024)
-    seq_len: int = Field(default=512, ge=16, le=32768)
-    gate: Gate | None = None
-    latency: bool = True
-
-
-class OutputRequest(_Strict):
-    format: Literal["compressed", "dense"] = "compressed"
-    sparse_format: Literal["dense", "sparse-bitmask"] = Field(
-        default="dense", description="Sparse layers: dense (loads everywhere) or sparse-bitmask (smaller; "
-        "presso.load only, plain transformers refuses it).")
-    encoding: Literal["lossless"] | None = Field(
-        default=None, description="'lossless': PZST-encode the artifact's safetensors (exact; `presso download` "
-        "decodes). A recipe's last step 'lossless' does the same.")
-
-
-class JobCreate(_Strict):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "model_uri": "s3://models/llama-tiny",
-                    "recipe": {"steps": [{"method": "rtn", "bits": 4, "group_size": 64}]},
-                    "evaluation": {"windows": 4, "seq_len": 256},
-                }
-            ]
-        },
-    )
-
-    model_uri: str = Field(min_length=1, max_length=2048, description="s3://, https://, hf:// or file://")
-    recipe: Recipe
-    calibration: CalibrationRequest | None = None
-    evaluation: EvaluationRequest | None = None
-    fallbacks: list[Recipe] = Field(
-        default_factory=list, max_length=MAX_FALLBACKS,
-        description=f"At most {MAX_FALLBACKS}; with the recipe, at most {MAX_TOTAL_STEPS} steps in all.",
-    )
-    output: OutputRequest = Field(default_factory=OutputRequest)
-
-    @field_validator("fallbacks", mode="before")
-    @classmethod
-    def _fallback_count(cls, fallbacks: Any) -> Any:
-        return check_fallback_count(fallbacks)
-
-    @field_validator("fallbacks")
-    @classmethod
-    def _total_steps(cls, fallbacks: list[Recipe], info: ValidationInfo) -> list[Recipe]:
-        return check_total_steps(info.data.get("recipe"), fallbacks)
+class JobCreate(JobSpec):
+    """The body of ``POST /v1/jobs``: the library's ``JobSpec`` itself (presso.compression.spec), so the API,
+    the CLI and the worker read one definition."""
 
 
 class Progress(BaseModel):

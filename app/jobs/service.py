@@ -38,11 +38,8 @@ def queue_for(body: JobCreate) -> str:
 
 
 def check_uris(body: JobCreate, settings: Settings) -> None:
-    check_uri(body.model_uri, settings, field="model_uri")
-    if body.calibration and body.calibration.uri:
-        check_uri(body.calibration.uri, settings, field="calibration.uri")
-    if body.evaluation and body.evaluation.uri:
-        check_uri(body.evaluation.uri, settings, field="evaluation.uri")
+    for field, uri in body.uris().items():
+        check_uri(uri, settings, field=field)
 
 
 def _by_key(session: Session, tenant_id: str, key: str) -> Job | None:
@@ -69,11 +66,9 @@ def create_job(
     settings: Settings, publisher: Publisher,
 ) -> tuple[Job, bool]:
     """Insert and commit the row, then publish its id. Returns (job, created)."""
-    payload = body.model_dump(mode="json")
-    # Recipes as given, without their defaults: the worker parses them again, and a default must stay a default
+    # The request as given, without defaults: the worker parses it again, and a default must stay a default
     # there (the default group_size 128 falls back to per channel on a narrower layer; an explicit one is an error).
-    payload["recipe"] = body.recipe.model_dump(mode="json", exclude_unset=True)
-    payload["fallbacks"] = [r.model_dump(mode="json", exclude_unset=True) for r in body.fallbacks]
+    payload = body.stored()
     digest = request_hash(payload)
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= 200:

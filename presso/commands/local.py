@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from presso.commands.common import RecipeInputError, as_uri, help_formatter, load_recipe, validation_message
+from presso.commands.common import RecipeInputError, help_formatter
+from presso.commands.jobargs import add_job_options, describe, job_spec
 
 
 def register(sub: Any) -> None:
@@ -18,23 +19,12 @@ def register(sub: Any) -> None:
   presso compress ./tiny-llama --recipe '{"steps":[{"method":"rtn","bits":4,"group_size":64}]}' --out ./out
   presso compress s3://models/llama --recipe gptq.json --calib file:///data/valid.txt --out ./out
   presso compress hf://HuggingFaceTB/SmolLM2-135M --recipe recipe.json --eval ./test.txt --out ./out""")
-    p.add_argument("model_uri", help="s3://, https://, hf://, file:// or a local path")
-    p.add_argument("--recipe", required=True, help="recipe JSON inline or a file")
+    add_job_options(p)
     p.add_argument("--out", required=True, type=Path,
                    help="artifact directory to write: new or empty, or a previous artifact with --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the files of the Presso artifact already in --out (its presso.json lists them); "
                    "nothing else there is ever deleted")
-    p.add_argument("--calib", help="calibration text (file://, s3://, https:// or a path)")
-    p.add_argument("--eval", dest="eval_uri", help="evaluation text (file://, s3://, https:// or a path)")
-    p.add_argument("--samples", type=int, default=64, help="calibration samples")
-    p.add_argument("--seq-len", type=int, default=512, help="calibration/evaluation sequence length")
-    p.add_argument("--windows", type=int, default=8, help="evaluation windows")
-    p.add_argument("--no-eval", action="store_true", help="skip evaluation")
-    p.add_argument("--format", choices=["compressed", "dense"], default="compressed")
-    p.add_argument("--sparse-format", choices=["dense", "sparse-bitmask"], default="dense",
-                   help="sparse layers: dense (loads everywhere) or sparse-bitmask (smaller; presso.load only)")
-    p.add_argument("--encoding", choices=["lossless"], help="lossless: PZST-encode the artifact's safetensors")
     p.add_argument("--device", help="cuda or cpu (default: CUDA when present)")
     p.set_defaults(func=cmd_compress)
 
@@ -71,15 +61,15 @@ class _Bars:
             self.bar = None
 
 
-def _fetch_inputs(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path | None, Path | None]:
+def _fetch_inputs(job: Any, tmp: Path) -> tuple[Path, Path | None, Path | None]:
     from presso.app.core.settings import get_settings
     from presso.workers.fetch import fetch_file, fetch_model
     from presso.workers.fetch.limits import FetchLimits
 
     limits = FetchLimits.from_settings(get_settings(), allowed_file_roots=(Path("/"),))
-    model = fetch_model(as_uri(args.model_uri), tmp / "model", limits)
-    calib = fetch_file(as_uri(args.calib), tmp / "calibration", limits) if args.calib else None
-    evaluation = fetch_file(as_uri(args.eval_uri), tmp / "evaluation", limits) if args.eval_uri else None
+    model = fetch_model(job.model_uri, tmp / "model", limits)
+    calib = fetch_file(job.calibration.uri, tmp / "calibration", limits) if job.calibration.uri else None
+    evaluation = fetch_file(job.evaluation.uri, tmp / "evaluation", limits) if job.evaluation.uri else None
     return model, calib, evaluation
 
 
@@ -93,21 +83,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     from presso.compression.errors import CompressionError
     from presso.compression.io.outdir import check_out_dir
-    from presso.compression.recipe import parse_recipe
-    from presso.compression.spec import CalibrationInput, EvaluationInput
 
-    # Everything that needs no model first: a bad recipe or --out costs no download and no traceback.
+    # Everything that needs no model first: a bad recipe, option or --out costs no download and no traceback.
     try:
-        recipe = parse_recipe(load_recipe(args.recipe))
+        job = job_spec(args)
     except RecipeInputError as exc:
         return _fail(str(exc))
     except ValidationError as exc:
-        return _fail(f"invalid recipe: {validation_message(exc)}")
-    try:
-        calibration = CalibrationInput(samples=args.samples, seq_len=args.seq_len)
-        evaluation = EvaluationInput(enabled=not args.no_eval, windows=args.windows, seq_len=args.seq_len)
-    except ValidationError as exc:
-        return _fail(f"invalid option --{validation_message(exc, prefix='').replace('_', '-')}")
+        return _fail(describe(exc))
     try:
         check_out_dir(args.out, overwrite=args.overwrite)
     except CompressionError as exc:
@@ -119,14 +102,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     bars = _Bars()
     try:
         with tempfile.TemporaryDirectory(prefix="presso-compress-") as tmp:
-            model, calib, evaluation_path = _fetch_inputs(args, Path(tmp))
-            spec = LocalJobSpec(
-                model_dir=model, out_dir=args.out, recipe=recipe, overwrite=args.overwrite,
-                calibration=calibration.model_copy(update={"path": calib}),
-                evaluation=evaluation.model_copy(update={"path": evaluation_path}),
-                output_format=args.format, device=args.device,
-                sparse_format=args.sparse_format, output_encoding=args.encoding,
-            )
+            model, calib, evaluation = _fetch_inputs(job, Path(tmp))
+            spec = LocalJobSpec.for_run(job, model=model, calibration=calib, evaluation=evaluation,
+                                        out_dir=args.out, overwrite=args.overwrite, device=args.device)
             result = run_local(spec, progress=bars, should_stop=lambda: False)
     except CompressionError as exc:
         bars.close()

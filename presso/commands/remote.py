@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from presso.client import PressoClient, PressoError
-from presso.commands.common import as_uri, help_formatter, load_recipe
+from presso.commands.common import RecipeInputError, help_formatter
+from presso.commands.jobargs import add_job_options, describe, job_request, job_spec
 
 
 def _server_args(p: argparse.ArgumentParser) -> None:
@@ -21,13 +22,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("submit", help="submit a compression job", formatter_class=help_formatter(),
                        epilog="""examples:
   presso submit s3://models/llama --recipe '{"steps":[{"method":"rtn","bits":4,"group_size":64}]}'
-  presso submit file:///data/tiny --recipe recipe.json --eval file:///data/wiki.txt --wait""")
-    p.add_argument("model_uri", help="s3://, https://, hf:// or file:// (a bare path becomes file://)")
-    p.add_argument("--recipe", required=True, help="recipe JSON inline or a file")
-    p.add_argument("--calib", help="calibration text URI")
-    p.add_argument("--eval", dest="eval_uri", help="evaluation text URI")
-    p.add_argument("--eval-windows", type=int)
-    p.add_argument("--eval-seq-len", type=int)
+  presso submit file:///data/tiny --recipe recipe.json --eval file:///data/wiki.txt --wait
+  presso submit s3://models/llama --recipe gptq4.json --fallback gptq8.json --gate-ppl 5 --no-latency""")
+    add_job_options(p)
     p.add_argument("--idempotency-key")
     p.add_argument("--wait", action="store_true", help="wait for a terminal state, showing progress")
     _server_args(p)
@@ -61,18 +58,9 @@ def _client(args: argparse.Namespace) -> PressoClient:
 
 
 def build_body(args: argparse.Namespace) -> dict[str, Any]:
-    body: dict[str, Any] = {"model_uri": as_uri(args.model_uri), "recipe": load_recipe(args.recipe)}
-    if args.calib:
-        body["calibration"] = {"uri": as_uri(args.calib)}
-    evaluation: dict[str, Any] = {}
-    if args.eval_uri:
-        evaluation["uri"] = as_uri(args.eval_uri)
-    if args.eval_windows:
-        evaluation["windows"] = args.eval_windows
-    if args.eval_seq_len:
-        evaluation["seq_len"] = args.eval_seq_len
-    if evaluation:
-        body["evaluation"] = evaluation
+    """The request body from the flags, validated here first (the same JobSpec the API validates)."""
+    body = job_request(args)
+    job_spec(args)
     return body
 
 
@@ -91,9 +79,19 @@ def _finish(job: dict[str, Any]) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    try:
+        body = build_body(args)
+    except RecipeInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"error: {describe(exc)}", file=sys.stderr)
+        return 2
     try:
         with _client(args) as client:
-            job = client.submit(build_body(args), idempotency_key=args.idempotency_key)
+            job = client.submit(body, idempotency_key=args.idempotency_key)
             if args.wait:
                 job = client.wait(job["id"], on_update=show_progress)
     except PressoError as exc:

@@ -21,7 +21,7 @@ def model_dir(tmp_path, tiny_llama):
 
 def _spec(model_dir, out, recipe, **kw):
     return LocalJobSpec(
-        model_dir=model_dir, out_dir=out, recipe=parse_recipe(recipe),
+        model_uri=str(model_dir), out_dir=out, recipe=parse_recipe(recipe),
         calibration={"samples": 4, "seq_len": 32},
         evaluation={"windows": 2, "seq_len": 32, "latency": False, **kw.pop("evaluation", {})}, **kw,
     )

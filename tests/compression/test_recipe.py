@@ -80,13 +80,13 @@ def test_fallbacks_and_total_steps_are_capped(tmp_path):
 
     r16 = parse_recipe({"steps": [{"method": "rtn"}] * 16})
     one = parse_recipe({"steps": [{"method": "rtn"}]})
-    ok = LocalJobSpec(model_dir=tmp_path, out_dir=tmp_path, recipe=r16, fallbacks=[r16])
+    ok = LocalJobSpec(model_uri=str(tmp_path), out_dir=tmp_path, recipe=r16, fallbacks=[r16])
     assert sum(len(r.steps) for r in [ok.recipe, *ok.fallbacks]) == MAX_TOTAL_STEPS
     with pytest.raises(ValidationError) as exc:
-        LocalJobSpec(model_dir=tmp_path, out_dir=tmp_path, recipe=one, fallbacks=[one] * (MAX_FALLBACKS + 1))
+        LocalJobSpec(model_uri=str(tmp_path), out_dir=tmp_path, recipe=one, fallbacks=[one] * (MAX_FALLBACKS + 1))
     assert exc.value.errors()[0]["loc"] == ("fallbacks",) and "at most 4 fallback" in str(exc.value)
     with pytest.raises(ValidationError) as exc:
-        LocalJobSpec(model_dir=tmp_path, out_dir=tmp_path, recipe=r16, fallbacks=[r16, one])
+        LocalJobSpec(model_uri=str(tmp_path), out_dir=tmp_path, recipe=r16, fallbacks=[r16, one])
     assert exc.value.errors()[0]["loc"] == ("fallbacks",) and "33 steps together; at most 32" in str(exc.value)
 
 

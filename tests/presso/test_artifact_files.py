@@ -9,12 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from svc_helpers import write_tiny_llama
 
 from presso.compression.codec import sha256_file
 from presso.compression.job import run_local
 from presso.compression.recipe import parse_recipe
-from presso.compression.spec import EvaluationInput, LocalJobSpec
-from svc_helpers import write_tiny_llama
+from presso.compression.spec import EvaluationSpec, LocalJobSpec
 
 TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}" \
            "{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -33,8 +33,8 @@ def instruct_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _spec(model_dir: Path, out: Path, recipe: dict, **kw: object) -> LocalJobSpec:
-    return LocalJobSpec(model_dir=model_dir, out_dir=out, recipe=parse_recipe(recipe),
-                        evaluation=EvaluationInput(enabled=False), device="cpu", **kw)
+    return LocalJobSpec(model_uri=str(model_dir), out_dir=out, recipe=parse_recipe(recipe),
+                        evaluation=EvaluationSpec(enabled=False), device="cpu", **kw)
 
 
 def test_fetch_then_write_keeps_the_chat_template(instruct_model: Path, tmp_path: Path) -> None:
@@ -100,7 +100,7 @@ def test_download_of_a_lossless_artifact_keeps_presso_and_report_json(instruct_m
     if lossless == "recipe step":
         spec = _spec(instruct_model, tmp_path / "art", {"steps": [*RTN["steps"], {"method": "lossless"}]})
     else:
-        spec = _spec(instruct_model, tmp_path / "art", RTN, output_encoding="lossless")
+        spec = _spec(instruct_model, tmp_path / "art", RTN, output={"encoding": "lossless"})
     result = run_local(spec)
     art = tmp_path / "art"
     assert (art / "pack.json").is_file() and (art / "model.safetensors.pzst").is_file()

@@ -127,7 +127,7 @@ def test_running_job_cancelled_by_runner(ctx: Any, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(presso.compression.job, "run_local", slow_run_local)
     monkeypatch.setattr(runner_mod, "build_spec", lambda claim, settings, tmp, progress: spec_mod.LocalJobSpec(
-        model_dir=tmp, out_dir=tmp / "out", recipe=spec_mod.parse_recipe(RTN)))
+        model_uri=str(tmp), out_dir=tmp / "out", recipe=RTN))
     ctx.settings = ctx.settings.model_copy(update={"lease_s": 0.4})
     tenant = new_db_tenant(ctx)
     job_id = submit(ctx, tenant, BODY)
