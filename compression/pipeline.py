@@ -34,7 +34,7 @@ def snapshot_linears(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def check_calibration(recipe: Recipe, ctx: StepContext) -> None:
     if recipe.needs_calibration and ctx.calibration is None:
-        needing = [s.method for s in recipe.steps if type(s).needs_calibration]
+        needing = [s.method for s in recipe.steps if s.uses_calibration()]
         raise CalibrationRequired(f"steps {needing} need calibration data")
 
 
@@ -97,8 +97,10 @@ def preflight(model: nn.Module, recipe: Recipe) -> None:
     (svd, svd_llm, prune_structured, eora) are checked only when they run.
     """
     for step in recipe.steps:
-        engine_for(step)  # a missing engine, too
+        engine = engine_for(step)  # a missing engine, too
         _check_step(model, step)
+        if hasattr(engine, "preflight"):  # the engine's own model-dependent checks
+            engine.preflight(model, step)
         if step.method in _RESHAPING:
             break
 

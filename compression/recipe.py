@@ -50,7 +50,7 @@ class Recipe(BaseModel):
 
     @property
     def needs_calibration(self) -> bool:
-        return any(type(s).needs_calibration for s in self.steps)
+        return any(s.uses_calibration() for s in self.steps)
 
 
 def check_fallback_count(fallbacks: Any) -> Any:

@@ -33,6 +33,10 @@ class StepConfig(BaseModel):
     lossy: ClassVar[bool] = True
     summary: ClassVar[str] = ""
 
+    def uses_calibration(self) -> bool:
+        """Whether this step, as configured, runs on calibration data (``needs_calibration`` says it may)."""
+        return type(self).needs_calibration
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
 

@@ -94,8 +94,9 @@ def set_weight_(module: nn.Module, w: torch.Tensor) -> None:
         copy_to_host_(target, src)
     else:
         target.copy_(src)
-    if hasattr(module, "presso_quant"):
-        del module.presso_quant
+    for attr in ("presso_quant", "presso_format"):  # codes of an earlier quantization no longer match
+        if hasattr(module, attr):
+            delattr(module, attr)
 
 
 def in_out(module: nn.Module) -> tuple[int, int]:

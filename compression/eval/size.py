@@ -45,7 +45,10 @@ def weight_stats(model: nn.Module) -> dict[str, Any]:
         qw = quantized_of(m)
         n_weights += w.numel()
         zeros += int((w == 0).sum())
-        if qw is not None:
+        fw = getattr(m, "presso_format", None)  # fp8 / int8 W8A8 / nvfp4 / mxfp4 (compression.core.floatquant)
+        if fw is not None:
+            bits += fw.storage_bits()
+        elif qw is not None:
             g = qw.scale.shape[1] * qw.scale.shape[0]
             # scales are stored in the model's dtype; zero points packed at `bits` each
             extra = g * (w.element_size() * 8 + (qw.bits if qw.zero is not None else 0))

@@ -9,6 +9,7 @@ the form of everything no format claims. ``ENCODINGS`` are applied to the finish
 |---|---|---|
 | dense | formats.base.Dense | presso.load, transformers, peft, vllm* |
 | pack-quantized | formats.quantized.PackQuantized | presso.load, transformers, peft, vllm* |
+| float-, int-, nvfp4-pack-, mxfp4-pack-quantized | formats.ctquant.CT_FORMATS | presso.load, transformers, vllm* |
 | sparse-bitmask (opt-in) | formats.sparse.SparseBitmask | presso.load (transformers refuses) |
 | factorized | formats.lowrank.Factorized | presso.load (transformers refuses) |
 | lora-adapter (EoRA) | formats.lowrank.LoraAdapter | presso.load, peft (transformers reads the base) |
@@ -32,6 +33,7 @@ from presso.compression.io.formats.base import (
     ct_config,
     mark_presso_only,
 )
+from presso.compression.io.formats.ctquant import CT_FORMATS
 from presso.compression.io.formats.lossless import Encoding, Lossless
 from presso.compression.io.formats.lowrank import Factorized, LoraAdapter
 from presso.compression.io.formats.quantized import PackQuantized
@@ -47,7 +49,8 @@ __all__ = [
     "write_side_files",
 ]
 
-FORMATS: tuple[Format, ...] = (Factorized(), LoraAdapter(), PackQuantized(), SparseBitmask())
+# the deployment formats (CT_FORMATS) after pack-quantized: they join its quantization_config when both are used
+FORMATS: tuple[Format, ...] = (Factorized(), LoraAdapter(), PackQuantized(), *CT_FORMATS, SparseBitmask())
 DENSE = Dense()
 ENCODINGS: dict[str, Encoding] = {e.name: e for e in (Lossless(),)}
 

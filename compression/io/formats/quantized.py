@@ -106,6 +106,9 @@ class PackQuantized(Format):
 
     def present(self, ctx: LoadContext) -> bool:
         qcfg = ctx.qcfg
+        groups = (qcfg.get("config_groups") or {}).values()
+        if qcfg.get("format") == "mixed-precision":  # with formats.ctquant's forms: the groups' own formats
+            return any(_format_of(g, qcfg) == "pack-quantized" for g in groups)
         return bool(qcfg.get("config_groups")) and qcfg.get("format") in (None, "pack-quantized")
 
     def loaders_for(self, ctx: LoadContext) -> tuple[str, ...]:
@@ -131,10 +134,24 @@ def _weight_args(name: str, qcfg: dict[str, Any]) -> dict[str, Any]:
     return (groups[0].get("weights") or {}) if groups else {}
 
 
+def _format_of(group: dict[str, Any], qcfg: dict[str, Any]) -> str | None:
+    """A config group's compressed-tensors format (its own, else the config's; none: pack-quantized)."""
+    return group.get("format") or qcfg.get("format") or "pack-quantized"
+
+
+def _is_packed_int(name: str, qcfg: dict[str, Any]) -> bool:
+    """Whether layer ``name`` is pack-quantized (not one of formats.ctquant's forms in a mixed artifact)."""
+    for group in (qcfg.get("config_groups") or {}).values():
+        for t in group.get("targets", []):
+            if (t.startswith("re:") and re.match(t[3:], name)) or t in (name, "Linear"):
+                return _format_of(group, qcfg) == "pack-quantized"
+    return True
+
+
 def _check_format(qcfg: dict[str, Any]) -> None:
     from presso.compression.errors import ModelLoadError
 
-    if qcfg.get("format") not in (None, "pack-quantized"):
+    if qcfg.get("format") not in (None, "pack-quantized", "mixed-precision"):
         raise ModelLoadError(f"presso.load reads pack-quantized layers, not {qcfg.get('format')!r}")
 
 
@@ -146,6 +163,8 @@ def dequantize_packed_(state: dict[str, torch.Tensor], qcfg: dict[str, Any], dty
     _check_format(qcfg)
     for key in [k for k in state if k.endswith(".weight_packed")]:
         name = key[: -len(".weight_packed")]
+        if not _is_packed_int(name, qcfg):
+            continue
         bits = int(_weight_args(name, qcfg).get("num_bits", 4))
         n, k = (int(d) for d in state.pop(f"{name}.weight_shape").tolist())
         q = unpack_int(state.pop(key), bits, k)
@@ -177,6 +196,7 @@ def pack_layers_(model: nn.Module, state: dict[str, torch.Tensor], qcfg: dict[st
 
     _check_format(qcfg)
     names = [k[: -len(".weight_packed")] for k in state if k.endswith(".weight_packed")]
+    names = [n for n in names if _is_packed_int(n, qcfg)]
     for name in names:
         args = _weight_args(name, qcfg)
         bits = int(args.get("num_bits", 4))
