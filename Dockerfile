@@ -19,6 +19,7 @@ COPY app ./app
 COPY workers ./workers
 COPY compression ./compression
 COPY kernels ./kernels
+COPY codec ./codec
 COPY migrations ./migrations
 RUN pip wheel --no-cache-dir --no-deps --no-build-isolation -w /wheels .
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 HERE = Path(__file__).parent
-MAPPED = ("app", "workers", "compression", "kernels", "migrations")
+MAPPED = ("app", "workers", "compression", "kernels", "codec", "migrations")
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:
@@ -39,15 +39,15 @@ PACKAGES, PACKAGE_DIR = _packages()
 setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"presso.kernels": ["**/*.cu", "**/*.cuh", "**/*.h"], "presso.compression.codec": ["_native.c"],
+    package_data={"presso.kernels": ["**/*.cu", "**/*.cuh", "**/*.h"], "presso.codec": ["_native.c"],
                   "presso.migrations": ["script.py.mako"],
                   "presso.app.console": ["templates/*.html", "static/*"],
                   "presso.app.api.apidocs": ["static/*.md", "static/swagger-ui/*", "static/redoc/*"]},
     ext_modules=[
         # A plain C library (no Python API), loaded with ctypes so every call drops the GIL.
         Extension(
-            "presso.compression.codec._native",
-            sources=["compression/codec/_native.c"],
+            "presso.codec._native",
+            sources=["codec/_native.c"],
             extra_compile_args=["-O3", "-std=c99"],
             optional=False,
         )

@@ -122,7 +122,7 @@ def plane_bound(data: np.ndarray) -> float:
 
 def measure_presso(data: np.ndarray, threads: int, repeats: int) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from presso.compression import codec
+    from presso.codec import pzst as codec
 
     te, (parts, stats) = best_time(lambda: codec.encode_buffer(data, threads=threads), 1)
     enc = np.frombuffer(b"".join(parts), np.uint8)

@@ -132,10 +132,10 @@ class PressoClient:
 
 def restore_dir(packed: Path, restored: Path) -> Path:
     """Decode a downloaded lossless artifact into the new directory ``restored`` (every file sha256-checked by
-    ``presso.compression.codec.unpack_dir``) and return it. Deletes nothing: the caller owns both."""
+    ``presso.codec.unpack_dir``) and return it. Deletes nothing: the caller owns both."""
     import shutil
 
-    from presso.compression.codec import INDEX, SUFFIX, unpack_dir
+    from presso.codec.files import INDEX, SUFFIX, unpack_dir
 
     unpack_dir(packed, restored)
     for path in sorted(p for p in packed.rglob("*") if p.is_file()):  # presso.json, report.json: beside the index

@@ -11,7 +11,7 @@ from typing import Any
 from presso.app.core.db import utcnow
 from presso.app.jobs.artifacts import MANIFEST, attempt_prefix
 from presso.app.storage import ArtifactStore
-from presso.compression.codec import sha256_file
+from presso.codec.files import sha256_file
 from presso.workers.lease import Claim
 
 log = logging.getLogger(__name__)

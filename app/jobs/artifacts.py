@@ -17,7 +17,7 @@ from presso.app.storage import ArtifactStore, ObjectMissing
 
 MANIFEST = "manifest.json"
 REPORT = "report.json"
-PACK_INDEX = "pack.json"  # written by compression.codec.pack_dir
+PACK_INDEX = "pack.json"  # written by presso.codec.files.pack_dir
 
 
 def attempt_prefix(tenant_id: str, job_id: str, attempt: int) -> str:

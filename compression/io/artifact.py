@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from presso.compression.codec import sha256_file
+from presso.codec.files import sha256_file
 from presso.compression.io.formats import ENCODINGS, WriteOptions, export_state, write_side_files
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ def presso_version() -> str:
 
 def report() -> dict[str, Any]:
     """Everything ``presso doctor`` prints. Imports torch only if it is installed (the API image has none)."""
-    from presso.compression.codec import native
+    from presso.codec import native
 
     out: dict[str, Any] = {
         "presso": presso_version(),

@@ -116,7 +116,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from presso.compression.codec import pack_dir
+    from presso.codec.files import pack_dir
 
     pack_dir(args.src, args.out)
     print(f"packed {args.src} -> {args.out}")
@@ -124,7 +124,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
-    from presso.compression.codec import unpack_dir
+    from presso.codec.files import unpack_dir
 
     unpack_dir(args.src, args.out)
     print(f"restored {args.src} -> {args.out}")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from svc_helpers import write_tiny_llama
 
-from presso.compression.codec import sha256_file
+from presso.codec.files import sha256_file
 from presso.compression.job import run_local
 from presso.compression.recipe import parse_recipe
 from presso.compression.spec import EvaluationSpec, LocalJobSpec

@@ -26,7 +26,7 @@ def _artifact(tmp_path: Path, *, lossless: bool) -> dict[str, bytes]:
     (src / "model.safetensors").write_bytes(_safetensors())
     (src / "config.json").write_text("{}")
     if lossless:
-        from presso.compression.codec import pack_dir
+        from presso.codec.files import pack_dir
 
         pack_dir(src, src)
     files = {p.name: p.read_bytes() for p in sorted(src.iterdir())}

@@ -65,7 +65,7 @@ def test_wheel_installs_only_the_presso_name(wheel_venv: tuple[Path, dict[str, s
     tops = {p.split("/", 1)[0] for p in paths if not p.startswith("../")}  # ../../../bin/presso: the script
     assert tops == {"presso", "presso-0.1.0.dist-info"}, tops
     assert any(p.endswith("bin/presso") for p in paths)
-    for sub in ("app/main.py", "workers/tasks.py", "compression/registry.py", "kernels/w4a16/mma.cu",
+    for sub in ("app/main.py", "workers/tasks.py", "compression/registry.py", "kernels/w4a16/mma.cu", "codec/pzst.py", "codec/_native.c",
                 "migrations/env.py", "migrations/script.py.mako"):
         assert f"presso/{sub}" in paths, sub
 
@@ -83,7 +83,7 @@ def test_wheel_compresses_and_loads_packed_outside_the_repo(wheel_venv: tuple[Pa
     probe = f"""
 import json, sys, torch, transformers, importlib.util
 import presso
-from presso.compression.codec import native
+from presso.codec import native
 from presso.compression.io.packed_linear import PackedLinear
 kernels = importlib.util.find_spec("kernels")
 packed = presso.load({str(out)!r}, packed=True)

@@ -55,7 +55,7 @@ def get_file(
 @router.get("/{job_id}/decoded/{path:path}", response_class=Response)
 def get_decoded_file(job_id: str, path: str, session: SessionDep, tenant: TenantDep, store: StoreDep) -> Response:
     """A lossless-encoded file decoded to plain safetensors (sha256-verified before it is sent)."""
-    from presso.compression.codec import SUFFIX, decode_file  # torch-free
+    from presso.codec.files import SUFFIX, decode_file  # torch-free
     from presso.compression.errors import CodecError
 
     job = service.get_job(session=session, tenant_id=tenant.id, job_id=job_id)

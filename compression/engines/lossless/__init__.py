@@ -1,1 +1,1 @@
-"""The lossless step: PZST-encode the written artifact's safetensors (compression.codec)."""
+"""The lossless step: PZST-encode the written artifact's safetensors (presso.codec)."""

@@ -2,7 +2,7 @@
 
 ``lossless`` (``output.encoding = "lossless"``, or a recipe's last step ``{"method": "lossless"}`` kept
 for compatibility): every ``*.safetensors`` is PZST-encoded in place into ``*.safetensors.pzst`` and
-``pack.json`` indexes the original files (compression.codec). It is exact: ``presso unpack`` and
+``pack.json`` indexes the original files (presso.codec). It is exact: ``presso unpack`` and
 ``presso download`` restore byte-identical files, and ``presso.load`` decodes the tensors in memory.
 Plain transformers finds no weights in an encoded directory and raises.
 """
@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from presso.compression.codec import INDEX, SUFFIX, decode_bytes, is_packed, pack_dir, read_index
+from presso.codec.container import decode_bytes
+from presso.codec.files import INDEX, SUFFIX, is_packed, pack_dir, read_index
 
 
 class Encoding:

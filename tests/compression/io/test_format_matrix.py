@@ -153,7 +153,7 @@ def test_format_x_loader(artifacts: dict[str, Any], case: str, loader: str) -> N
 
 
 def test_lossless_artifact_unpacks_to_its_inner_forms(artifacts: dict[str, Any], tmp_path: Path) -> None:
-    from presso.compression.codec import unpack_dir
+    from presso.codec.files import unpack_dir
 
     art = _artifact(artifacts, "lossless-encoded")
     unpack_dir(art["dir"], tmp_path / "plain")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from presso.compression import codec
+from presso.codec import pzst as codec
 from presso.compression.errors import CodecError
 
 from .conftest import SafetensorsFn

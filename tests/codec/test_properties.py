@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from presso.compression import codec
-from presso.compression.codec import native, rans
+from presso.codec import native, rans
+from presso.codec import pzst as codec
 
 from .conftest import build_safetensors
 

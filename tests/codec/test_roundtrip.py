@@ -7,9 +7,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from presso.compression import codec
-from presso.compression.codec import format as fmt
-from presso.compression.codec import native
+from presso.codec import format as fmt
+from presso.codec import native
+from presso.codec import pzst as codec
 
 from .conftest import SafetensorsFn, bf16_bytes
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from presso.compression.codec.container import DecodeStats, EncodeStats, decode_buffer, encode_buffer
-from presso.compression.codec.format import MAGIC, unpack
+from presso.codec.container import DecodeStats, EncodeStats, decode_buffer, encode_buffer
+from presso.codec.format import MAGIC, unpack
 from presso.compression.errors import CodecError
 
 SUFFIX = ".pzst"

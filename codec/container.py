@@ -16,9 +16,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from presso.compression.codec import format as fmt
-from presso.compression.codec.coders import Options, coder_name, decode_block, encode_block
-from presso.compression.codec.layout import Span, blocks_of, tensor_spans
+from presso.codec import format as fmt
+from presso.codec.coders import Options, coder_name, decode_block, encode_block
+from presso.codec.layout import Span, blocks_of, tensor_spans
 from presso.compression.errors import CodecError
 
 T = TypeVar("T")

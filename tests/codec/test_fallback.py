@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from presso.compression import codec
+from presso.codec import pzst as codec
 
 from .conftest import bf16_bytes, build_safetensors
 
@@ -22,7 +22,7 @@ def test_numpy_fallback_produces_the_same_stream(tmp_path: Path) -> None:
     src.write_bytes(data)
     native_enc = codec.encode_bytes(data, chunk_bytes=1 << 14)
     code = (
-        "import sys; from pathlib import Path; from compression import codec; from compression.codec import native;"
+        "import sys; from pathlib import Path; from presso.codec import native; from presso.codec import pzst as codec;"
         "assert not native.available();"
         "d = Path(sys.argv[1]).read_bytes(); e = Path(sys.argv[2]).read_bytes();"
         "assert codec.decode_bytes(e) == d;"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from presso.compression.codec import native
+from presso.codec import native
 from presso.compression.errors import CodecError
 
 RANS_L = 1 << 16

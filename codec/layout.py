@@ -10,7 +10,7 @@ import json
 import struct
 from dataclasses import dataclass
 
-from presso.compression.codec.format import DTYPES
+from presso.codec.format import DTYPES
 
 MAX_HEADER = 100 << 20
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from presso.compression import codec
+from presso.codec import pzst as codec
 from presso.compression.errors import CodecError
 
 from .conftest import SafetensorsFn

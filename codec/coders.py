@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from presso.compression.codec import native, rans
-from presso.compression.codec.format import CODER_NAMES, CONST, RANS, RAW, ZSTD, Block
-from presso.compression.codec.layout import Span
+from presso.codec import native, rans
+from presso.codec.format import CODER_NAMES, CONST, RANS, RAW, ZSTD, Block
+from presso.codec.layout import Span
 from presso.compression.errors import CodecError
 
 _local = threading.local()

@@ -1,10 +1,12 @@
 """Presso's lossless weight codec (PZST): byte-plane split + per-chunk rANS / zstd / raw coding.
 
-Torch-free (numpy + zstandard, and a small C library built on first use); see docs/codec.md for
-the format. Packed files end in ``.safetensors.pzst``; packed directories carry ``pack.json``.
+The codec's public API in one module (``from presso.codec import pzst as codec``; the folder is a
+namespace package and has no ``__init__``). Torch-free: numpy, zstandard and the C coder built at
+install. See docs/codec.md for the format. Packed files end in ``.safetensors.pzst``; packed
+directories carry ``pack.json``.
 """
 
-from presso.compression.codec.container import (
+from presso.codec.container import (
     DecodeStats,
     EncodeStats,
     decode_buffer,
@@ -12,7 +14,7 @@ from presso.compression.codec.container import (
     encode_buffer,
     encode_bytes,
 )
-from presso.compression.codec.files import (
+from presso.codec.files import (
     INDEX,
     SUFFIX,
     decode_file,
