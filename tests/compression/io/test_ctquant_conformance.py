@@ -356,3 +356,15 @@ def test_presso_load_reinstalls_activation_quantization(tmp_path, calib_ids, ids
     assert torch.equal(q.static_scale, state["model.layers.1.self_attn.o_proj.input_scale"])
     ours, weight_only = _logits(loaded, ids)
     assert torch.equal(ours, model(ids).logits.detach()) and not torch.equal(ours, weight_only)
+
+
+def test_lossless_encoding_on_top(tmp_path, calib_ids, ids):
+    """The lossless encoding of the finished directory applies to these forms too; presso.load decodes in memory."""
+    from presso.compression.io.artifact import encode
+    from presso.load import load
+
+    model, _, _, _ = _artifact(tmp_path, [{"method": "nvfp4"}], calib_ids)
+    encode(tmp_path, "lossless")
+    assert not (tmp_path / "model.safetensors").exists() and (tmp_path / "model.safetensors.pzst").exists()
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path)(ids).logits, model(ids).logits)
