@@ -10,8 +10,9 @@ from torch import nn
 
 from presso.compression.configs.pruning import SparsityStep
 from presso.compression.core.context import StepContext
-from presso.compression.core.layout import Layout, find_layout, select_linears
+from presso.compression.core.layout import Layout
 from presso.compression.core.sequential import BlockInputs, run_blockwise
+from presso.compression.core.targets import targeted_linears
 from presso.compression.engines.pruning.common import Chosen, observe, preflight
 from presso.compression.engines.pruning.owl import block_sparsities
 
@@ -26,8 +27,7 @@ class PruningPlan:
 
 
 def plan(model: nn.Module, cfg: SparsityStep, ctx: StepContext) -> PruningPlan:
-    layout = find_layout(model)
-    chosen = select_linears(model, layout, cfg.targets, cfg.ignore)
+    layout, chosen = targeted_linears(model, cfg)
     preflight(chosen, cfg)
     return PruningPlan(layout, chosen, block_sparsities(model, layout, chosen, cfg, ctx))
 

@@ -10,7 +10,8 @@ from torch import nn
 
 from presso.compression.configs.lowrank import SVDConfig
 from presso.compression.core.context import StepContext
-from presso.compression.core.layout import find_layout, get_weight, in_out, select_linears
+from presso.compression.core.layout import get_weight, in_out
+from presso.compression.core.targets import targeted_linears
 from presso.compression.engines.lowrank.modules import FactorizedLinear, replace_module_
 from presso.compression.engines.lowrank.svd.svd_math import (
     balanced_factors,
@@ -53,8 +54,7 @@ def factorize_(model: nn.Module, name: str, mod: nn.Module, b: torch.Tensor, a: 
 class SVDEngine:
     @torch.no_grad()
     def apply_(self, model: nn.Module, cfg: SVDConfig, ctx: StepContext) -> dict[str, Any]:
-        layout = find_layout(model)
-        chosen = select_linears(model, layout, cfg.targets, cfg.ignore)
+        _, chosen = targeted_linears(model, cfg)
         ranks = uniform_ranks(layer_shapes(chosen), cfg.ratio) if cfg.ratio is not None else {}
         layers = []
         for i, lins in chosen.items():

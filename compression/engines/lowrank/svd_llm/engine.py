@@ -19,8 +19,9 @@ from torch import nn
 
 from presso.compression.configs.lowrank import SVDLLMConfig
 from presso.compression.core.context import StepContext
-from presso.compression.core.layout import Layout, find_layout, get_weight, select_linears
+from presso.compression.core.layout import Layout, get_weight
 from presso.compression.core.sequential import BlockInputs, run_blockwise
+from presso.compression.core.targets import targeted_linears
 from presso.compression.engines.lowrank.common import block_covariances
 from presso.compression.engines.lowrank.svd.engine import factorize_, layer_shapes, summarize
 from presso.compression.engines.lowrank.svd.svd_math import round_rank, uniform_ranks
@@ -68,8 +69,7 @@ def whitened_spectra(model: nn.Module, layout: Layout, chosen: Chosen, ctx: Step
 class SVDLLMEngine:
     @torch.no_grad()
     def apply_(self, model: nn.Module, cfg: SVDLLMConfig, ctx: StepContext) -> dict[str, Any]:
-        layout = find_layout(model)
-        chosen = select_linears(model, layout, cfg.targets, cfg.ignore)
+        layout, chosen = targeted_linears(model, cfg)
         ranks = uniform_ranks(layer_shapes(chosen), cfg.ratio)  # also validates the ratio up front
         second = ctx
         if cfg.allocation == "global":

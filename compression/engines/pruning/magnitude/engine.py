@@ -9,7 +9,8 @@ from torch import nn
 
 from presso.compression.configs.pruning import MagnitudeConfig
 from presso.compression.core.context import StepContext
-from presso.compression.core.layout import find_layout, get_weight, select_linears
+from presso.compression.core.layout import get_weight
+from presso.compression.core.targets import targeted_linears
 from presso.compression.engines.pruning.common import apply_mask_, choose_mask, layer_record, preflight, summarize
 from presso.compression.engines.pruning.masks import global_threshold, threshold_mask
 from presso.compression.registry import register
@@ -19,8 +20,7 @@ from presso.compression.registry import register
 class MagnitudeEngine:
     @torch.no_grad()
     def apply_(self, model: nn.Module, cfg: MagnitudeConfig, ctx: StepContext) -> dict[str, Any]:
-        layout = find_layout(model)
-        chosen = select_linears(model, layout, cfg.targets, cfg.ignore)
+        _, chosen = targeted_linears(model, cfg)
         preflight(chosen, cfg)
         threshold = None
         if cfg.scope == "global" and cfg.nm is None:

@@ -28,14 +28,13 @@ from presso.compression.configs.quantization import AWQConfig, GPTQConfig, Quant
 from presso.compression.core.context import StepContext
 from presso.compression.core.layout import (
     block_linears,
-    find_layout,
     get_weight,
     in_out,
     is_linear,
-    select_linears,
     set_weight_,
 )
 from presso.compression.core.sequential import BlockInputs, forward_block, run_blockwise
+from presso.compression.core.targets import targeted_linears
 from presso.compression.engines.quantization.awq.awq_math import (
     fake_quant,
     ranked_alphas,
@@ -160,8 +159,7 @@ def _scale_group(block: nn.Module, prefix: str, members: list[str], producer: Pr
 class AWQEngine:
     @torch.no_grad()
     def apply_(self, model: nn.Module, cfg: AWQConfig, ctx: StepContext) -> dict[str, Any]:
-        layout = find_layout(model)
-        chosen = select_linears(model, layout, cfg.targets, cfg.ignore)
+        layout, chosen = targeted_linears(model, cfg)
         schemes = schemes_for(chosen, cfg)
         gptq = GPTQConfig() if cfg.solver == "gptq" else None
         plan: Plan = {}

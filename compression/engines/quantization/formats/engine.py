@@ -44,6 +44,7 @@ from presso.compression.core.floatquant import (
 from presso.compression.core.layout import find_layout, get_weight, select_linears, set_quantized_, set_weight_
 from presso.compression.core.quant import quantize_rtn, relative_error
 from presso.compression.core.sequential import BlockInputs, observe_inputs, run_blockwise
+from presso.compression.core.targets import targeted_linears
 from presso.compression.errors import InvalidRecipe
 from presso.compression.registry import register
 
@@ -169,8 +170,7 @@ class FormatEngine:
 
     @torch.no_grad()
     def apply_(self, model: nn.Module, cfg: FormatStep, ctx: StepContext) -> dict[str, Any]:
-        layout = find_layout(model)
-        chosen = select_linears(model, layout, cfg.targets, cfg.ignore)
+        layout, chosen = targeted_linears(model, cfg)
         plans = {n: plan_layer(cfg, n, m) for lins in chosen.values() for n, m in lins.items()}
         gptq = isinstance(cfg, INT8Config) and cfg.rounding == "gptq"
         installed: list[actquant.ActQuantizer] = []

@@ -17,9 +17,10 @@ from torch import nn
 
 from presso.compression.configs.quantization import GPTQConfig, QuantArgs
 from presso.compression.core.context import StepContext
-from presso.compression.core.layout import find_layout, get_weight, select_linears, set_quantized_
+from presso.compression.core.layout import get_weight, set_quantized_
 from presso.compression.core.quant import QuantizedWeight, quantize_rtn, relative_error
 from presso.compression.core.sequential import BlockInputs, run_blockwise
+from presso.compression.core.targets import targeted_linears
 from presso.compression.engines.quantization.common import layer_record, schemes_for
 from presso.compression.engines.quantization.gptq.gptq_math import output_error, quantize_weight
 from presso.compression.engines.quantization.gptq.observe import observe_block
@@ -110,8 +111,7 @@ def check_act_order(cfg: GPTQConfig, schemes: dict[str, QuantArgs | None]) -> No
 class GPTQEngine:
     @torch.no_grad()
     def apply_(self, model: nn.Module, cfg: GPTQConfig, ctx: StepContext) -> dict[str, Any]:
-        layout = find_layout(model)
-        chosen = select_linears(model, layout, cfg.targets, cfg.ignore)
+        layout, chosen = targeted_linears(model, cfg)
         schemes = schemes_for(chosen, cfg)
         check_act_order(cfg, schemes)
 

@@ -9,8 +9,9 @@ from torch import nn
 
 from presso.compression.configs.quantization import RTNConfig
 from presso.compression.core.context import StepContext
-from presso.compression.core.layout import find_layout, get_weight, select_linears, set_quantized_
+from presso.compression.core.layout import get_weight, set_quantized_
 from presso.compression.core.quant import relative_error
+from presso.compression.core.targets import targeted_linears
 from presso.compression.engines.quantization.common import layer_record, schemes_for
 from presso.compression.engines.quantization.rtn.rtn_math import quantize_rtn
 from presso.compression.registry import register
@@ -20,8 +21,7 @@ from presso.compression.registry import register
 class RTNEngine:
     @torch.no_grad()
     def apply_(self, model: nn.Module, cfg: RTNConfig, ctx: StepContext) -> dict[str, Any]:
-        layout = find_layout(model)
-        chosen = select_linears(model, layout, cfg.targets, cfg.ignore)
+        _, chosen = targeted_linears(model, cfg)
         schemes = schemes_for(chosen, cfg)
         layers = []
         for i, lins in chosen.items():
