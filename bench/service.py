@@ -10,11 +10,21 @@ bench/results/service.md.
   (b) transfer: upload / download MB/s of a --transfer-mib artifact through Presso's ArtifactStore
       (app/storage/s3.py) beside a plain boto3 upload_file / download_file of the same bytes, same server;
   (c) soak: --soak-jobs tiny rtn jobs in a row; RSS of the worker process tree at start and end;
-  (d) submit latency: bench/submit_latency.py at --rates (subprocess; its own API on Postgres + Redis).
+  (d) submit latency: bench/submit_latency.py at --rates (subprocess; its own API on Postgres + Redis);
+  (e) recovery (--recovery; stacks of their own, two workers each): --recovery-jobs jobs, each killed with
+      SIGKILL at a random moment of a TEST-ONLY pause in its compress stage (PRESSO_TEST_STAGE_DELAY), the whole
+      worker (--recovery-kill worker: a lost node; a replacement worker is started) or only its job process
+      (child: the OOM killer); recovery = kill -> the next attempt's claim (started_at). One stack per
+      --recovery-leases value (PRESSO_LEASE_S; reaper interval at its default). Then the backlog: --backlog-jobs
+      tiny jobs submitted at once to two workers, with PRESSO_REPUBLISH_AFTER_S=--backlog-republish-s and a 1 s
+      reaper interval: re-publishes ("republished job" in the worker logs) and duplicate deliveries ("nothing
+      to do"). Runs against whatever code `presso` imports from the checkout it is started in (a worktree of
+      an older commit measures the old code; give it its own --database-url).
 
 Examples:
   .venv/bin/python bench/service.py
   .venv/bin/python bench/service.py --soak-jobs 100 --pickup-jobs 10 --skip latency
+  .venv/bin/python bench/service.py --recovery --skip pickup,transfer,soak,latency --out bench/results/recovery.md
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -64,10 +75,13 @@ def _wait_http(url: str, timeout: float = 120) -> None:
 
 
 class Stack:
-    """moto S3 + redis-server + API + worker, all subprocesses in their own sessions."""
+    """moto S3 + redis-server + API + worker(s), all subprocesses in their own sessions."""
 
-    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+    def __init__(self, args: argparse.Namespace, work: Path, *, extra_env: dict[str, str] | None = None,
+                 workers: int = 1, loglevel: str = "WARNING") -> None:
         self.args, self.work, self.procs = args, work, []
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.loglevel = loglevel
         os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
         self.s3_url = f"http://127.0.0.1:{_port()}"
         self._spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", self.s3_url.rsplit(":", 1)[1]],
@@ -89,6 +103,7 @@ class Stack:
             "PRESSO_FETCH_ALLOW_PRIVATE_HOSTS": "127.0.0.0/8", "PRESSO_MAX_ACTIVE_JOBS_PER_TENANT": "100000",
             "PRESSO_DATA_DIR": str(work / "data"), "PRESSO_WORK_DIR": str(work / "jobs"),
             "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+            **(extra_env or {}),
         }
         from bench.submit_latency import ensure_database
         from presso.app.core.migrate import upgrade
@@ -101,8 +116,9 @@ class Stack:
         self._spawn([sys.executable, "-m", "presso.cli", "api", "--workers", "1", "--host", "127.0.0.1",
                      "--port", self.api.rsplit(":", 1)[1], "--log-level", "warning", "--no-access-log"], "api.log",
                     env=self.env)
-        self.worker = self._spawn([sys.executable, "-m", "presso.cli", "worker", "--loglevel", "WARNING"],
-                                  "worker.log", env=self.env)
+        self.worker = self.start_worker()
+        for _ in range(workers - 1):
+            self.start_worker()
         _wait_http(f"{self.api}/healthz")
         admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
         tenant = httpx.post(f"{self.api}/v1/admin/tenants", headers=admin,
@@ -110,6 +126,26 @@ class Stack:
         key = httpx.post(f"{self.api}/v1/admin/tenants/{tenant['id']}/keys", headers=admin, json={"name": "b"}).json()
         self.client = httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {key['secret']}"}, timeout=30)
         self.model_uri = self._upload_model(s3)
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        name = "worker.log" if not self.workers else f"worker-{len(self.workers)}.log"
+        proc = self._spawn([sys.executable, "-m", "presso.cli", "worker", "--loglevel", self.loglevel], name,
+                           env=self.env)
+        self.workers.append(proc)
+        return proc
+
+    def log_count(self, text: str) -> int:
+        return sum(p.read_bytes().count(text.encode()) for p in self.work.glob("worker*.log"))
+
+    def wait_workers_ready(self, timeout: float = 240) -> None:
+        """Every live worker logged "ready." (needs --loglevel INFO)."""
+        deadline = time.monotonic() + timeout
+        for i, proc in enumerate(self.workers):
+            log = self.work / ("worker.log" if i == 0 else f"worker-{i}.log")
+            while proc.poll() is None and b"ready." not in log.read_bytes():
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"worker {i} not ready; see {log}")
+                time.sleep(0.2)
 
     def _spawn(self, cmd: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with open(self.work / log, "wb") as out:
@@ -162,11 +198,18 @@ class Stack:
 
     def close(self) -> None:
         for proc in reversed(self.procs):
+            if proc.poll() is not None:  # a worker the recovery bench killed
+                continue
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 def _close_leftovers(url: str) -> None:
@@ -277,6 +320,112 @@ def bench_soak(stack: Stack, n: int) -> str:
     ])
 
 
+# -- (e) recovery and backlog republishes ---------------------------------------------------------
+
+
+def _wait_marker(markers: Path, job_id: str, stage: str, timeout: float = 300) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = sorted(markers.glob(f"{job_id}.{stage}.*"))
+        if found and found[-1].read_text():
+            return int(found[-1].read_text())
+        if time.monotonic() > deadline:
+            raise SystemExit(f"job {job_id} never reached {stage}")
+        time.sleep(0.02)
+
+
+def _rerun_at(stack: Stack, job_id: str, timeout: float = 600) -> float:
+    """started_at (epoch s) of the job's second attempt."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = stack.client.get(f"/v1/jobs/{job_id}").json()
+        if job["attempt"] >= 2 and job["state"] in ("running", "succeeded") and job["started_at"]:
+            return dt.datetime.fromisoformat(job["started_at"]).timestamp()
+        if job["state"] in ("failed", "cancelled") or time.monotonic() > deadline:
+            raise SystemExit(f"job {job_id} not rerun: {job}")
+        time.sleep(0.05)
+
+
+def bench_recovery_one(args: argparse.Namespace, lease_s: str, work: Path) -> tuple[list[float], int, int]:
+    markers = work / "markers"
+    markers.mkdir()
+    env = {"PRESSO_TEST_STAGE_DELAY": f"compress={args.recovery_pause_s}", "PRESSO_TEST_STAGE_MARKERS": str(markers),
+           "PRESSO_MAX_ATTEMPTS": "5"}
+    if lease_s != "default":
+        env["PRESSO_LEASE_S"] = lease_s
+    stack = Stack(args, work, extra_env=env, workers=2, loglevel="INFO")
+    rng = random.Random(args.recovery_seed)
+    recoveries: list[float] = []
+    try:
+        for _ in range(args.recovery_jobs):
+            stack.wait_workers_ready()
+            job_id, _ = stack.submit()
+            pid = _wait_marker(markers, job_id, "compress")
+            time.sleep(rng.uniform(0.0, 0.8 * args.recovery_pause_s))
+            if args.recovery_kill == "worker":
+                pgid = os.getpgid(pid)
+                os.killpg(pgid, signal.SIGKILL)
+                killed_at = time.time()
+                for w in stack.workers:
+                    if w.pid == pgid:
+                        w.wait()
+                stack.start_worker()  # the replacement boots while the other worker recovers the job
+            else:
+                os.kill(pid, signal.SIGKILL)
+                killed_at = time.time()
+            recoveries.append(_rerun_at(stack, job_id) - killed_at)
+            print(f"  lease {lease_s}: recovered in {recoveries[-1]:.1f} s", flush=True)
+            stack.wait(job_id, timeout=900)
+        return recoveries, stack.log_count("republished job"), stack.log_count("nothing to do")
+    finally:
+        stack.close()
+
+
+def bench_backlog(args: argparse.Namespace, work: Path) -> tuple[int, int, float, dict[str, int]]:
+    env = {"PRESSO_REPUBLISH_AFTER_S": f"{args.backlog_republish_s:g}", "PRESSO_REAPER_INTERVAL_S": "1"}
+    stack = Stack(args, work, extra_env=env, workers=2, loglevel="INFO")
+    try:
+        stack.wait_workers_ready()
+        stack.worker_ready()  # one job first, so the workers are warm
+        rep0, dup0 = stack.log_count("republished job"), stack.log_count("nothing to do")
+        t0 = time.perf_counter()
+        ids = [stack.submit()[0] for _ in range(args.backlog_jobs)]
+        states: dict[str, int] = {}
+        for job_id in ids:
+            state = stack.wait(job_id, timeout=1800)["state"]
+            states[state] = states.get(state, 0) + 1
+        elapsed = time.perf_counter() - t0
+        time.sleep(3)  # duplicates still in flight are delivered and skipped
+        return (stack.log_count("republished job") - rep0, stack.log_count("nothing to do") - dup0, elapsed,
+                states)
+    finally:
+        stack.close()
+
+
+def bench_recovery(args: argparse.Namespace, tmp: Path) -> str:
+    rows = []
+    for lease in args.recovery_leases.split(","):
+        work = tmp / f"recovery-{lease}"
+        work.mkdir()
+        rec, rep, dup = bench_recovery_one(args, lease, work)
+        q = sorted(rec)
+        rows.append(f"| kill -9 of the {args.recovery_kill}, PRESSO_LEASE_S {lease} | {len(q)} | "
+                    f"{statistics.median(q):.1f} | {q[0]:.1f} | {q[-1]:.1f} | {rep} | {dup} |")
+        print(rows[-1], flush=True)
+    work = tmp / "backlog"
+    work.mkdir()
+    rep, dup, elapsed, states = bench_backlog(args, work)
+    return "\n".join([
+        f"### (e) Recovery after kill -9 ({args.recovery_pause_s:g} s pause in compress, killed at a random moment "
+        "of it; two workers, reaper interval at its default)", "",
+        "| run | jobs | median recovery s | min s | max s | re-publishes | duplicate deliveries |",
+        "|---|---:|---:|---:|---:|---:|---:|", *rows, "",
+        f"Backlog: {args.backlog_jobs} tiny jobs submitted at once to two workers, PRESSO_REPUBLISH_AFTER_S="
+        f"{args.backlog_republish_s:g}, reaper every 1 s: **{rep} re-publishes**, {dup} duplicate deliveries, "
+        f"{states}, drained in {elapsed:.0f} s.", "",
+    ])
+
+
 # -- (d) submit latency ----------------------------------------------------------------------------
 
 
@@ -298,6 +447,14 @@ def main() -> int:
     parser.add_argument("--rates", default="50,200,500")
     parser.add_argument("--latency-duration", type=float, default=10.0)
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: pickup,transfer,soak,latency")
+    parser.add_argument("--recovery", action="store_true", help="(e): recovery after kill -9, backlog republishes")
+    parser.add_argument("--recovery-jobs", type=int, default=8)
+    parser.add_argument("--recovery-leases", default="default", help="comma-separated PRESSO_LEASE_S values")
+    parser.add_argument("--recovery-kill", choices=["worker", "child"], default="worker")
+    parser.add_argument("--recovery-pause-s", type=float, default=10.0)
+    parser.add_argument("--recovery-seed", type=int, default=0)
+    parser.add_argument("--backlog-jobs", type=int, default=30)
+    parser.add_argument("--backlog-republish-s", type=float, default=10.0)
     parser.add_argument("--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/presso_bench_service")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "service.md")
     args = parser.parse_args()
@@ -305,9 +462,13 @@ def main() -> int:
     sections = [f"## Service benchmark ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
                 f"load average {os.getloadavg()[0]:.1f} at start)", ""]
     with tempfile.TemporaryDirectory(prefix="presso-bench-service-") as tmp:
-        stack = Stack(args, Path(tmp))
+        if args.recovery:
+            sections.append(bench_recovery(args, Path(tmp)))
+            print(sections[-1], flush=True)
+        stack = None if {"pickup", "transfer", "soak"} <= skip else Stack(args, Path(tmp))
         try:
-            stack.worker_ready()
+            if stack is not None:
+                stack.worker_ready()
             if "pickup" not in skip:
                 sections.append(bench_pickup(stack, args.pickup_jobs, args.pickup_idle_s))
                 print(sections[-1], flush=True)
@@ -318,7 +479,8 @@ def main() -> int:
                 sections.append(bench_soak(stack, args.soak_jobs))
                 print(sections[-1], flush=True)
         finally:
-            stack.close()
+            if stack is not None:
+                stack.close()
     if "latency" not in skip:
         sections.append(bench_latency(args.rates, args.latency_duration))
     text = "\n".join(sections)

@@ -92,3 +92,10 @@ def requeue(factory: sessionmaker[Session], claim: Claim, *, delay_s: float, rea
             )
         )
         return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
+def store_plan(factory: sessionmaker[Session], claim: Claim, plan: dict[str, Any]) -> bool:
+    """Keep the resource plan made before the fetch on the row (GET /v1/jobs/{id}/plan serves it)."""
+    with session_scope(factory) as session:
+        result = session.execute(_fenced(claim).values(plan=plan))
+        return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]

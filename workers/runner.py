@@ -66,6 +66,7 @@ def _attempt(ctx: WorkerContext, claim: lease.Claim, hb: Heartbeat, tmp: Path) -
     from presso.compression.job import run_local
 
     progress = with_stage_delays(hb.progress, claim.job_id, claim.attempt)  # test-only hook; inert by default
+    plan_before_fetch(ctx, claim)
     spec = build_spec(claim, ctx.settings, tmp, progress=progress)
     progress("compress", 0.0)
     result = run_local(spec, progress=progress, should_stop=hb.should_stop)
@@ -88,6 +89,25 @@ def _attempt(ctx: WorkerContext, claim: lease.Claim, hb: Heartbeat, tmp: Path) -
         return "lost"
     log.info("job %s succeeded", claim.job_id)
     return "succeeded"
+
+
+def plan_before_fetch(ctx: WorkerContext, claim: lease.Claim) -> None:
+    """Plan the job from its model's headers (ranged reads) and keep the plan on the row; a job that no worker
+    class can run fails now with ``insufficient_resources`` instead of hours later. A model that cannot be
+    planned (hf://, GGUF, unreadable headers) runs as before."""
+    from presso.app.jobs.planning import plan_request
+    from presso.compression.plan import InsufficientResources
+
+    if ctx.settings.plan_at_submit == "off":
+        return
+    try:
+        plan = plan_request({**claim.request, "model_uri": claim.model_uri}, ctx.settings, remote=True)
+        lease.store_plan(ctx.session_factory, claim, plan)
+    except Exception:  # noqa: BLE001 - planning is advice; the job runs without it
+        log.warning("job %s: planning failed", claim.job_id, exc_info=True)
+        return
+    if plan.get("refusal"):
+        raise InsufficientResources(plan["refusal"])
 
 
 def _fail(ctx: WorkerContext, claim: lease.Claim, code: str, message: str) -> str:

@@ -60,6 +60,12 @@ class InvalidModelUri(InvalidInput):
     code = "invalid_model_uri"
 
 
+class InsufficientResources(InvalidInput):
+    """No configured worker class has the memory or disk a job needs (compression/plan.py)."""
+
+    code = "insufficient_resources"
+
+
 class ArtifactCorrupt(AppError):
     """A stored object no longer matches its checksum: never served as if it were fine."""
 

@@ -81,11 +81,31 @@ class Settings(BaseSettings):
     worker_queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["gpu", "cpu"])
     worker_preload: bool = Field(default=True, description="Import torch once in the worker parent process.")
     work_dir: Path | None = Field(default=None, description="Parent of job temp dirs; default system temp.")
+    worker_classes: Annotated[list[dict[str, Any]], NoDecode] = Field(
+        default_factory=list,
+        description="JSON list of the deployment's worker classes, each {name, gpus, gpu_memory_gb, host_memory_gb, "
+                    "disk_gb} (optional effective rates: gpu_tflops, cpu_tflops, fetch_mbs, ...): the resource "
+                    "planner refuses a job none can run. Empty: this machine.")
+    plan_at_submit: Literal["off", "local", "remote"] = Field(
+        default="local",
+        description="Plan (and refuse with insufficient_resources) at submit: 'local' for file:// models only, "
+                    "'remote' also s3:// and https:// (ranged reads of the headers), 'off' never. Workers plan "
+                    "every job before its fetch.")
+    plan_timeout_s: float = Field(default=10.0, gt=0, description="Time limit of reading a model's headers.")
     device: str | None = Field(default=None, description="Torch device for jobs; None = CUDA when present.")
 
     _split = field_validator(
         "allowed_uri_schemes", "allowed_file_roots", "worker_queues", "fetch_allow_private_hosts", mode="before"
     )(_split_list)
+
+    @field_validator("worker_classes", mode="before")
+    @classmethod
+    def _json_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            import json
+
+            return json.loads(value) if value.strip() else []
+        return value
 
     # Derived values ---------------------------------------------------------------------------
     @property

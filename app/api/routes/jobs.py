@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from presso.app.api.deps import PublisherDep, SessionDep, SettingsDep, TenantDep
 from presso.app.core.metrics import JOBS_SUBMITTED
-from presso.app.jobs import service
+from presso.app.jobs import planning, service
 from presso.app.jobs.schemas import JobCreate, JobPublic, JobsPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -22,11 +22,16 @@ def submit_job(
     body: JobCreate, session: SessionDep, tenant: TenantDep, settings: SettingsDep, publisher: PublisherDep,
     response: Response, idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobPublic:
-    """Queue a compression job. The same Idempotency-Key with the same body returns the same job."""
+    """Queue a compression job. The same Idempotency-Key with the same body returns the same job. A job that no
+    worker class can run is refused (422 ``insufficient_resources``) when its model can be planned cheaply."""
+    planned = planning.check_submit(body.model_dump(mode="json"), settings)
     job, created = service.create_job(
         session=session, tenant=tenant, body=body, idempotency_key=idempotency_key,
         settings=settings, publisher=publisher,
     )
+    if created and planned is not None:
+        job.plan = planned
+        session.commit()
     if created:
         JOBS_SUBMITTED.inc()
     else:

@@ -1,0 +1,597 @@
+"""The resource planner: a job's peak accelerator memory, host memory, disk and wall time, before it starts.
+
+Pure Python (no torch, no numpy): the inputs are the model's ``config.json`` and its safetensors headers (names,
+dtypes and shapes of the tensors: the first 8 bytes of a file give the header's length, and only the header is
+read), the recipe's steps as JSON, the data sizes of the request, and a worker class (what one worker process
+has: GPUs and their memory, host memory, disk, and effective speeds).
+
+What is counted is what the code does (compression/job.py, core/sequential.py, eval/, io/):
+
+- **load**: the whole model in host memory in its loaded dtype (``M = params x bytes``; the checkpoint's dtype,
+  or ``config.torch_dtype``), plus the largest shard while it is read.
+- **data**: with no calibration (or evaluation) file, the model writes its own text: the whole model moves to
+  the device and generates batches of 16 (plus their KV cache).
+- **compress**: every attempt works on a deep copy (``2 M`` in host memory) and keeps each quantized layer's
+  int8 codes and fp32 scales on the host (``1 + 4/group`` bytes a weight). Calibrated methods (GPTQ, AWQ,
+  Wanda, SparseGPT, SVD-LLM, EoRA, structured pruning) run layer-sequentially: the modules outside the block
+  list (embeddings, head) plus one block, the calibration activations in and out of the block
+  (``2 x samples x seq_len x hidden``), the fp32 statistics of the block (one ``in x in`` Hessian per distinct
+  input for GPTQ/SparseGPT/SVD-LLM/EoRA) and the solve's working set of its largest layer group are on the
+  device. Data-free methods (RTN, HQQ, magnitude, SVD) move one weight at a time.
+- **evaluate**: both the original and the compressed model on the device at once, plus the logits of a batch of
+  4 windows (fp32 log-softmax of both models).
+- **write**: the compressed model back in host memory next to the original, plus its packed tensors.
+- **disk**: the fetched files plus the artifact (plus the encoded copy when the recipe ends with ``lossless``).
+- **time**: fetch and load by bandwidth; generation, calibration forwards, statistics and solves by FLOPs at the
+  class's effective rate; write and upload by bandwidth. The effective rates are calibrated on measured runs
+  (BENCHMARKS.md §5), so the wall time is an order of magnitude, the memory figures are the plan's real use.
+
+On a worker class without GPUs the device is the host: every phase's device bytes add to its host bytes.
+A GPU class fits when each phase's device bytes plus ``CUDA_RESERVE`` fit one GPU (Presso runs a job on one
+device; ``resources.gpus`` is for the multi-GPU engine of issue 21).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import re
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from presso.compression.errors import CompressionError
+
+GB = 1e9
+GiB = 2**30
+DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8,
+}  # fmt: skip
+FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+CONFIG_DTYPES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4, "float64": 8}
+MAX_HEADER_BYTES = 100 * 2**20
+
+# Constants of the model (measured: BENCHMARKS.md §5 says where).
+RUNTIME_HOST_BYTES = 1.0 * GB  # python + torch + transformers + the job's own objects
+CUDA_RESERVE_BYTES = 1.5 * GB  # CUDA context and allocator slack beyond what the tensors take
+GEN_BATCH = 16  # calibration/evaluation text generated 16 sequences at a time (io/calibration.py)
+CALIB_BATCH = 8  # StepContext.batch_size
+EVAL_BATCH = 4  # eval/perplexity.py
+LATENCY_TOKENS = 4 * 128 * (1 + 8)  # eval/latency.py: warm-up + 3 runs of 128 tokens at batch 1 and 8
+SHARED_INPUT = {  # linears that read the same tensor share one Hessian (gptq/observe.py)
+    "q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "qkv_proj": "attn_in",
+    "gate_proj": "mlp_in", "up_proj": "mlp_in", "gate_up_proj": "mlp_in", "w1": "mlp_in", "w3": "mlp_in",
+}  # fmt: skip
+CALIBRATED = {"gptq", "awq", "wanda", "sparsegpt", "svd_llm", "eora", "prune_structured"}
+HESSIAN = {"gptq", "sparsegpt", "svd_llm", "eora"}
+QUANT = {"rtn", "gptq", "awq", "hqq"}
+BLOCK_RE = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h|blocks|block|layer))\.(?P<index>\d+)\.")
+
+
+class PlanError(ValueError):
+    """The inputs cannot be planned (not a safetensors header, no blocks found, ...)."""
+
+
+class InsufficientResources(CompressionError):
+    """No worker class has the memory or disk the job needs: failed before the work, never retried."""
+
+    code = "insufficient_resources"
+
+
+# -- reading the model ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_BYTES.get(self.dtype, 4)
+
+
+def header_length(prefix: bytes) -> int:
+    """The safetensors header's length: the first 8 bytes, little-endian."""
+    if len(prefix) < 8:
+        raise PlanError("safetensors file shorter than its 8-byte header length")
+    (length,) = struct.unpack("<Q", prefix[:8])
+    if not 2 <= length <= MAX_HEADER_BYTES:
+        raise PlanError(f"implausible safetensors header length {length}")
+    return int(length)
+
+
+def parse_safetensors_header(data: bytes) -> list[TensorInfo]:
+    """Tensors declared by a safetensors header: ``data`` starts at the file's first byte (8 + header bytes)."""
+    length = header_length(data)
+    if len(data) < 8 + length:
+        raise PlanError("safetensors header truncated")
+    try:
+        header = json.loads(data[8 : 8 + length])
+    except ValueError as exc:
+        raise PlanError("safetensors header is not JSON") from exc
+    if not isinstance(header, dict):
+        raise PlanError("safetensors header is not an object")
+    out = []
+    for name, info in header.items():
+        if name == "__metadata__" or not isinstance(info, dict):
+            continue
+        shape = info.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise PlanError(f"tensor {name!r} has an invalid shape")
+        out.append(TensorInfo(name, str(info.get("dtype")), tuple(shape)))
+    return out
+
+
+def read_safetensors_header(path: Path) -> list[TensorInfo]:
+    """Read only the header bytes of a local safetensors file."""
+    with open(path, "rb") as fh:
+        prefix = fh.read(8)
+        return parse_safetensors_header(prefix + fh.read(header_length(prefix)))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the planner knows of a model: its config, its tensors and the bytes a fetch brings."""
+
+    config: dict[str, Any]
+    tensors: tuple[TensorInfo, ...]
+    files_bytes: int  # every file the fetch brings (weights, tokenizer, config)
+    largest_file_bytes: int = 0
+
+    @classmethod
+    def from_dir(cls, path: Path) -> ModelInfo:
+        """A local model directory (config.json + *.safetensors); reads headers only."""
+        path = Path(path)
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+        shards = sorted(path.glob("*.safetensors"))
+        if not shards:
+            raise PlanError(f"no *.safetensors files in {path}")
+        tensors = [t for shard in shards for t in read_safetensors_header(shard)]
+        sizes = [p.stat().st_size for p in path.iterdir() if p.is_file()]
+        return cls(config, tuple(tensors), sum(sizes), max(p.stat().st_size for p in shards))
+
+
+# -- the job and the worker -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerClass:
+    """What one worker process has. Rates are effective (measured), not peak."""
+
+    name: str
+    gpus: int = 0
+    gpu_memory_gb: float = 0.0
+    host_memory_gb: float = 0.0
+    disk_gb: float = 0.0
+    # Effective rates, calibrated on measured runs (BENCHMARKS §5): the H200 on an 8B-shaped GPTQ job at two
+    # calibration sizes (BENCHMARKS §3a and §5), the CPU on SmolLM2-135M on 2 shared cores.
+    gpu_tflops: float = 270.0  # forwards, Hessian accumulation, evaluation (bf16 / tf32 matmuls)
+    gpu_solve_tflops: float = 7.0  # GPTQ/SparseGPT column solves, Cholesky, SVD (fp32, sequential)
+    gpu_bandwidth_gbs: float = 3000.0  # decode steps of generation are memory-bound
+    h2d_gbs: float = 20.0  # per-weight host <-> device copies (pinned staging)
+    model_move_gbs: float = 3.5  # a whole model moved to or from the device (pageable, many tensors)
+    copy_gbs: float = 2.0  # the deep copy of the model each attempt starts with
+    cpu_tflops: float = 0.04
+    cpu_solve_tflops: float = 0.01
+    fetch_mbs: float = 200.0  # model download and artifact upload
+    disk_gbs: float = 1.0  # load and write
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus > 0 and self.gpu_memory_gb > 0 else "cpu"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkerClass:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise PlanError(f"unknown worker class keys: {sorted(unknown)}")
+        if not data.get("name"):
+            raise PlanError("a worker class needs a name")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """The parts of a job request that drive resources."""
+
+    recipes: tuple[tuple[dict[str, Any], ...], ...]  # the recipe, then its fallbacks: steps as JSON
+    calibration_samples: int = 64
+    calibration_seq_len: int = 512
+    calibration_file: bool = False
+    evaluation: bool = True
+    eval_windows: int = 8
+    eval_seq_len: int = 512
+    eval_file: bool = False
+    latency: bool = True
+    output_format: str = "compressed"
+    lossless_output: bool = False  # output.encoding "lossless" (the same codec as a final lossless step)
+
+    @classmethod
+    def from_request(cls, body: dict[str, Any]) -> JobShape:
+        """From a POST /v1/jobs body (as JSON)."""
+        recipes = [body["recipe"], *(body.get("fallbacks") or [])]
+        calib = body.get("calibration") or {}
+        ev = body.get("evaluation") or {}
+        return cls(
+            recipes=tuple(tuple(dict(s) for s in r["steps"]) for r in recipes),
+            calibration_samples=int(calib.get("samples", 64)), calibration_seq_len=int(calib.get("seq_len", 512)),
+            calibration_file=bool(calib.get("uri")), evaluation=bool(ev.get("enabled", True)),
+            eval_windows=int(ev.get("windows", 8)), eval_seq_len=int(ev.get("seq_len", 512)),
+            eval_file=bool(ev.get("uri")), latency=bool(ev.get("latency", True)),
+            output_format=str((body.get("output") or {}).get("format", "compressed")),
+            lossless_output=(body.get("output") or {}).get("encoding") == "lossless",
+        )
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(s.get("method") in CALIBRATED for r in self.recipes for s in r)
+
+
+# -- the model's shape ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Linear:
+    name: str
+    out_features: int
+    in_features: int
+
+
+@dataclass
+class Shape:
+    params: int
+    checkpoint_bytes: int
+    dtype_bytes: int
+    layers: int
+    hidden: int
+    vocab: int
+    kv_width: int  # kv heads x head dim
+    outside_params: int
+    block_params: int  # the largest block
+    linears: list[Linear]  # every linear weight inside the blocks
+    block_linears: list[Linear]  # those of the largest block
+
+    @property
+    def model_bytes(self) -> int:
+        return self.params * self.dtype_bytes
+
+
+def _cfg(config: dict[str, Any], *keys: str, default: int = 0) -> int:
+    for source in (config, config.get("text_config") or {}):
+        for k in keys:
+            v = source.get(k)
+            if isinstance(v, int) and not isinstance(v, bool):
+                return v
+    return default
+
+
+def model_shape(model: ModelInfo) -> Shape:
+    tensors = model.tensors
+    if not tensors:
+        raise PlanError("the model declares no tensors")
+    blocks: dict[int, list[TensorInfo]] = {}
+    for t in tensors:
+        m = BLOCK_RE.match(t.name)
+        if m:
+            blocks.setdefault(int(m.group("index")), []).append(t)
+    if not blocks:
+        raise PlanError("no repeated blocks (model.layers.N...) found among the tensor names")
+    params = sum(t.numel for t in tensors)
+    in_blocks = sum(t.numel for ts in blocks.values() for t in ts)
+    largest = max(blocks.values(), key=lambda ts: sum(t.numel for t in ts))
+
+    def linears(ts: Iterable[TensorInfo]) -> list[Linear]:
+        return [Linear(t.name[: -len(".weight")], t.shape[0], t.shape[1]) for t in ts
+                if len(t.shape) == 2 and t.name.endswith(".weight")]
+
+    config = model.config
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or (config.get("text_config") or {}).get("dtype")
+                or "")
+    if dtype in CONFIG_DTYPES:
+        dtype_bytes = CONFIG_DTYPES[dtype]
+    else:
+        by_dtype: dict[str, int] = {}
+        for t in tensors:
+            if t.dtype in FLOAT_DTYPES:
+                by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + t.numel
+        dtype_bytes = FLOAT_DTYPES[max(by_dtype, key=by_dtype.__getitem__)] if by_dtype else 4
+    hidden = _cfg(config, "hidden_size", "n_embd", "d_model") or largest_linear_in(linears(largest))
+    heads = _cfg(config, "num_attention_heads", "n_head", default=1)
+    kv_heads = _cfg(config, "num_key_value_heads", default=heads)
+    head_dim = _cfg(config, "head_dim", default=hidden // max(heads, 1))
+    vocab = _cfg(config, "vocab_size") or max((t.shape[0] for t in tensors if "embed" in t.name and t.shape), default=0)
+    return Shape(
+        params=params, checkpoint_bytes=sum(t.nbytes for t in tensors), dtype_bytes=dtype_bytes,
+        layers=len(blocks), hidden=hidden, vocab=vocab, kv_width=kv_heads * head_dim,
+        outside_params=params - in_blocks, block_params=sum(t.numel for t in largest),
+        linears=[lin for ts in blocks.values() for lin in linears(ts)], block_linears=linears(largest),
+    )
+
+
+def largest_linear_in(lins: Sequence[Linear]) -> int:
+    return max((lin.in_features for lin in lins), default=0)
+
+
+# -- steps ----------------------------------------------------------------------------------------------
+
+
+def _match(name: str, pattern: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.search(pattern[3:], name) is not None
+    return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(name.rsplit(".", 1)[-1], pattern) or pattern in name
+
+
+def targeted(step: dict[str, Any], lins: Sequence[Linear]) -> list[Linear]:
+    targets = step.get("targets") or []
+    ignore = step.get("ignore") or []
+    chosen = [lin for lin in lins if not targets or any(_match(lin.name, p) for p in targets)]
+    return [lin for lin in chosen if not any(_match(lin.name, p) for p in ignore)]
+
+
+def _short(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def hessian_groups(lins: Sequence[Linear]) -> dict[str, list[Linear]]:
+    groups: dict[str, list[Linear]] = {}
+    for lin in lins:
+        groups.setdefault(SHARED_INPUT.get(_short(lin.name), lin.name), []).append(lin)
+    return groups
+
+
+def _group_size(step: dict[str, Any], in_features: int) -> int:
+    g = step.get("group_size", 128)
+    return in_features if g in (-1, None) or g > in_features else int(g)
+
+
+# -- the estimate ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    name: str
+    device_bytes: float = 0.0  # tensors on the GPU (0 on a CPU class: everything is in host_bytes)
+    host_bytes: float = 0.0  # resident host memory besides the runtime
+    seconds: float = 0.0
+
+
+@dataclass
+class Estimate:
+    worker_class: str
+    device: str
+    gpu_memory_bytes: int  # peak bytes of tensors on one GPU (what torch.cuda.max_memory_allocated reports)
+    host_memory_bytes: int  # peak resident memory of the job process
+    disk_bytes: int  # peak bytes in the job's work directory
+    wall_s: float
+    artifact_bytes: int
+    fits: bool
+    shortfalls: list[str] = field(default_factory=list)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _fmt(n: float) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+def _generated(job: JobShape) -> list[tuple[int, int]]:
+    """(sequences, length) of the text the model writes itself: calibration and/or evaluation."""
+    gen = []
+    if job.needs_calibration and not job.calibration_file:
+        gen.append((job.calibration_samples, job.calibration_seq_len))
+    if job.evaluation and not job.eval_file:
+        gen.append((job.eval_windows, job.eval_seq_len))
+    return gen
+
+
+def estimate(model: ModelInfo, job: JobShape, worker: WorkerClass, shape: Shape | None = None) -> Estimate:
+    """The peaks and the wall time of ``job`` on one worker of class ``worker``."""
+    s = shape or model_shape(model)
+    gpu = worker.device == "cuda"
+    flops = (worker.gpu_tflops if gpu else worker.cpu_tflops) * 1e12
+    b, M = s.dtype_bytes, float(s.model_bytes)
+    move = 2 * M / (worker.model_move_gbs * GB) if gpu else 0.0  # the whole model to the device and back
+    phases = [Phase("load", host_bytes=M + model.largest_file_bytes,
+                    seconds=model.files_bytes / (worker.fetch_mbs * 1e6) + s.checkpoint_bytes / (worker.disk_gbs * GB)
+                    + 2.0)]
+
+    gen = _generated(job)
+    if gen:  # the whole model on the device, generating GEN_BATCH sequences at a time
+        kv = max(min(n, GEN_BATCH) * (length + 8) * s.layers * 2 * s.kv_width * b for n, length in gen)
+        work = kv + GEN_BATCH * s.vocab * 4 * 3
+        seconds = move
+        for n, length in gen:
+            per_step = 2 * s.params * min(n, GEN_BATCH) / flops
+            if gpu:
+                per_step = max(per_step, M / (worker.gpu_bandwidth_gbs * GB))
+            seconds += math.ceil(n / GEN_BATCH) * length * (per_step + s.layers * (0.35e-3 if gpu else 0.5e-3))
+        phases.append(Phase("data", device_bytes=M + work, host_bytes=0.0, seconds=seconds) if gpu
+                      else Phase("data", host_bytes=M + work, seconds=seconds))
+
+    # Compression: memory of the worst attempt (the recipe and its fallbacks run one at a time, each on a fresh
+    # copy); time of the recipe alone (a fallback runs only when the gate is missed).
+    attempts = [_attempt(steps, s, job, worker, flops) for steps in job.recipes]
+    comp, write, artifact, extra = max(attempts, key=lambda a: a[0].device_bytes + a[0].host_bytes + a[1].host_bytes)
+    comp.seconds, write.seconds = attempts[0][0].seconds, attempts[0][1].seconds
+    phases.append(comp)
+
+    if job.evaluation:  # both models on the device, and the logits of a batch of windows
+        tokens = job.eval_windows * job.eval_seq_len
+        logits = EVAL_BATCH * job.eval_seq_len * s.vocab * 14  # bf16 logits, fp32 copy and log-softmax, both models
+        seconds = (2 * 2 * s.params * (tokens + (LATENCY_TOKENS if job.latency else 0))) / flops
+        if gpu:
+            phases.append(Phase("evaluate", device_bytes=M + extra["kept"] + logits, host_bytes=extra["host_side"],
+                                seconds=seconds + 2 * move))
+        else:
+            phases.append(Phase("evaluate", host_bytes=comp.host_bytes - extra["work"] + logits, seconds=seconds))
+    phases.append(write)
+
+    peak_device = max(p.device_bytes for p in phases)
+    peak_host = RUNTIME_HOST_BYTES + max(p.host_bytes for p in phases)
+    lossless = job.lossless_output or any(st.get("method") == "lossless" for st in job.recipes[0])
+    non_weight = max(0, model.files_bytes - s.checkpoint_bytes)
+    disk = model.files_bytes + artifact + non_weight + (artifact * 0.8 if lossless else 0)
+    upload = artifact * (0.75 if lossless else 1.0) / (worker.fetch_mbs * 1e6)
+    if lossless:
+        write.seconds += artifact / (40 * 1e6)  # the codec encodes ~40 MB/s a core (BENCHMARKS §2)
+    wall = sum(p.seconds for p in phases) + upload
+
+    shortfalls = []
+    if gpu and peak_device + CUDA_RESERVE_BYTES > worker.gpu_memory_gb * GB:
+        worst = max(phases, key=lambda p: p.device_bytes)
+        shortfalls.append(f"GPU memory: needs {_fmt(peak_device + CUDA_RESERVE_BYTES)} on one GPU in {worst.name}, "
+                          f"has {worker.gpu_memory_gb:g} GB")
+    if worker.host_memory_gb and peak_host > worker.host_memory_gb * GB:
+        worst = max(phases, key=lambda p: p.host_bytes)
+        shortfalls.append(f"host memory: needs {_fmt(peak_host)} in {worst.name}, has {worker.host_memory_gb:g} GB")
+    if worker.disk_gb and disk > worker.disk_gb * GB:
+        shortfalls.append(f"disk: needs {_fmt(disk)}, has {worker.disk_gb:g} GB")
+    return Estimate(
+        worker_class=worker.name, device=worker.device, gpu_memory_bytes=int(peak_device),
+        host_memory_bytes=int(peak_host), disk_bytes=int(disk), wall_s=round(wall, 1), artifact_bytes=int(artifact),
+        fits=not shortfalls, shortfalls=shortfalls,
+        phases=[{"name": p.name, "gpu_bytes": int(p.device_bytes), "host_bytes": int(p.host_bytes + RUNTIME_HOST_BYTES),
+                 "seconds": round(p.seconds, 1)} for p in phases],
+    )
+
+
+def _lin_numel(lins: Iterable[Linear]) -> int:
+    return sum(lin.out_features * lin.in_features for lin in lins)
+
+
+def _attempt(steps: Sequence[dict[str, Any]], s: Shape, job: JobShape, worker: WorkerClass,
+             flops: float) -> tuple[Phase, Phase, float, dict[str, float]]:
+    """(compress phase, write phase, artifact bytes, figures the evaluate phase needs) of one recipe."""
+    gpu = worker.device == "cuda"
+    solve_flops = (worker.gpu_solve_tflops if gpu else worker.cpu_solve_tflops) * 1e12
+    b, M = s.dtype_bytes, float(s.model_bytes)
+    T = job.calibration_samples * job.calibration_seq_len
+    inter = max((lin.in_features for lin in s.block_linears), default=s.hidden)  # the MLP's inner width
+    A = 1.0 * T * s.hidden * b  # one copy of the block's inputs (or outputs) for every calibration sample
+    # one batch through a block: the MLP's gate, up, activation and product, attention's q/k/v/out and residuals
+    fwd = CALIB_BATCH * job.calibration_seq_len * (4 * inter + 6 * s.hidden) * b
+    work_peak = 0.0  # device working set besides the model's own weights
+    seconds = M / (worker.copy_gbs * GB)  # the attempt's deep copy of the model
+    weights_on_device = 0.0  # model weights a step moves to the device (outside modules + one block)
+    eora = any(st.get("method") == "eora" for st in steps)
+    eora_originals = 4.0 * _lin_numel(s.linears) if eora else 0.0  # fp32 copies of every linear (EoRA)
+    quantized: dict[str, tuple[int, int, bool]] = {}  # linear -> (bits, group, asymmetric)
+    removed = 0.0  # parameters removed by low-rank or structured steps
+    adapter = 0.0
+    for step in steps:
+        method = step.get("method")
+        chosen = targeted(step, s.linears)
+        in_block = targeted(step, s.block_linears)
+        big = max((lin.out_features * lin.in_features for lin in in_block), default=0)
+        if method in CALIBRATED:
+            # per block: (a) observe: inputs + a batch's forward + statistics (+ the fp32 copy of the widest input
+            # being accumulated); (b) solve: inputs + statistics + the largest group's working set; (c) forward
+            # into the next block's inputs: inputs + outputs + a batch's forward
+            stats, acc, solve = 0.0, 0.0, 4.0 * 4 * big
+            f = 4.0 * s.block_params * s.layers * T  # observe + forward, every block
+            f_solve = 0.0
+            if method in HESSIAN:
+                groups = hessian_groups(in_block)
+                stats = sum(4.0 * g[0].in_features ** 2 for g in groups.values())
+                acc = 4.0 * CALIB_BATCH * job.calibration_seq_len * max(g[0].in_features for g in groups.values())
+                # fp32 weights (and their stack), H, its damped copy and inverse
+                solve = max(4.0 * (2 * g[0].in_features * sum(x.out_features for x in g) + 3 * g[0].in_features ** 2)
+                            for g in groups.values())
+                for g in hessian_groups(chosen).values():
+                    k, n = g[0].in_features, sum(x.out_features for x in g)
+                    f += 2 * k * k * T
+                    f_solve += k**3 + 2 * n * k * k
+            elif method == "awq":  # the grid search runs a group's linears on its cached inputs
+                groups = hessian_groups(in_block)
+                solve = max(T * (g[0].in_features + sum(x.out_features for x in g)) * b for g in groups.values())
+                f += int(step.get("grid", 20)) * 2 * _lin_numel(chosen) * T
+            work_peak = max(work_peak, A + fwd + stats + acc, A + stats + solve, 2 * A + fwd)
+            weights_on_device = max(weights_on_device, (s.outside_params + s.block_params) * b)
+            seconds += f / flops + f_solve / solve_flops + (2 * M / (worker.h2d_gbs * GB) if gpu else 0.0)
+        elif method in ("rtn", "hqq", "magnitude", "svd"):  # one weight at a time
+            work_peak = max(work_peak, (8.0 if method in ("hqq", "svd") else 5.0) * 4 * big)
+            p_lin = _lin_numel(chosen)
+            f = 30.0 * p_lin * (int(step.get("iters", 20)) if method == "hqq" else 1)
+            seconds += f / flops + (5.0 * p_lin / (worker.h2d_gbs * GB) if gpu else 0.0)
+            if method == "svd":
+                seconds += sum(4.0 * lin.out_features * lin.in_features * min(lin.out_features, lin.in_features)
+                               for lin in chosen) / solve_flops
+        if method in QUANT or (method == "sparsegpt" and step.get("bits")):
+            for lin in chosen:
+                quantized[lin.name] = (int(step.get("bits", 4)), _group_size(step, lin.in_features),
+                                       not step.get("symmetric", method != "hqq"))
+        if method in ("svd", "svd_llm"):
+            removed += float(step.get("ratio") or 0.0) * _lin_numel(chosen)
+        if method == "prune_structured":
+            removed += float(step.get("ratio") or step.get("mlp_ratio") or 0.0) * _lin_numel(chosen)
+            removed += len(step.get("drop_blocks") or []) * s.block_params
+        if method == "eora":
+            adapter += float(step.get("rank", 32)) * sum(lin.out_features + lin.in_features for lin in chosen) * b
+    by_name = {lin.name: lin for lin in s.linears}
+    codes, q_numel, q_bytes = 0.0, 0, 0.0
+    for name, (bits, gs, asym) in quantized.items():
+        numel = by_name[name].out_features * by_name[name].in_features
+        codes += numel + 4.0 * numel / gs + (numel / gs if asym else 0)  # int8 codes, fp32 scales, int8 zeros
+        q_numel += numel
+        q_bytes += numel * bits / 8 + numel / gs * b + (numel / gs * bits / 8 if asym else 0)
+    kept = M - removed * b  # the compressed model in memory: dense (dequantized) weights
+    if job.output_format == "dense" or not quantized:
+        artifact, packed = kept + adapter, 0.0
+    else:
+        artifact, packed = kept - q_numel * b + q_bytes + adapter, q_bytes
+    staging = 2 * max(4.0 * max((lin.out_features * lin.in_features for lin in s.block_linears), default=0), 64 * 2**20)
+    host_side = codes + eora_originals + (staging if gpu else 0.0)
+    host = M + kept + host_side  # the original, the working copy, what the engines keep on the host
+    if gpu:
+        comp = Phase("compress", device_bytes=weights_on_device + work_peak, host_bytes=host, seconds=seconds)
+    else:
+        comp = Phase("compress", host_bytes=host + work_peak, seconds=seconds)
+    shard = min(artifact, 4 * GiB)  # safetensors serializes one shard at a time in memory
+    write = Phase("write", host_bytes=host + packed + shard,
+                  seconds=artifact / (worker.disk_gbs * 0.7 * GB) + packed / (2 * GB))
+    return comp, write, artifact, {"kept": kept, "host_side": host_side, "work": work_peak}
+
+
+# -- plans over worker classes --------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    model: dict[str, Any]
+    estimates: list[Estimate]
+    runnable_on: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": "planned", "model": self.model, "estimates": [asdict(e) for e in self.estimates],
+                "runnable_on": self.runnable_on, "notes": self.notes}
+
+    def refusal(self) -> str | None:
+        """The message of an insufficient_resources refusal, or None when some class can run the job."""
+        if self.runnable_on:
+            return None
+        parts = [f"{e.worker_class}: {'; '.join(e.shortfalls)}" for e in self.estimates]
+        return "no worker class can run this job: " + " | ".join(parts)
+
+
+def plan(model: ModelInfo, job: JobShape, workers: Sequence[WorkerClass]) -> Plan:
+    s = model_shape(model)
+    estimates = [estimate(model, job, w, s) for w in workers]
+    return Plan(
+        model={"params": s.params, "layers": s.layers, "hidden_size": s.hidden, "vocab_size": s.vocab,
+               "dtype_bytes": s.dtype_bytes, "model_bytes": s.model_bytes, "checkpoint_bytes": s.checkpoint_bytes,
+               "block_params": s.block_params, "files_bytes": model.files_bytes},
+        estimates=estimates, runnable_on=[e.worker_class for e in estimates if e.fits],
+        notes=["wall_s is an order-of-magnitude estimate from effective rates (BENCHMARKS.md §5); memory and disk "
+               "follow the code's phases (docs/service.md, Resource planner)"],
+    )
