@@ -23,6 +23,7 @@ from presso.compression.recipe import (
     check_fallback_count,
     check_total_steps,
 )
+from presso.compression.search.spec import SEARCH_METHODS, TargetSpec
 
 MAX_URI = 2048
 
@@ -77,7 +78,16 @@ class JobSpec(_Strict):
     )
 
     model_uri: str = Field(min_length=1, max_length=MAX_URI, description="s3://, https://, hf:// or file://")
-    recipe: Recipe
+    recipe: Recipe | None = Field(
+        default=None,
+        description="The steps to apply. Required unless a target is given; with a target, one rtn or gptq step "
+        "seeds the search (its settings and its level).",
+    )
+    target: TargetSpec | None = Field(
+        default=None,
+        description="A budget and/or quality floor: the worker searches per-layer levels and runs the recipe "
+        "it finds (reported as recipe_used and in metrics.search).",
+    )
     fallbacks: list[Recipe] = Field(
         default_factory=list, max_length=MAX_FALLBACKS,
         description=f"Tried in order when the gate is missed. At most {MAX_FALLBACKS}; with the recipe, at most "
@@ -101,6 +111,22 @@ class JobSpec(_Strict):
     @classmethod
     def _total_steps(cls, fallbacks: list[Recipe], info: ValidationInfo) -> list[Recipe]:
         return check_total_steps(info.data.get("recipe"), fallbacks)
+
+    @model_validator(mode="after")
+    def _recipe_or_target(self) -> JobSpec:
+        if self.recipe is None and self.target is None:
+            raise ValueError("give a recipe, a target, or both (the recipe then seeds the search)")
+        if self.target is not None:
+            if self.fallbacks:
+                raise ValueError("a target job takes no fallbacks: the search chooses the recipe")
+            if self.target.has_floor and not self.evaluation.enabled:
+                raise ValueError("a target's quality floor needs evaluation enabled")
+            if self.recipe is not None:
+                steps = self.recipe.steps
+                if len(steps) != 1 or steps[0].method not in SEARCH_METHODS or getattr(steps[0], "overrides", None):
+                    raise ValueError(f"a recipe beside a target seeds the search: one step of "
+                                     f"{' or '.join(SEARCH_METHODS)}, without overrides")
+        return self
 
     def stored(self) -> dict[str, Any]:
         """The request as given (JSON, unset fields left out: a default recipe option stays a default)."""

@@ -29,7 +29,9 @@ class JobPublic(BaseModel):
     id: str
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     model_uri: str
-    recipe: dict[str, Any]
+    recipe: dict[str, Any] = Field(description="The recipe as given ({} for a target job: metrics.recipe_used holds "
+                                   "the recipe its search chose).")
+    target: dict[str, Any] | None = Field(default=None, description="The target as given (a target job).")
     progress: Progress
     attempt: int
     max_attempts: int

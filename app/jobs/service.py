@@ -32,7 +32,9 @@ def request_hash(body: dict[str, Any]) -> str:
 
 
 def queue_for(body: JobCreate) -> str:
-    """Lossless-only recipes need no accelerator."""
+    """Lossless-only recipes need no accelerator; a target job searches on one."""
+    if body.recipe is None:
+        return "gpu"
     methods = {cast(StepConfig, s).method for s in body.recipe.steps}
     return "cpu" if methods == {"lossless"} else "gpu"
 
@@ -174,7 +176,7 @@ def to_public(job: Job) -> JobPublic:
     error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobPublic(
         id=job.id, state=job.state,  # type: ignore[arg-type]
-        model_uri=job.model_uri, recipe=job.request.get("recipe", {}),
+        model_uri=job.model_uri, recipe=job.request.get("recipe") or {}, target=job.request.get("target"),
         progress=Progress(stage=job.progress_stage, fraction=job.progress_fraction),
         attempt=job.attempt, max_attempts=job.max_attempts, cancel_requested=job.cancel_requested,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,

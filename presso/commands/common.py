@@ -26,13 +26,14 @@ class RecipeInputError(ValueError):
     """--recipe names no readable file, or holds no JSON object. The message is one line for stderr."""
 
 
-def load_recipe(text: str) -> dict[str, Any]:
-    """A recipe given inline as JSON or as a path to a JSON file (RecipeInputError when neither works)."""
+def load_recipe(text: str, what: str = "recipe") -> dict[str, Any]:
+    """A recipe (or another JSON object: ``what``, e.g. "target") given inline as JSON or as a path to a JSON file
+    (RecipeInputError when neither works)."""
     stripped = text.strip()
     if stripped.startswith(("{", "[")):
-        where, raw = "--recipe", stripped
+        where, raw = f"--{what}", stripped
     else:
-        where = f"recipe file {text}"
+        where = f"{what} file {text}"
         try:
             raw = Path(text).expanduser().read_text()
         except FileNotFoundError:
@@ -44,7 +45,8 @@ def load_recipe(text: str) -> dict[str, Any]:
     except ValueError as exc:
         raise RecipeInputError(f"{where} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise RecipeInputError(f'{where}: a recipe is a JSON object like {{"steps": [...]}}')
+        like = '{"steps": [...]}' if what == "recipe" else '{"bits_per_weight": 3.5}'
+        raise RecipeInputError(f"{where}: a {what} is a JSON object like {like}")
     return data
 
 

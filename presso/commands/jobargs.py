@@ -15,7 +15,10 @@ from presso.commands.common import as_uri, load_recipe
 
 def add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_uri", help="s3://, https://, hf://, file:// or a local path (becomes file://)")
-    p.add_argument("--recipe", required=True, help="recipe JSON inline or a file")
+    p.add_argument("--recipe", help="recipe JSON inline or a file (required unless --target is given)")
+    p.add_argument("--target", help="target JSON inline or a file: a budget (bits_per_weight, max_bytes) and/or a "
+                   "floor (max_ppl_increase_pct, max_kl); the worker searches per-layer levels (a --recipe beside "
+                   "it seeds the search)")
     p.add_argument("--fallback", action="append", default=[], metavar="RECIPE",
                    help="a recipe tried when the gate is missed (JSON or a file; repeat for several, in order)")
     c = p.add_argument_group("calibration")
@@ -45,7 +48,11 @@ def _given(**values: Any) -> dict[str, Any]:
 
 def job_request(args: argparse.Namespace) -> dict[str, Any]:
     """The request as JSON from the flags (RecipeInputError for an unreadable recipe)."""
-    body: dict[str, Any] = {"model_uri": as_uri(args.model_uri), "recipe": load_recipe(args.recipe)}
+    body: dict[str, Any] = {"model_uri": as_uri(args.model_uri)}
+    if args.recipe is not None:
+        body["recipe"] = load_recipe(args.recipe)
+    if getattr(args, "target", None) is not None:
+        body["target"] = load_recipe(args.target, what="target")
     if args.fallback:
         body["fallbacks"] = [load_recipe(r) for r in args.fallback]
     calibration = _given(uri=as_uri(args.calib) if args.calib else None, samples=args.samples,
@@ -75,5 +82,7 @@ def describe(exc: Any) -> str:
 
     errors = exc.errors()
     where = str(errors[0]["loc"][0]) if errors and errors[0].get("loc") else ""
-    kind = "recipe" if where in ("recipe", "fallbacks") else "option"
+    if not where:  # the request as a whole (e.g. neither a recipe nor a target)
+        return f"invalid request: {str(errors[0].get('msg', exc)).removeprefix('Value error, ')}"
+    kind = "recipe" if where in ("recipe", "fallbacks") else "target" if where == "target" else "option"
     return f"invalid {kind}: {validation_message(exc, prefix='')}"
