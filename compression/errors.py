@@ -60,3 +60,9 @@ class CodecError(CompressionError):
     """A lossless stream that is corrupt, truncated or of an unknown version."""
 
     code = "codec_error"
+
+
+class TargetUnreachable(CompressionError):
+    """A target job's floor cannot be met under its budget (the message names the best reached)."""
+
+    code = "target_unreachable"

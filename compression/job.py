@@ -29,7 +29,7 @@ from presso.compression.io.outdir import check_out_dir, publish, staged_output
 from presso.compression.pipeline import compress, preflight
 from presso.compression.recipe import Recipe
 from presso.compression.registry import engine_for
-from presso.compression.spec import LocalJobSpec
+from presso.compression.spec import Gate, LocalJobSpec
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, float], None]
@@ -86,7 +86,8 @@ def _eval_windows(spec: LocalJobSpec, lm: LoadedModel, device: torch.device,
 
 
 def _attempt(recipe: Recipe, lm: LoadedModel, original: torch.nn.Module, ctx: StepContext,
-             windows: torch.Tensor | None, spec: LocalJobSpec) -> tuple[torch.nn.Module, dict[str, Any]]:
+             windows: torch.Tensor | None, spec: LocalJobSpec,
+             gate: Gate | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     model = copy.deepcopy(original)
     after_step = None
     if windows is not None and len(recipe.steps) > 1:
@@ -97,7 +98,7 @@ def _attempt(recipe: Recipe, lm: LoadedModel, original: torch.nn.Module, ctx: St
     report = compress(model, recipe, ctx, after_step=after_step)
     ctx.progress("evaluate", 0.0)
     quality = evaluate(original, model, lm.kind, windows, ctx.device, latency=spec.evaluation.latency)
-    verdict = gate_verdict(quality, spec.evaluation.gate)
+    verdict = gate_verdict(quality, gate if gate is not None else spec.evaluation.gate)
     return model, {"recipe": recipe.model_dump(mode="json"), "report": report, "quality": quality, **verdict}
 
 
@@ -106,7 +107,7 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
     t0 = time.perf_counter()
     progress = progress or (lambda s, f: None)
     device = pick_device(spec.device)
-    recipes = [spec.recipe, *spec.fallbacks]
+    recipes = [spec.recipe, *spec.fallbacks] if spec.recipe is not None else []  # a target job may have none
     check_out_dir(spec.out_dir, overwrite=spec.overwrite)  # a refused output directory, too
     for r in recipes:  # a missing engine fails before the hour of work
         for s in r.steps:
@@ -117,7 +118,8 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
         preflight(lm.model, r)
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     t = time.perf_counter()
-    calib = _calibration(spec, lm, device, any(r.needs_calibration for r in recipes), progress)
+    calib = _calibration(spec, lm, device, spec.target is not None or any(r.needs_calibration for r in recipes),
+                         progress)
     windows = _eval_windows(spec, lm, device, progress)
     timings["data"] = time.perf_counter() - t
     ctx = StepContext(calibration=calib, device=device, progress=progress, seed=spec.seed)
@@ -125,6 +127,24 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
         ctx.should_stop = should_stop
     attempts: list[dict[str, Any]] = []
     chosen = None
+    extra: dict[str, Any] = {}
+    if spec.target is not None:  # the search chooses the recipe; its candidates are the attempts
+        from presso.compression.search.job import run_search
+
+        t = time.perf_counter()
+
+        def target_attempt(recipe: Recipe, gate: Gate | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+            ctx.originals = {}
+            t_a = time.perf_counter()
+            model, attempt = _attempt(recipe, lm, lm.model, ctx, windows, spec, gate)
+            attempt["seconds"] = time.perf_counter() - t_a
+            return model, attempt
+
+        found = run_search(spec, lm, ctx, target_attempt)
+        timings["search"] = time.perf_counter() - t
+        attempts, extra["search"] = found.attempts, found.metrics
+        chosen = (found.recipe, found.model, found.attempt)
+        recipes = []
     for i, recipe in enumerate(recipes):
         ctx.originals = {}
         t = time.perf_counter()
@@ -146,7 +166,7 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
     recipe, model, attempt = chosen
     progress("write", 0.0)
     with staged_output(spec.out_dir, overwrite=spec.overwrite) as stage:
-        metrics = _write(spec, stage, recipe, model, lm, attempt, attempts, timings, t0, device)
+        metrics = _write(spec, stage, recipe, model, lm, attempt, attempts, timings, t0, device, extra)
         files = publish(stage, spec.out_dir, overwrite=spec.overwrite)
     progress("write", 1.0)
     return LocalJobResult(metrics=metrics, files=[Path(f) for f in files], attempts=metrics["attempts"])
@@ -154,7 +174,7 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
 
 def _write(spec: LocalJobSpec, out_dir: Path, recipe: Recipe, model: torch.nn.Module, lm: LoadedModel,
            attempt: dict[str, Any], attempts: list[dict[str, Any]], timings: dict[str, float], t0: float,
-           device: torch.device) -> dict[str, Any]:
+           device: torch.device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The artifact, report.json and presso.json into ``out_dir`` (a staging directory); returns the metrics."""
     t = time.perf_counter()
     forms = write_model(model, lm.tokenizer, out_dir, spec.output.format, sparse_format=spec.output.sparse_format,
@@ -176,6 +196,7 @@ def _write(spec: LocalJobSpec, out_dir: Path, recipe: Recipe, model: torch.nn.Mo
         "source_format": lm.source_format,
         "load_notes": lm.notes,
         **post,
+        **(extra or {}),
     }
     layers = [layer for s in attempt["report"]["steps"] for layer in s.get("layers", [])]
     import json

@@ -1,0 +1,126 @@
+"""Target jobs end to end on a tiny model (run_local): a budget that forces mixed levels, byte budgets, a floor
+that cannot be met, the recipe found is a normal recipe that reproduces the artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from presso.compression.errors import TargetUnreachable
+from presso.compression.job import run_local
+from presso.compression.search.allocation import recipe_levels
+from presso.compression.spec import LocalJobSpec
+
+# tiny_llama is float32: a g32 scale costs 1 bit per weight, so W2 g32 = 3, W4 g32 = 5, W8 g32 = 9 bits/weight
+SPACE = {"bits": [2, 4, 8], "group_sizes": [32]}
+FAST = {"generations": 6, "offspring": 4, "fitness_samples": 4, "candidates": 2}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    """Tiny matrices: one thread is faster than several on a shared machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, tiny_llama: Any) -> Path:
+    d = tmp_path / "model"
+    tiny_llama.save_pretrained(d)
+    return d
+
+
+def _spec(model_dir: Path, out: Path, target: dict[str, Any], **kw: Any) -> LocalJobSpec:
+    return LocalJobSpec.model_validate({
+        "model_uri": str(model_dir), "out_dir": str(out), "device": "cpu", "target": {**FAST, **target},
+        "calibration": {"samples": 8, "seq_len": 32}, "evaluation": {"windows": 2, "seq_len": 32, "latency": False},
+        **kw})
+
+
+def _levels(metrics: dict[str, Any], tiny: Any) -> dict[str, Any]:
+    from presso.compression.recipe import Recipe
+
+    names = [n for n, _ in tiny.named_modules() if n.startswith("model.layers.") and n.endswith("_proj")]
+    return recipe_levels(Recipe.model_validate(metrics["recipe_used"]), names)
+
+
+def test_a_budget_forces_mixed_levels_and_is_met(model_dir: Path, tmp_path: Path, tiny_llama: Any) -> None:
+    stages: list[str] = []
+    res = run_local(_spec(model_dir, tmp_path / "out", {"bits_per_weight": 4.0, "space": SPACE}),
+                    progress=lambda s, f: stages.append(s))
+    m = res.metrics
+    levels = _levels(m, tiny_llama)
+    assert len(levels) == 14  # every block linear searched
+    assert len({lv.bits for lv in levels.values()}) > 1  # 4.0 is between W2 (3) and W4 (5): mixed by force
+    assert m["bits_per_weight"] <= 4.0 + 1e-9
+    assert m["bits_per_weight"] >= 4.0 - 0.25  # the budget is used, not wasted
+    s = m["search"]
+    assert s["best"]["bits_per_weight"] == pytest.approx(m["bits_per_weight"])  # the cost model is exact in bits
+    assert s["candidates_evaluated"] == len(m["attempts"]) == 2 and s["fitness_evaluations"] > 2
+    assert s["front"] and all({"bits_per_weight", "kl"} <= p.keys() for p in s["front"])
+    bits = [p["bits_per_weight"] for p in s["front"]]
+    assert bits == sorted(bits)
+    assert sum(s["allocation"].values()) == 14
+    assert "search" in m["timings"]
+    assert any(st.startswith("search:sensitivity") for st in stages)
+    evolve = [st for st in stages if st.startswith("search:evolve")]
+    assert evolve and "evaluated, best KL" in evolve[-1] and all(len(st) <= 64 for st in stages)
+    assert any(st.startswith("search:candidate 2/2") for st in stages)
+    # the result is a normal recipe: run as one, it gives the same artifact
+    again = run_local(LocalJobSpec.model_validate({
+        "model_uri": str(model_dir), "out_dir": str(tmp_path / "again"), "device": "cpu",
+        "recipe": m["recipe_used"], "calibration": {"samples": 8, "seq_len": 32},
+        "evaluation": {"windows": 2, "seq_len": 32, "latency": False}}))
+    assert again.metrics["bits_per_weight"] == pytest.approx(m["bits_per_weight"])
+    assert again.metrics["ppl_after"] == pytest.approx(m["ppl_after"], rel=1e-4)
+
+
+def test_a_byte_budget_is_met(model_dir: Path, tmp_path: Path) -> None:
+    dense = run_local(LocalJobSpec.model_validate({
+        "model_uri": str(model_dir), "out_dir": str(tmp_path / "w4"), "device": "cpu",
+        "recipe": {"steps": [{"method": "rtn", "bits": 4, "group_size": 32}]},
+        "evaluation": {"enabled": False}})).metrics["bytes_after"]
+    res = run_local(_spec(model_dir, tmp_path / "out", {"max_bytes": dense, "space": SPACE}))
+    assert res.metrics["bytes_after"] <= dense
+    assert res.metrics["bytes_after"] >= 0.97 * dense
+    assert res.metrics["search"]["best"]["bytes_estimate"] >= res.metrics["bytes_after"]  # estimates err high
+
+
+def test_a_floor_that_cannot_be_met_fails_naming_the_best_reached(model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(TargetUnreachable) as info:
+        run_local(_spec(model_dir, tmp_path / "out", {"bits_per_weight": 3.5, "max_kl": 1e-9, "space": SPACE,
+                                                             "candidates": 1}))
+    exc = info.value
+    assert exc.code == "target_unreachable"
+    assert "no allocation met the floor (KL" in exc.message and "under bits_per_weight 3.5" in exc.message
+    assert "best reached perplexity +" in exc.message and "bits/weight" in exc.message
+    best = exc.details["search"]["best"]
+    assert best["kl"] > 1e-9 and best["bits_per_weight"] <= 3.5
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing written
+
+
+def test_a_budget_below_the_space_fails_before_any_work(model_dir: Path, tmp_path: Path) -> None:
+    stages: list[str] = []
+    with pytest.raises(TargetUnreachable, match="below the smallest allocation of the search space"):
+        run_local(_spec(model_dir, tmp_path / "out", {"bits_per_weight": 2.5, "space": SPACE}),
+                  progress=lambda s, f: stages.append(s))
+    assert not any(st.startswith("search:") for st in stages)
+
+
+def test_a_floor_alone_finds_a_small_allocation_that_meets_it(model_dir: Path, tmp_path: Path) -> None:
+    # the floor: what uniform W4 g32 reaches, a little loosened
+    w4 = run_local(LocalJobSpec.model_validate({
+        "model_uri": str(model_dir), "out_dir": str(tmp_path / "w4"), "device": "cpu",
+        "recipe": {"steps": [{"method": "gptq", "bits": 4, "group_size": 32}]},
+        "calibration": {"samples": 8, "seq_len": 32}, "evaluation": {"windows": 2, "seq_len": 32, "latency": False}}))
+    floor = 1.5 * w4.metrics["kl"]
+    res = run_local(_spec(model_dir, tmp_path / "out", {"max_kl": floor, "space": SPACE, "candidates": 4}))
+    assert res.metrics["kl"] <= floor
+    assert res.metrics["bits_per_weight"] < 9.0  # smaller than everything at 8 bits
+    assert all(c["passed"] or c["kl"] > floor for c in res.metrics["search"]["candidates"])
