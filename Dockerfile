@@ -20,6 +20,7 @@ COPY workers ./workers
 COPY compression ./compression
 COPY kernels ./kernels
 COPY codec ./codec
+COPY fetch ./fetch
 COPY migrations ./migrations
 RUN pip wheel --no-cache-dir --no-deps --no-build-isolation -w /wheels .
 

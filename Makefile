@@ -83,6 +83,6 @@ bench-service: setup services
 
 # mypy and import-linter check the installed layout (presso.app, presso.compression, ...), staged in build/layout.
 lint: setup
-	$(VENV)/bin/ruff check app workers presso compression kernels codec migrations tests bench tools setup.py
+	$(VENV)/bin/ruff check app workers presso compression kernels codec fetch migrations tests bench tools setup.py
 	$(PY) tools/stage_layout.py --lint-imports
 	cd build/layout && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p presso

@@ -14,7 +14,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 HERE = Path(__file__).parent
-MAPPED = ("app", "workers", "compression", "kernels", "codec", "migrations")
+MAPPED = ("app", "workers", "compression", "kernels", "codec", "fetch", "migrations")
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MAPPED = ("app", "workers", "compression", "kernels", "codec", "migrations")
+MAPPED = ("app", "workers", "compression", "kernels", "codec", "fetch", "migrations")
 IGNORE = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc")
 
 

@@ -31,7 +31,7 @@ def _preload(**_: Any) -> None:
     if not get_settings().worker_preload:
         return
     import presso.compression.job  # noqa: F401
-    import presso.workers.fetch  # noqa: F401
+    import presso.fetch.api  # noqa: F401
     import presso.workers.runner  # noqa: F401
 
     try:

@@ -15,7 +15,7 @@ from presso.workers.lease import Claim
 
 
 def fetch_limits(settings: Settings) -> Any:
-    from presso.workers.fetch.limits import FetchLimits
+    from presso.fetch.limits import FetchLimits
 
     return FetchLimits.from_settings(
         settings,
@@ -29,7 +29,7 @@ def build_spec(
 ) -> LocalJobSpec:
     """The stored request as a ``JobSpec`` (validated before any fetch: a recipe that cannot run costs no
     download), its URIs fetched into ``tmp``, refined into this run's ``LocalJobSpec``."""
-    from presso.workers.fetch import fetch_file, fetch_model
+    from presso.fetch.api import fetch_file, fetch_model
 
     try:
         job = JobSpec.model_validate({**claim.request, "model_uri": claim.model_uri})

@@ -65,9 +65,9 @@ def _unknown(reason: str) -> dict[str, Any]:
 def plan_request(body: dict[str, Any], settings: Settings, *, remote: bool) -> dict[str, Any]:
     """The plan of a job request (POST /v1/jobs body, as JSON): ``{"status": "planned", ..., "refusal"}`` or
     ``{"status": "unknown", "reason"}`` when the headers cannot be read cheaply (or at all)."""
-    from presso.workers.fetch.errors import FetchError
-    from presso.workers.fetch.headers import Unplannable, read_model_headers
-    from presso.workers.fetch.limits import FetchLimits
+    from presso.fetch.errors import FetchError
+    from presso.fetch.headers import Unplannable, read_model_headers
+    from presso.fetch.limits import FetchLimits
 
     uri = str(body.get("model_uri", ""))
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""

@@ -1,6 +1,6 @@
 """Checks on model / data URIs at submit time.
 
-The parsing rules live in one place, the fetcher's torch-free ``presso.workers.fetch.uri.parse_model_uri``
+The parsing rules live in one place, the fetcher's torch-free ``presso.fetch.uri.parse_model_uri``
 (the worker re-checks everything, including DNS, when it fetches). This module maps its errors to a
 422 naming the request field. Schemes: s3://, https://, hf://, file:// (only under
 ``PRESSO_ALLOWED_FILE_ROOTS``).
@@ -14,8 +14,8 @@ from presso.app.core.settings import Settings
 
 def check_uri(uri: str, settings: Settings, *, field: str = "model_uri") -> str:
     """Return the URI, or raise InvalidModelUri (422) naming ``field``."""
-    from presso.workers.fetch.errors import FetchError
-    from presso.workers.fetch.uri import parse_model_uri
+    from presso.fetch.errors import FetchError
+    from presso.fetch.uri import parse_model_uri
 
     try:
         parse_model_uri(

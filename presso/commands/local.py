@@ -63,8 +63,8 @@ class _Bars:
 
 def _fetch_inputs(job: Any, tmp: Path) -> tuple[Path, Path | None, Path | None]:
     from presso.app.core.settings import get_settings
-    from presso.workers.fetch import fetch_file, fetch_model
-    from presso.workers.fetch.limits import FetchLimits
+    from presso.fetch.api import fetch_file, fetch_model
+    from presso.fetch.limits import FetchLimits
 
     limits = FetchLimits.from_settings(get_settings(), allowed_file_roots=(Path("/"),))
     model = fetch_model(job.model_uri, tmp / "model", limits)

@@ -40,7 +40,7 @@ def _spec(model_dir: Path, out: Path, recipe: dict, **kw: object) -> LocalJobSpe
 def test_fetch_then_write_keeps_the_chat_template(instruct_model: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from presso.workers.fetch import FetchLimits, fetch_model_report
+    from presso.fetch.api import FetchLimits, fetch_model_report
 
     fetched = fetch_model_report(f"file://{instruct_model}", tmp_path / "job", FetchLimits(
         allowed_file_roots=(instruct_model.parent,)))

@@ -1,4 +1,4 @@
-"""Fixtures for workers.fetch: a real moto S3 server, a real local HTTP server, safetensors builders."""
+"""Fixtures for presso.fetch: a real moto S3 server, a real local HTTP server, safetensors builders."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from http_helpers import Served, endless, redirect_to, send_bytes, serve_http
 
-from presso.workers.fetch import FetchLimits
+from presso.fetch.api import FetchLimits
 
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 

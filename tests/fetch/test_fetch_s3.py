@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from presso.workers.fetch import (
+from presso.fetch.api import (
     FetchLimits,
     InvalidURI,
     ModelTooLargeError,
@@ -20,7 +20,7 @@ from presso.workers.fetch import (
     fetch_model,
     fetch_model_report,
 )
-from presso.workers.fetch.s3 import S3Source
+from presso.fetch.s3 import S3Source
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_pickle_only_prefix_refused(s3: Any, bucket: str, s3_limits: FetchLimits
 
 
 def test_text_named_bin_on_s3_says_what_it_is(s3: Any, bucket: str, s3_limits: FetchLimits, tmp_path: Path) -> None:
-    from presso.workers.fetch import ModelFileCorrupt
+    from presso.fetch.api import ModelFileCorrupt
 
     put_model(s3, bucket, "t/", {"config.json": b"{}", "model.bin": b"<html>Access denied</html>"})
     for uri in (f"s3://{bucket}/t/", f"s3://{bucket}/t/model.bin"):

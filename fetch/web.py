@@ -3,7 +3,7 @@
 A URL whose path ends with ``/`` (or names ``presso-files.txt`` itself) is a directory: Presso reads
 ``<url>presso-files.txt``, a UTF-8 list of relative file names, one per line (blank lines and lines
 starting with ``#`` ignored), and fetches each ``<url><name>``. Every request goes through
-:class:`presso.workers.fetch.guard.SafeHttp` (SSRF checks per hop, pinned address, caps, deadline).
+:class:`presso.fetch.guard.SafeHttp` (SSRF checks per hop, pinned address, caps, deadline).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import BinaryIO
 from urllib.parse import quote, urljoin
 
-from presso.workers.fetch.errors import FetchError, TooLarge
-from presso.workers.fetch.guard import SafeHttp
-from presso.workers.fetch.limits import Budget
-from presso.workers.fetch.model_files import PEEK_BYTES, check_name, check_single_name
-from presso.workers.fetch.uri import ParsedURI
+from presso.fetch.errors import FetchError, TooLarge
+from presso.fetch.guard import SafeHttp
+from presso.fetch.limits import Budget
+from presso.fetch.model_files import PEEK_BYTES, check_name, check_single_name
+from presso.fetch.uri import ParsedURI
 
 FILE_LIST = "presso-files.txt"
 MAX_LIST_BYTES = 1 << 20

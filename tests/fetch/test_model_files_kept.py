@@ -6,8 +6,8 @@ import fnmatch
 
 import pytest
 
-from presso.workers.fetch.hf import ALLOW_PATTERNS
-from presso.workers.fetch.model_files import classify, select_model_files
+from presso.fetch.hf import ALLOW_PATTERNS
+from presso.fetch.model_files import classify, select_model_files
 
 KEPT = ["chat_template.jinja", "chat_template.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
         "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model",

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from presso.workers.fetch import (
+from presso.fetch.api import (
     FetchError,
     FetchLimits,
     FetchTimeout,
@@ -29,7 +29,7 @@ from presso.workers.fetch import (
     fetch_model,
     fetch_model_report,
 )
-from presso.workers.fetch.guard import is_allowed_address
+from presso.fetch.guard import is_allowed_address
 
 
 @pytest.mark.parametrize(

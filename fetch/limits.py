@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from presso.workers.fetch.errors import FetchTimeout, TooLarge
+from presso.fetch.errors import FetchTimeout, TooLarge
 
 GiB = 2**30
 

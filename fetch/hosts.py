@@ -1,7 +1,7 @@
 """Host names and IP addresses: one parser of IP-literal hosts and the SSRF address rules. Offline.
 
-Both the submit-time URI check (:mod:`presso.workers.fetch.uri`) and the fetch-time guard
-(:mod:`presso.workers.fetch.guard`) use these functions, so a host means the same address in both.
+Both the submit-time URI check (:mod:`presso.fetch.uri`) and the fetch-time guard
+(:mod:`presso.fetch.guard`) use these functions, so a host means the same address in both.
 
 IPv4 literals are read the way the C library's ``inet_aton`` reads them (and so the way a resolver
 would): one to four dot-separated parts, each decimal, octal (leading ``0``) or hex (``0x``), the last
@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-from presso.workers.fetch.errors import InvalidURI
+from presso.fetch.errors import InvalidURI
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _BLOCKED = tuple(

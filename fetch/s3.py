@@ -11,9 +11,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from presso.workers.fetch.errors import FetchError, NotFoundError, TooLarge, TransientFetchError
-from presso.workers.fetch.limits import Budget, FetchLimits
-from presso.workers.fetch.pipeline import copy_stream
+from presso.fetch.errors import FetchError, NotFoundError, TooLarge, TransientFetchError
+from presso.fetch.limits import Budget, FetchLimits
+from presso.fetch.pipeline import copy_stream
 
 log = logging.getLogger(__name__)
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from presso.workers.fetch import (
+from presso.fetch.api import (
     ModelFileCorrupt,
     NotFoundError,
     TooLarge,
     UnsafeModelFile,
     safetensors_header_params,
 )
-from presso.workers.fetch.model_files import check_name, select_model_files, strip_code_keys, validate_model_dir
+from presso.fetch.model_files import check_name, select_model_files, strip_code_keys, validate_model_dir
 
 
 def test_header_params_counts_declared_parameters(h: Any, tmp_path: Path) -> None:
@@ -35,7 +35,7 @@ def test_builder_matches_the_safetensors_library(h: Any, tmp_path: Path) -> None
 
 
 def test_header_declaring_1e13_params_is_counted_from_header_alone(h: Any) -> None:
-    from presso.workers.fetch.model_files import parse_header
+    from presso.fetch.model_files import parse_header
 
     assert parse_header(h.huge_header()).params == 10**13
 
@@ -176,14 +176,14 @@ def test_bad_config_and_index(h: Any, tmp_path: Path) -> None:
     ],
 )
 def test_describe_checkpoint(head: bytes, pickle: bool, what: str) -> None:
-    from presso.workers.fetch.model_files import describe_checkpoint
+    from presso.fetch.model_files import describe_checkpoint
 
     is_pickle, description = describe_checkpoint(head)
     assert is_pickle is pickle and what in description, description
 
 
 def test_refusal_says_what_was_found() -> None:
-    from presso.workers.fetch.model_files import refuse_checkpoint
+    from presso.fetch.model_files import refuse_checkpoint
 
     text = refuse_checkpoint("model.bin", lambda name: b"this is not a checkpoint\n")
     assert isinstance(text, ModelFileCorrupt) and text.code == "model_load_error"

@@ -7,10 +7,10 @@ Accepted forms::
     hf://org/name[@revision]
     file:///absolute/path                (only under an allowed root, after resolving symlinks and ..)
 
-Host names are not resolved here (that happens at fetch time, in :mod:`presso.workers.fetch.guard`), but an
+Host names are not resolved here (that happens at fetch time, in :mod:`presso.fetch.guard`), but an
 IP-literal host or ``localhost`` that the SSRF guard would refuse is refused already at parse time. IP
 literals in any form ``inet_aton`` reads (``0177.0.0.1``, ``2130706433``, ``0x7f.1``, ``127.1``) are parsed
-by :func:`presso.workers.fetch.hosts.ip_literal`, and ``ParsedURI.url`` names the address in its canonical
+by :func:`presso.fetch.hosts.ip_literal`, and ``ParsedURI.url`` names the address in its canonical
 form, so the fetcher's HTTP client connects to exactly the address that was checked. Every URL this
 accepts is one the fetcher's HTTP client can parse: what it could not is ``invalid_uri`` here, at submit.
 """
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from presso.workers.fetch.errors import InvalidURI, URINotAllowed
-from presso.workers.fetch.hosts import IPAddress, check_host_name, ip_literal, is_allowed_address, url_host
+from presso.fetch.errors import InvalidURI, URINotAllowed
+from presso.fetch.hosts import IPAddress, check_host_name, ip_literal, is_allowed_address, url_host
 
 SCHEMES = ("s3", "https", "hf", "file")
 MAX_URI_CHARS = 4096

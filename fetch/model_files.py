@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from presso.workers.fetch.errors import (
+from presso.fetch.errors import (
     FetchError,
     ModelFileCorrupt,
     NotFoundError,
@@ -122,7 +122,7 @@ def check_single_name(name: str, peek: Peek | None = None) -> str:
     if kind == "pickle":
         raise refuse_checkpoint(name, peek)
     if kind != "weights":
-        from presso.workers.fetch.errors import InvalidURI
+        from presso.fetch.errors import InvalidURI
 
         raise InvalidURI(f"{name!r} is not a model: name a .safetensors or .gguf file, or a directory")
     return name

@@ -1,5 +1,8 @@
 """Bring a user's model and data files into a job-scoped directory, safely. Torch-free.
 
+``presso.fetch`` is a library of its own (the API checks URIs with it at submit, the worker and the CLI
+fetch with it); this module is its public API (the folder is a namespace package, no ``__init__``).
+
 Public API::
 
     parse_model_uri(uri, *, allowed_file_roots, allow_http=False, ...) -> ParsedURI
@@ -21,7 +24,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from presso.workers.fetch.errors import (
+from presso.fetch.errors import (
     FetchError,
     FetchTimeout,
     InvalidURI,
@@ -33,8 +36,8 @@ from presso.workers.fetch.errors import (
     UnsafeModelFile,
     URINotAllowed,
 )
-from presso.workers.fetch.limits import Budget, FetchLimits
-from presso.workers.fetch.model_files import (
+from presso.fetch.limits import Budget, FetchLimits
+from presso.fetch.model_files import (
     PEEK_BYTES,
     check_name,
     check_single_name,
@@ -42,8 +45,8 @@ from presso.workers.fetch.model_files import (
     safetensors_header_params,
     select_model_files,
 )
-from presso.workers.fetch.pipeline import FetchResult, prepare_dest, run_plan
-from presso.workers.fetch.uri import ParsedURI, parse_model_uri
+from presso.fetch.pipeline import FetchResult, prepare_dest, run_plan
+from presso.fetch.uri import ParsedURI, parse_model_uri
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ def _open_source(
 ) -> tuple[Any, list[tuple[str, int | None]], str | None]:
     """(source, listing, single file name or None) for any scheme."""
     if parsed.scheme == "s3":
-        from presso.workers.fetch.s3 import S3Source, make_client
+        from presso.fetch.s3 import S3Source, make_client
 
         key = parsed.key or ""
         base = key.rsplit("/", 1)[-1]
@@ -100,15 +103,15 @@ def _open_source(
         source = S3Source(make_client(limits), parsed.bucket or "", prefix)
         return source, source.list_prefix(max_entries=limits.max_files * 4 + 1000), None
     if parsed.scheme in ("https", "http"):
-        from presso.workers.fetch.guard import SafeHttp
-        from presso.workers.fetch.web import http_model_source
+        from presso.fetch.guard import SafeHttp
+        from presso.fetch.web import http_model_source
 
         http = stack.enter_context(SafeHttp(limits, budget))
         return http_model_source(parsed, http)
-    from presso.workers.fetch.local import LocalSource, local_source
+    from presso.fetch.local import LocalSource, local_source
 
     if parsed.scheme == "hf":
-        from presso.workers.fetch.hf import hf_snapshot
+        from presso.fetch.hf import hf_snapshot
 
         snapshot, roots = hf_snapshot(parsed, limits)
         hf_source = LocalSource(snapshot, roots)
@@ -175,7 +178,7 @@ def fetch_file(uri: str, dest: Path, limits: FetchLimits) -> Path:
 
 def _download_one(parsed: ParsedURI, limits: FetchLimits, budget: Budget, stack: ExitStack, out: Any) -> None:
     if parsed.scheme == "s3":
-        from presso.workers.fetch.s3 import S3Source, make_client
+        from presso.fetch.s3 import S3Source, make_client
 
         key = parsed.key or ""
         if not key or key.endswith("/"):
@@ -183,13 +186,13 @@ def _download_one(parsed: ParsedURI, limits: FetchLimits, budget: Budget, stack:
         base = key.rsplit("/", 1)[-1]
         S3Source(make_client(limits), parsed.bucket or "", key[: len(key) - len(base)]).download(base, out, budget)
     elif parsed.scheme in ("https", "http"):
-        from presso.workers.fetch.guard import SafeHttp
+        from presso.fetch.guard import SafeHttp
 
         assert parsed.url is not None
         http = stack.enter_context(SafeHttp(limits, budget))
         http.download(parsed.url, parsed.name or "data", out)
     else:
-        from presso.workers.fetch.local import local_source
+        from presso.fetch.local import local_source
 
         assert parsed.local_path is not None
         source, single = local_source(parsed.local_path, limits.allowed_file_roots)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from presso.workers.fetch import InvalidURI, URINotAllowed, parse_model_uri
-from presso.workers.fetch.errors import FetchError
+from presso.fetch.api import InvalidURI, URINotAllowed, parse_model_uri
+from presso.fetch.errors import FetchError
 
 
 def test_s3_uri() -> None:
@@ -137,19 +137,19 @@ def test_file_uri_outside_roots_refused(tmp_path: Path) -> None:
 
 def test_errors_are_domain_errors() -> None:
     from presso.compression.errors import CompressionError
-    from presso.workers.fetch import TransientFetchError
+    from presso.fetch.api import TransientFetchError
 
     assert issubclass(FetchError, CompressionError)
     assert not issubclass(TransientFetchError, CompressionError)
 
 
 def test_package_is_torch_free() -> None:
-    code = "import sys, workers.fetch, workers.fetch.uri; print('torch' in sys.modules)"
+    code = "import sys, presso.fetch.api, presso.fetch.uri; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
-# -- IP literals: every form inet_aton reads, parsed once (workers/fetch/hosts.py) ------------------------
+# -- IP literals: every form inet_aton reads, parsed once (fetch/hosts.py) ------------------------
 
 
 @pytest.mark.parametrize(
@@ -178,7 +178,7 @@ def test_every_ipv4_literal_form_is_parsed_and_guarded(host: str) -> None:
 def test_ipv4_literal_forms_match_the_c_library() -> None:
     import socket
 
-    from presso.workers.fetch.hosts import inet_aton
+    from presso.fetch.hosts import inet_aton
 
     cases = [
         "0177.0.0.1", "2130706433", "0x7f000001", "127.1", "0x7f.1", "1.2.3.4.5", "999.1.1.1", "0x", "09.1.1.1",
@@ -231,8 +231,8 @@ def test_hosts_the_fetcher_cannot_use_are_invalid(uri: str) -> None:
 
 def test_uri_and_guard_import_without_a_cycle() -> None:
     """uri.py needs no guard (the address rules live in hosts.py); guard.py imports uri.py at the top."""
-    code = "import sys, presso.workers.fetch.uri; print('presso.workers.fetch.guard' in sys.modules)"
+    code = "import sys, presso.fetch.uri; print('presso.fetch.guard' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-    code = "import presso.workers.fetch.guard as g; assert g.parse_model_uri"
+    code = "import presso.fetch.guard as g; assert g.parse_model_uri"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from presso.workers.fetch import (
+from presso.fetch.api import (
     FetchLimits,
     InvalidURI,
     NotFoundError,
@@ -166,7 +166,7 @@ def _fake_hub(monkeypatch: pytest.MonkeyPatch, siblings: list[tuple[str, int]], 
 def test_hf_online_prechecks_before_download(
     limits: FetchLimits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from presso.workers.fetch import ModelTooLargeError, TooLarge
+    from presso.fetch.api import ModelTooLargeError, TooLarge
 
     calls = _fake_hub(monkeypatch, [("config.json", 10), ("model.safetensors", 100)], params=10**13)
     with pytest.raises(ModelTooLargeError):
@@ -182,7 +182,7 @@ def test_hf_online_prechecks_before_download(
 
 def test_text_file_named_bin_is_described_not_called_a_pickle(limits: FetchLimits, tmp_path: Path) -> None:
     """It used to fail as `unsafe_model: refused pickle checkpoint`, whatever the file held."""
-    from presso.workers.fetch import ModelFileCorrupt
+    from presso.fetch.api import ModelFileCorrupt
 
     allowed = tmp_path / "allowed"
     text = write_files(allowed / "text", {"config.json": b"{}", "model.bin": b"hello, I am a README\n"})

@@ -8,10 +8,10 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from presso.workers.fetch.errors import NotFoundError, UnsafeModelFile, URINotAllowed
-from presso.workers.fetch.limits import Budget
-from presso.workers.fetch.pipeline import copy_stream
-from presso.workers.fetch.uri import is_under_roots
+from presso.fetch.errors import NotFoundError, UnsafeModelFile, URINotAllowed
+from presso.fetch.limits import Budget
+from presso.fetch.pipeline import copy_stream
+from presso.fetch.uri import is_under_roots
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from urllib.parse import urljoin
 import httpcore
 import httpx
 
-from presso.workers.fetch.errors import (
+from presso.fetch.errors import (
     FetchError,
     FetchTimeout,
     InvalidURI,
@@ -28,9 +28,9 @@ from presso.workers.fetch.errors import (
     TransientFetchError,
     URINotAllowed,
 )
-from presso.workers.fetch.hosts import IPAddress, ip_literal, is_allowed_address, parse_allowances
-from presso.workers.fetch.limits import Budget, FetchLimits
-from presso.workers.fetch.uri import parse_model_uri
+from presso.fetch.hosts import IPAddress, ip_literal, is_allowed_address, parse_allowances
+from presso.fetch.limits import Budget, FetchLimits
+from presso.fetch.uri import parse_model_uri
 
 log = logging.getLogger(__name__)
 

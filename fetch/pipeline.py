@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from presso.workers.fetch.errors import ModelTooLargeError, TooLarge, UnsafeModelFile
-from presso.workers.fetch.limits import Budget, FetchLimits
-from presso.workers.fetch.model_files import (
+from presso.fetch.errors import ModelTooLargeError, TooLarge, UnsafeModelFile
+from presso.fetch.limits import Budget, FetchLimits
+from presso.fetch.model_files import (
     check_data_size,
     check_name,
     header_length,

@@ -11,11 +11,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from presso.workers.fetch.errors import FetchError, ModelTooLargeError, NotFoundError, TransientFetchError
-from presso.workers.fetch.limits import FetchLimits
-from presso.workers.fetch.model_files import TOKENIZER_FILES, select_model_files
-from presso.workers.fetch.pipeline import precheck_sizes
-from presso.workers.fetch.uri import ParsedURI
+from presso.fetch.errors import FetchError, ModelTooLargeError, NotFoundError, TransientFetchError
+from presso.fetch.limits import FetchLimits
+from presso.fetch.model_files import TOKENIZER_FILES, select_model_files
+from presso.fetch.pipeline import precheck_sizes
+from presso.fetch.uri import ParsedURI
 
 log = logging.getLogger(__name__)
 ALLOW_PATTERNS = [

@@ -12,9 +12,9 @@ import json
 from contextlib import ExitStack
 
 from presso.compression.plan import ModelInfo, PlanError, TensorInfo, header_length, parse_safetensors_header
-from presso.workers.fetch.errors import FetchError, ModelFileCorrupt, TooLarge
-from presso.workers.fetch.limits import Budget, FetchLimits
-from presso.workers.fetch.model_files import classify, select_model_files
+from presso.fetch.errors import FetchError, ModelFileCorrupt, TooLarge
+from presso.fetch.limits import Budget, FetchLimits
+from presso.fetch.model_files import classify, select_model_files
 
 FIRST_READ = 64 * 1024
 
@@ -25,7 +25,7 @@ class Unplannable(Exception):
 
 def read_model_headers(uri: str, limits: FetchLimits) -> ModelInfo:
     """Config and tensor headers of the model at ``uri``; raises FetchError subclasses or Unplannable."""
-    from presso.workers.fetch import _open_source, _parse
+    from presso.fetch.api import _open_source, _parse
 
     parsed = _parse(uri, limits)
     if parsed.scheme == "hf":
