@@ -109,7 +109,10 @@ class GPTQConfig(QuantStep):
     act_order: bool = Field(default=False, description="Quantize columns in order of decreasing diag(H).")
     static_groups: bool = Field(
         default=True,
-        description="With act_order: fix group scales before reordering, so the artifact needs no g_idx.",
+        description="Group scales from the original weights, fixed before the solver runs (default, as "
+        "llm-compressor; with act_order the artifact then needs no g_idx). false: each group's scale is chosen "
+        "from the weights as the solver has updated them (the IST-DASLab reference), which fits the calibration "
+        "domain tighter and generalises worse (docs/quantization.md, 'Out-of-domain'); act_order needs true.",
     )
     needs_calibration: ClassVar[bool] = True
     summary: ClassVar[str] = "GPTQ / OBC second-order weight quantization (calibrated)."

@@ -9,12 +9,15 @@ Hessian ``H = 2/n sum x x^T`` of the layer inputs:
 3. ``U = chol(H^-1)`` upper: row ``i`` of ``U`` (from column ``i``) is the OBS update for column ``i``;
 4. columns are processed in lazy blocks of ``block_size``: inside a block the update is applied
    column by column, the rest of the matrix gets one matmul per block;
-5. group parameters are chosen when the solver enters a group, from the weights as they are
-   at that moment (updated up to the start of the current block, as the reference does);
+5. group parameters: ``static_groups`` (the default) computes every group's scale/zero up front
+   from the original weights, as llm-compressor does; ``static_groups=False`` chooses them when
+   the solver enters a group, from the weights as they are at that moment (updated up to the
+   start of the current block, as the IST-DASLab reference does). Dynamic groups let the grid
+   follow the calibration-specific error compensation: on SmolLM2 they win on the calibration
+   domain and lose off it (docs/quantization.md, "Out-of-domain: what each GPTQ setting does");
 6. ``act_order``: columns in order of decreasing ``diag(H)``. Group parameters then come from
-   the original, unpermuted groups computed up front (``static_groups``), so codes keep the
-   plain contiguous group layout and the artifact needs no ``g_idx``. Without ``act_order``
-   groups are always dynamic (``static_groups`` is ignored).
+   the original, unpermuted groups computed up front (``static_groups`` must be true), so codes
+   keep the plain contiguous group layout and the artifact needs no ``g_idx``.
 
 Everything stays on ``W``'s device; the column loop has no host synchronisation.
 """
@@ -98,7 +101,7 @@ def quantize_weight(
     if act_order and group > 0 and not static_groups:
         raise ValueError("act_order with dynamic groups needs g_idx, which pack-quantized artifacts do not carry")
     h, _dead = prepare_hessian(h.to(w.device, torch.float32), w, damp_percent)
-    static = group < 0 or act_order
+    static = group < 0 or act_order or static_groups
     params = _static_params(w, scheme, group) if static else None
     perm = torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order else None
     if perm is not None:

@@ -44,9 +44,11 @@ def test_inverse_cholesky_upper_matches_reference():
     torch.testing.assert_close(u.t() @ u, torch.linalg.inv(h))
 
 
-def _naive_gptq(w: torch.Tensor, h: torch.Tensor, scheme: QuantArgs, damp: float) -> torch.Tensor:
-    """The OBS loop with no lazy batching: update every remaining column after each column."""
+def _naive_gptq(w: torch.Tensor, h: torch.Tensor, scheme: QuantArgs, damp: float, static: bool = False) -> torch.Tensor:
+    """The OBS loop with no lazy batching: update every remaining column after each column.
+    ``static``: group parameters from the original weights; else from the weights as updated so far."""
     w = w.clone()
+    w0 = w.clone()
     h = h.clone()
     h += damp * torch.diagonal(h).mean() * torch.eye(h.shape[0])
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
@@ -55,21 +57,39 @@ def _naive_gptq(w: torch.Tensor, h: torch.Tensor, scheme: QuantArgs, damp: float
     q = torch.zeros_like(w)
     for i in range(w.shape[1]):
         if i % g == 0:
-            s, z = choose_params(w[:, i : i + g], scheme.model_copy(update={"group_size": -1}))
+            s, z = choose_params((w0 if static else w)[:, i : i + g], scheme.model_copy(update={"group_size": -1}))
         q[:, i] = torch.clamp(torch.round(w[:, i] / s[:, 0]) + z[:, 0], lo, hi)
         err = (w[:, i] - (q[:, i] - z[:, 0]) * s[:, 0]) / u[i, i]
         w[:, i + 1 :] -= err.unsqueeze(1) * u[i, i + 1 :].unsqueeze(0)
     return q
 
 
+@pytest.mark.parametrize("static", [True, False])
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_lazy_blocks_match_plain_obs_loop(symmetric):
+def test_lazy_blocks_match_plain_obs_loop(symmetric, static):
     torch.manual_seed(0)
     w, h = torch.randn(16, 64), _hessian(_correlated(1000, 64))
     scheme = QuantArgs(bits=4, group_size=16, symmetric=symmetric, observer="minmax")
-    qw, _ = quantize_weight(w, h, scheme, block_size=16)
-    ref = _naive_gptq(w, h, scheme, 0.01)
+    qw, _ = quantize_weight(w, h, scheme, block_size=16, static_groups=static)
+    ref = _naive_gptq(w, h, scheme, 0.01, static=static)
     assert (qw.q.float() == ref).float().mean() > 0.99  # float summation order may flip a rare tie
+
+
+def test_default_groups_are_static_from_the_original_weights():
+    """Issue 22: group scales chosen from the GPTQ-updated weights (dynamic) fit the calibration domain and
+    lose off it (docs/quantization.md); the default takes them from the original weights, as llm-compressor."""
+    from presso.compression.configs.quantization import GPTQConfig
+
+    assert GPTQConfig().static_groups is True and GPTQConfig().damp_percent == 0.01
+    assert GPTQConfig().act_order is False and GPTQConfig().observer == "minmax"
+    torch.manual_seed(1)
+    w, h = torch.randn(24, 128), _hessian(_correlated(1000, 128))
+    scheme = QuantArgs(bits=3, group_size=32, symmetric=True, observer="minmax")
+    qw, _ = quantize_weight(w, h, scheme)
+    s0, _ = choose_params(w, scheme)
+    torch.testing.assert_close(qw.scale, s0)  # exactly the min-max scales of the original weights
+    dyn, _ = quantize_weight(w, h, scheme, block_size=32, static_groups=False)
+    assert not torch.equal(dyn.scale, s0)  # the old behaviour stays available
 
 
 @pytest.mark.parametrize("observer", ["minmax", "mse"])
