@@ -65,8 +65,11 @@ class INT8Config(FormatStep):
     """INT8 W8A8: symmetric per-channel int8 weights (RTN or GPTQ) and int8 activations."""
 
     method: Literal["int8"] = "int8"
-    rounding: Literal["gptq", "rtn"] = Field(
-        default="gptq", description="Weight rounding: GPTQ (calibrated, second-order) or round-to-nearest.")
+    rounding: Literal["rtn", "gptq"] = Field(
+        default="rtn",
+        description="Weight rounding: round-to-nearest (default), or GPTQ (calibrated, second-order). On SmolLM2 "
+        "GPTQ at 8 bits per channel measured worse than RTN (BENCHMARKS §1, 'Deployment formats'), so RTN is "
+        "the default.")
     activations: Literal["dynamic_token", "static_tensor", "none"] = Field(
         default="dynamic_token",
         description="Per-token scales computed per call (W8A8 preset), one calibrated static scale per layer, "

@@ -113,7 +113,7 @@ class CTQuantized(Format):
             state.update({f"{name}.{k}": v for k, v in self.tensors(fw).items()})
             if quantizer is not None and quantizer.static_scale is not None:
                 key = "input_global_scale" if fw.kind == "nvfp4" else "input_scale"
-                state[f"{name}.{key}"] = quantizer.static_scale.float().reshape(1).contiguous()
+                state[f"{name}.{key}"] = quantizer.static_scale.float().reshape(1).clone()
             wcfg = weight_config(fw.kind, fw.strategy, fw.block)
             schemes[(json.dumps(wcfg), json.dumps(None if act is None else act.config()))].append(name)
         if not schemes:
@@ -130,7 +130,7 @@ class CTQuantized(Format):
             return {"weight": fw.codes.contiguous(), "weight_scale": fw.scale.float().contiguous()}
         out = {"weight_packed": pack_e2m1(fw.codes).contiguous(), "weight_scale": fw.scale.contiguous()}
         if fw.global_scale is not None:
-            out["weight_global_scale"] = fw.global_scale.float().reshape(1).contiguous()
+            out["weight_global_scale"] = fw.global_scale.float().reshape(1).clone()  # fused siblings share it
         return out
 
     def present(self, ctx: LoadContext) -> bool:

@@ -276,6 +276,15 @@ def test_nvfp4_pack_quantized(tmp_path, calib_ids, ids, scheme):
     else:
         assert vllm_scheme(group, qcfg["format"]) == "CompressedTensorsW4A16Fp4"
     _check_tensors(state, want)
+    for i in range(2):  # vLLM fuses q/k/v and gate/up into one layer with ONE weight global scale (it takes the
+        # max over the partitions): fused siblings share theirs, from their joint absmax, as llm-compressor writes
+        # (llmcompressor/observers/helpers.py fuse_weight_observers, FUSED_LAYER_NAMES)
+        for part, leaves in (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj"))):
+            scales = [state[f"model.layers.{i}.{part}.{leaf}.weight_global_scale"] for leaf in leaves]
+            assert all(torch.equal(s, scales[0]) for s in scales)
+            amax = max(float(model.get_submodule(f"model.layers.{i}.{part}.{leaf}").presso_format.dequantize()
+                             .abs().max()) for leaf in leaves)
+            assert scales[0].item() == pytest.approx(448 * 6 / amax, rel=0.02)
     _presso_load_matches(tmp_path, model, ids)
     ours, _ = _logits(model, ids)
     theirs = _transformers(tmp_path, fp4=True)(ids).logits.detach()

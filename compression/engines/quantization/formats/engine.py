@@ -38,6 +38,8 @@ from presso.compression.core.floatquant import (
     ActScheme,
     FormatWeight,
     int8_weight,
+    nvfp4_global_scale,
+    quantize_nvfp4,
     quantize_weight,
     static_act_scale,
 )
@@ -52,6 +54,11 @@ log = logging.getLogger(__name__)
 
 FORMAT_ATTR = "presso_format"
 INT8_ARGS = QuantArgs(bits=8, group_size=-1, symmetric=True)
+# Linears a serving engine fuses into one GEMM (vLLM's qkv_proj, gate_up_proj): NVFP4 layers of one group share
+# one weight global scale, from their joint absmax, as vLLM requires (it keeps one global scale per fused layer)
+# and llm-compressor writes (observers/helpers.py FUSED_LAYER_NAMES).
+FUSED_LAYER_NAMES = (("gate_proj", "up_proj"), ("q_proj", "k_proj", "v_proj"), ("q_a_proj", "kv_a_proj_with_mqa"),
+                     ("w1", "w3"))
 
 
 def format_of(module: nn.Module) -> FormatWeight | None:
@@ -84,6 +91,25 @@ def _act(cfg: FormatStep, k: int) -> tuple[ActScheme | None, str | None]:
     if isinstance(cfg, MXFP4Config):
         return (ActScheme("mxfp4", "group", True, MXFP4_GROUP) if cfg.scheme == "MXFP4" else None), None
     raise TypeError(type(cfg).__name__)
+
+
+def fused_global_scales(lins: dict[str, nn.Module], plans: dict[str, LayerPlan],
+                        device: torch.device) -> dict[str, torch.Tensor]:
+    """NVFP4 weight global scales shared by each group of fused siblings (all of them NVFP4 layers here)."""
+    out: dict[str, torch.Tensor] = {}
+    for group in FUSED_LAYER_NAMES:
+        parents: dict[str, list[str]] = {}
+        for name in lins:
+            parent, _, leaf = name.rpartition(".")
+            if leaf in group and plans[name].kind == "nvfp4":
+                parents.setdefault(parent, []).append(name)
+        for names in parents.values():
+            if len(names) < 2:
+                continue
+            amax = torch.stack([get_weight(lins[n], device).abs().amax() for n in names]).amax()
+            gs = nvfp4_global_scale(amax)
+            out.update(dict.fromkeys(names, gs))
+    return out
 
 
 def plan_layer(cfg: FormatStep, name: str, mod: nn.Module) -> LayerPlan:
@@ -130,7 +156,8 @@ class FormatEngine:
                 plan_layer(cfg, name, mod)
 
     def _quantize(self, mod: nn.Module, plan: LayerPlan, cfg: FormatStep, device: torch.device,
-                  hessian: torch.Tensor | None) -> tuple[FormatWeight | None, float]:
+                  hessian: torch.Tensor | None, global_scale: torch.Tensor | None = None
+                  ) -> tuple[FormatWeight | None, float]:
         w = get_weight(mod, device)
         if plan.kind == "int8":
             if hessian is not None and isinstance(cfg, INT8Config):
@@ -143,6 +170,9 @@ class FormatEngine:
                 w_hat = set_quantized_(mod, qw, device)
                 return None, relative_error(w, w_hat)
             fw = int8_weight(qw.q, qw.scale)
+        elif plan.kind == "nvfp4" and global_scale is not None:  # shared by fused siblings
+            f = quantize_nvfp4(w, global_scale.to(w.device))
+            fw = FormatWeight("nvfp4", "tensor_group", f.codes, f.scale, f.global_scale, group_size=f.group_size)
         else:
             mode = "ocp" if isinstance(cfg, MXFP4Config) and cfg.scale_rule == "floor" else "ct"
             fw = quantize_weight(w, plan.kind, plan.strategy, FP8_BLOCK, mode)
@@ -181,8 +211,9 @@ class FormatEngine:
         else:
             layers = []
             for i, lins in chosen.items():
+                shared = fused_global_scales(lins, plans, ctx.device)
                 for name, mod in lins.items():
-                    fw, err = self._quantize(mod, plans[name], cfg, ctx.device, None)
+                    fw, err = self._quantize(mod, plans[name], cfg, ctx.device, None, shared.get(name))
                     rec = _record(name, plans[name], fw, err)
                     self._install(mod, plans[name], rec, None)
                     layers.append(rec)
@@ -218,9 +249,10 @@ class FormatEngine:
                     if groups is not None:
                         groups.end_batch()
         records = []
+        shared = fused_global_scales(lins, plans, ctx.device)
         for name, mod in lins.items():
             hessian = groups.hessian(name) if groups is not None and name in groups.leader_of else None
-            fw, err = self._quantize(mod, plans[name], cfg, ctx.device, hessian)
+            fw, err = self._quantize(mod, plans[name], cfg, ctx.device, hessian, shared.get(name))
             rec = _record(name, plans[name], fw, err)
             if gptq:
                 rec["rounding"] = "gptq" if hessian is not None else "rtn (not reached by calibration)"

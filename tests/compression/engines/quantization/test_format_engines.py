@@ -51,8 +51,8 @@ def test_listed_with_schemas_and_presets():
 
 @pytest.mark.parametrize(("steps", "needs"), [
     ([{"method": "fp8"}], False), ([{"method": "fp8", "scheme": "FP8"}], True),
-    ([{"method": "fp8", "scheme": "FP8_BLOCK"}], False), ([{"method": "int8"}], True),
-    ([{"method": "int8", "rounding": "rtn"}], False), ([{"method": "int8", "rounding": "rtn",
+    ([{"method": "fp8", "scheme": "FP8_BLOCK"}], False), ([{"method": "int8"}], False),
+    ([{"method": "int8", "rounding": "gptq"}], True), ([{"method": "int8", "rounding": "rtn",
                                                         "activations": "static_tensor"}], True),
     ([{"method": "nvfp4"}], True), ([{"method": "nvfp4", "scheme": "NVFP4A16"}], False),
     ([{"method": "mxfp4"}], False), ([{"method": "rtn"}, {"method": "fp8"}], False),
@@ -76,6 +76,7 @@ def test_bad_parameters_are_refused():
     ([{"method": "fp8", "scheme": "FP8_BLOCK"}], "fp8", "block", ("fp8", "group", True)),
     ([{"method": "fp8", "activations": "none"}], "fp8", "channel", None),
     ([{"method": "int8"}], "int8", "channel", ("int8", "token", True)),
+    ([{"method": "int8", "rounding": "gptq"}], "int8", "channel", ("int8", "token", True)),
     ([{"method": "int8", "rounding": "rtn", "activations": "static_tensor"}], "int8", "channel",
      ("int8", "tensor", False)),
     ([{"method": "nvfp4"}], "nvfp4", "tensor_group", ("nvfp4", "tensor_group", "local")),
