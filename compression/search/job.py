@@ -151,6 +151,35 @@ def _pareto(points: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     return out[:MAX_REPORTED_POINTS]
 
 
+def calibrate(errors: list[list[float]], costs: list[list[int]], score: Callable[[tuple[int, ...]], float],
+              on_step: Callable[[float], None] | None = None) -> list[list[float]]:
+    """Scale each layer's sensitivities so that they predict the end-to-end KL: with every other layer at its
+    dearest level, the layer at its median-error level is scored by the fitness; the KL it adds over the
+    all-dearest allocation, divided by its block-output error there, scales all its levels. A block's output
+    error says how much a layer disturbs the residual stream, not how much later blocks amplify it; one fitness
+    evaluation per layer measures that. Factors are floored at 5% of the median (a noisy zero would make a
+    layer look free)."""
+    dearest = tuple(max(range(len(c)), key=lambda j, c=c, e=e: (c[j], -e[j]))
+                    for c, e in zip(costs, errors, strict=True))
+    base = score(dearest)
+    factors: list[float | None] = []
+    for k, errs in enumerate(errors):
+        mid = sorted(range(len(errs)), key=errs.__getitem__)[len(errs) // 2]
+        if errs[mid] <= 0 or mid == dearest[k]:
+            factors.append(None)
+        else:
+            alloc = dearest[:k] + (mid,) + dearest[k + 1:]
+            factors.append(max(score(alloc) - base, 0.0) / errs[mid])
+        if on_step is not None:
+            on_step((k + 1) / len(errors))
+    known = sorted(f for f in factors if f is not None and f > 0)
+    if not known:
+        return errors
+    floor = 0.05 * known[len(known) // 2]
+    return [[e * max(f if f is not None else known[len(known) // 2], floor) for e in errs]
+            for errs, f in zip(errors, factors, strict=True)]
+
+
 def run_search(spec: LocalJobSpec, lm: LoadedModel, ctx: StepContext, attempt: AttemptFn) -> SearchResult:
     target = spec.target
     assert target is not None
@@ -220,7 +249,9 @@ def run_search(spec: LocalJobSpec, lm: LoadedModel, ctx: StepContext, attempt: A
     if seed_level is not None:
         seed_alloc = tuple(layer.levels.index(seed_level.for_layer(layer.in_features)) for layer in layers)
     try:
-        # 2. the knapsack's front (the (bits, KL) points of the report, and a floor-only job's candidates)
+        # 2. each layer's block-output error on the scale of the end-to-end KL
+        errors = calibrate(errors, table_costs, score, lambda f: show("calibrate", f))
+        # 3. the knapsack's front (the (bits, KL) points of the report, and a floor-only job's candidates)
         front_points = knapsack.front(table_costs, errors, points=FRONT_POINTS)
         front: list[tuple[int, ...]] = []
         for n, (_c, _e, alloc) in enumerate(front_points):

@@ -82,13 +82,15 @@ class TargetSpec(_Strict):
     max_kl: float | None = Field(default=None, ge=0, le=100,
                                  description="Quality floor: max mean KL(original || compressed), nats/token.")
     space: SearchSpace = Field(default_factory=SearchSpace)
-    candidates: int = Field(default=3, ge=1, le=MAX_CANDIDATES,
+    candidates: int = Field(default=2, ge=1, le=MAX_CANDIDATES,
                             description="Best allocations fully compressed and evaluated at the end.")
-    generations: int = Field(default=40, ge=0, le=MAX_GENERATIONS,
-                             description="Evolutionary generations after the knapsack (0: the knapsack alone).")
+    generations: int = Field(
+        default=10, ge=0, le=MAX_GENERATIONS,
+        description="Evolutionary generations after the knapsack (0: the knapsack alone, the cheapest search; on "
+        "SmolLM2 more generations lowered the fitness KL by ~2% and not the perplexity, BENCHMARKS.md §6).")
     offspring: int = Field(default=8, ge=1, le=MAX_OFFSPRING, description="Mutants per generation.")
     fitness_samples: int = Field(
-        default=8, ge=1, le=MAX_FITNESS_SAMPLES,
+        default=4, ge=1, le=MAX_FITNESS_SAMPLES,
         description="Calibration windows on which sensitivities and the KL fitness are measured.")
 
     @model_validator(mode="after")
