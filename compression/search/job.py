@@ -159,8 +159,10 @@ def calibrate(errors: list[list[float]], costs: list[list[int]], score: Callable
     error says how much a layer disturbs the residual stream, not how much later blocks amplify it; one fitness
     evaluation per layer measures that. Factors are floored at 5% of the median (a noisy zero would make a
     layer look free)."""
-    dearest = tuple(max(range(len(c)), key=lambda j, c=c, e=e: (c[j], -e[j]))
-                    for c, e in zip(costs, errors, strict=True))
+    def dearest_of(c: list[int], e: list[float]) -> int:  # the dearest level; of equal ones the least error
+        return max(range(len(c)), key=lambda j: (c[j], -e[j]))
+
+    dearest = tuple(dearest_of(c, e) for c, e in zip(costs, errors, strict=True))
     base = score(dearest)
     factors: list[float | None] = []
     for k, errs in enumerate(errors):
@@ -196,8 +198,8 @@ def run_search(spec: LocalJobSpec, lm: LoadedModel, ctx: StepContext, attempt: A
     targets, ignore = (seed.targets, seed.ignore) if seed is not None else (space.targets, space.ignore)
     methods = sorted({lv.method for lv in levels})
     given, full = {}, {}
-    for m in methods:
-        given[m], full[m] = _options(m, seed, symmetric)
+    for method in methods:
+        given[method], full[method] = _options(method, seed, symmetric)
     layout = find_layout(model)
     chosen = select_linears(model, layout, list(targets), list(ignore))
     layers = search_layers(chosen, levels, symmetric)
@@ -254,10 +256,10 @@ def run_search(spec: LocalJobSpec, lm: LoadedModel, ctx: StepContext, attempt: A
         # 3. the knapsack's front (the (bits, KL) points of the report, and a floor-only job's candidates)
         front_points = knapsack.front(table_costs, errors, points=FRONT_POINTS)
         front: list[tuple[int, ...]] = []
-        for n, (_c, _e, alloc) in enumerate(front_points):
-            if costs.capacity is None or _c <= costs.capacity:
-                front.append(tuple(alloc))
-                score(tuple(alloc))
+        for n, (cost, _err, levels_of) in enumerate(front_points):
+            if costs.capacity is None or cost <= costs.capacity:
+                front.append(tuple(levels_of))
+                score(tuple(levels_of))
             show("front", (n + 1) / len(front_points))
         if costs.capacity is not None:
             start = tuple(knapsack.solve(table_costs, errors, costs.capacity))
@@ -301,23 +303,23 @@ def run_search(spec: LocalJobSpec, lm: LoadedModel, ctx: StepContext, attempt: A
     if costs.capacity is not None:
         k = len(ranked) if spec.evaluation.enabled else 1
         for i, alloc in enumerate(ranked[:k]):
-            m, att = run(alloc, i + 1, k)
+            mod, att = run(alloc, i + 1, k)
             if best is None or better(att, best[1]):
-                best = (m, att, alloc)
+                best = (mod, att, alloc)
             else:
-                del m
+                del mod
     else:  # a floor alone: bisect the front for the smallest allocation that meets it
         lo, hi = 0, len(front) - 1
         i = next((n for n, a in enumerate(front) if target.max_kl is not None and explored[a] <= target.max_kl),
                  (lo + hi) // 2)
         smallest_pass: tuple[nn.Module, dict[str, Any], tuple[int, ...]] | None = None
         for n in range(target.candidates):
-            m, att = run(front[i], n + 1, target.candidates)
+            mod, att = run(front[i], n + 1, target.candidates)
             if att["passed"]:
-                smallest_pass, hi = (m, att, front[i]), i - 1
+                smallest_pass, hi = (mod, att, front[i]), i - 1
             else:
                 if best is None or better(att, best[1]):
-                    best = (m, att, front[i])
+                    best = (mod, att, front[i])
                 lo = i + 1
             if lo > hi:
                 break

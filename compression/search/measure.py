@@ -159,7 +159,7 @@ def measure(model: nn.Module, layout: Layout, layers: list[SearchLayer], ctx: St
         for k in idx:
             layer = layers[k]
             mod = layer.module
-            original = mod.weight.data
+            original: torch.Tensor = getattr(mod, "weight").data  # noqa: B009
             h = groups.hessian(layer.name) if groups is not None and layer.name in groups.leader_of else None
             w = get_weight(mod, ctx.device)
             made: dict[Level, tuple[torch.Tensor, float]] = {}

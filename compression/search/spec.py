@@ -29,14 +29,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Method = Literal["rtn", "gptq"]
+Bits = Literal[2, 3, 4, 8]
+
+
+def _default_methods() -> list[Method]:
+    return ["gptq"]
+
+
+def _default_bits() -> list[Bits]:
+    return [2, 3, 4, 8]
+
+
 class SearchSpace(_Strict):
     """The per-layer levels the search chooses from: every method x bits x group size."""
 
-    methods: list[Literal["rtn", "gptq"]] = Field(
-        default_factory=lambda: ["gptq"], min_length=1, max_length=len(SEARCH_METHODS),
+    methods: list[Method] = Field(
+        default_factory=_default_methods, min_length=1, max_length=len(SEARCH_METHODS),
         description="Quantizers a layer may get (one recipe step per method used).")
-    bits: list[Literal[2, 3, 4, 8]] = Field(
-        default_factory=lambda: [2, 3, 4, 8], min_length=1, max_length=len(SEARCH_BITS),
+    bits: list[Bits] = Field(
+        default_factory=_default_bits, min_length=1, max_length=len(SEARCH_BITS),
         description="Bit widths a layer may get.")
     group_sizes: list[GroupSize] = Field(
         default_factory=lambda: [128], min_length=1, max_length=MAX_GROUP_SIZES,
