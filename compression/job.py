@@ -7,7 +7,6 @@ every input into local paths, and uploads what ``out_dir`` holds afterwards.
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import logging
 import platform
 import time
@@ -30,6 +29,7 @@ from presso.compression.pipeline import compress, preflight
 from presso.compression.recipe import Recipe
 from presso.compression.registry import engine_for
 from presso.compression.spec import Gate, LocalJobSpec
+from presso.compression.version import presso_version
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, float], None]
@@ -40,13 +40,6 @@ class LocalJobResult:
     metrics: dict[str, Any]
     files: list[Path]
     attempts: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _presso_version() -> str:
-    try:
-        return importlib.metadata.version("presso")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def _versions() -> dict[str, str]:
@@ -203,7 +196,7 @@ def _write(spec: LocalJobSpec, out_dir: Path, recipe: Recipe, model: torch.nn.Mo
 
     (out_dir / "report.json").write_text(json.dumps({"layers": layers, "steps": metrics["steps"]}, indent=2,
                                                      default=str))
-    write_presso_json(out_dir, {"presso_version": _presso_version(), "recipe": attempt["recipe"],
+    write_presso_json(out_dir, {"presso_version": presso_version(), "recipe": attempt["recipe"],
                                 "metrics": metrics, "versions": _versions(), "output_format": spec.output.format,
                                 **output})
     return metrics

@@ -148,3 +148,14 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model")
 
 
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny matrices: one thread is faster than several on a shared machine (use with usefixtures)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import importlib.util
 import json
 import platform
@@ -13,14 +12,7 @@ from typing import Any
 
 import presso
 from presso.commands.common import help_formatter
-
-
-def presso_version() -> str:
-    """The installed distribution's version (package metadata; one source of truth: pyproject.toml)."""
-    try:
-        return importlib.metadata.version("presso")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown (not installed)"
+from presso.compression.version import presso_version
 
 
 def report() -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +90,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"error: {describe(exc)}", file=sys.stderr)
         return 2
+
+    def submit(client: PressoClient) -> dict[str, Any]:
+        job = client.submit(body, idempotency_key=args.idempotency_key)
+        return client.wait(job["id"], on_update=show_progress) if args.wait else job
+
+    return _run(args, submit)
+
+
+def _run(args: argparse.Namespace, action: Callable[[PressoClient], dict[str, Any]]) -> int:
+    """One call with a client: the job printed as JSON, or one error line and exit 2."""
     try:
         with _client(args) as client:
-            job = client.submit(body, idempotency_key=args.idempotency_key)
-            if args.wait:
-                job = client.wait(job["id"], on_update=show_progress)
+            job = action(client)
     except PressoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -101,22 +110,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    try:
-        with _client(args) as client:
-            job = client.wait(args.job_id, on_update=show_progress) if args.wait else client.get(args.job_id)
-    except PressoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return _finish(job)
+    return _run(args, lambda c: c.wait(args.job_id, on_update=show_progress) if args.wait else c.get(args.job_id))
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    try:
-        with _client(args) as client:
-            return _finish(client.cancel(args.job_id))
-    except PressoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return _run(args, lambda c: c.cancel(args.job_id))
 
 
 def cmd_download(args: argparse.Namespace) -> int:

@@ -25,14 +25,7 @@ def tiny_uri(s3_endpoint: str, tiny_llama_dir: Path) -> str:
     return upload_dir(s3_endpoint, MODEL_BUCKET, f"tiny-{uuid.uuid4().hex[:8]}", tiny_llama_dir)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize(("target", "field"), [

@@ -18,15 +18,7 @@ SPACE = {"bits": [2, 4, 8], "group_sizes": [32]}
 FAST = {"generations": 6, "offspring": 4, "fitness_samples": 4, "candidates": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    """Tiny matrices: one thread is faster than several on a shared machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
