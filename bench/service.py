@@ -412,18 +412,20 @@ def bench_recovery(args: argparse.Namespace, tmp: Path) -> str:
         rows.append(f"| kill -9 of the {args.recovery_kill}, PRESSO_LEASE_S {lease} | {len(q)} | "
                     f"{statistics.median(q):.1f} | {q[0]:.1f} | {q[-1]:.1f} | {rep} | {dup} |")
         print(rows[-1], flush=True)
-    work = tmp / "backlog"
-    work.mkdir()
-    rep, dup, elapsed, states = bench_backlog(args, work)
-    return "\n".join([
+    lines = [
         f"### (e) Recovery after kill -9 ({args.recovery_pause_s:g} s pause in compress, killed at a random moment "
         "of it; two workers, reaper interval at its default)", "",
         "| run | jobs | median recovery s | min s | max s | re-publishes | duplicate deliveries |",
         "|---|---:|---:|---:|---:|---:|---:|", *rows, "",
-        f"Backlog: {args.backlog_jobs} tiny jobs submitted at once to two workers, PRESSO_REPUBLISH_AFTER_S="
-        f"{args.backlog_republish_s:g}, reaper every 1 s: **{rep} re-publishes**, {dup} duplicate deliveries, "
-        f"{states}, drained in {elapsed:.0f} s.", "",
-    ])
+    ]
+    if args.backlog_jobs > 0:
+        work = tmp / "backlog"
+        work.mkdir()
+        rep, dup, elapsed, states = bench_backlog(args, work)
+        lines += [f"Backlog: {args.backlog_jobs} tiny jobs submitted at once to two workers, PRESSO_REPUBLISH_AFTER_S="
+                  f"{args.backlog_republish_s:g}, reaper every 1 s: **{rep} re-publishes**, {dup} duplicate "
+                  f"deliveries, {states}, drained in {elapsed:.0f} s.", ""]
+    return "\n".join(lines)
 
 
 # -- (d) submit latency ----------------------------------------------------------------------------

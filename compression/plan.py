@@ -181,8 +181,13 @@ class WorkerClass:
     h2d_gbs: float = 20.0  # per-weight host <-> device copies (pinned staging)
     model_move_gbs: float = 3.5  # a whole model moved to or from the device (pageable, many tensors)
     copy_gbs: float = 2.0  # the deep copy of the model each attempt starts with
-    cpu_tflops: float = 0.04
-    cpu_solve_tflops: float = 0.01
+    gpu_layer_step_s: float = 0.35e-3  # per layer and decode step of generation, besides its FLOPs
+    gpu_linear_s: float = 0.02  # per weight of a data-free step (RTN of 224 linears: 5 s, §3a); half that to pack
+    cpu_tflops: float = 0.025  # fp32, 2 cores shared at load 6-13 (the machine of BENCHMARKS §5)
+    cpu_solve_tflops: float = 0.0007  # the column solves' reference loop (no Triton on the CPU)
+    cpu_half_ratio: float = 0.025  # bf16/fp16 matmuls on CPUs without native support (0.4 vs 17 GFLOP/s here)
+    cpu_layer_step_s: float = 0.07
+    cpu_linear_s: float = 0.08
     fetch_mbs: float = 200.0  # model download and artifact upload
     disk_gbs: float = 1.0  # load and write
 
@@ -394,11 +399,19 @@ def _generated(job: JobShape) -> list[tuple[int, int]]:
     return gen
 
 
+def _rates(worker: WorkerClass, dtype_bytes: int) -> tuple[float, float, float]:
+    """FLOP/s of (matmuls in the model's dtype, fp32 matmuls, fp32 solves) on the class's device."""
+    if worker.device == "cuda":
+        return worker.gpu_tflops * 1e12, worker.gpu_tflops * 1e12, worker.gpu_solve_tflops * 1e12
+    fp32 = worker.cpu_tflops * 1e12
+    return fp32 * (worker.cpu_half_ratio if dtype_bytes == 2 else 1.0), fp32, worker.cpu_solve_tflops * 1e12
+
+
 def estimate(model: ModelInfo, job: JobShape, worker: WorkerClass, shape: Shape | None = None) -> Estimate:
     """The peaks and the wall time of ``job`` on one worker of class ``worker``."""
     s = shape or model_shape(model)
     gpu = worker.device == "cuda"
-    flops = (worker.gpu_tflops if gpu else worker.cpu_tflops) * 1e12
+    flops = _rates(worker, s.dtype_bytes)[0]
     b, M = s.dtype_bytes, float(s.model_bytes)
     move = 2 * M / (worker.model_move_gbs * GB) if gpu else 0.0  # the whole model to the device and back
     phases = [Phase("load", host_bytes=M + model.largest_file_bytes,
@@ -414,7 +427,8 @@ def estimate(model: ModelInfo, job: JobShape, worker: WorkerClass, shape: Shape 
             per_step = 2 * s.params * min(n, GEN_BATCH) / flops
             if gpu:
                 per_step = max(per_step, M / (worker.gpu_bandwidth_gbs * GB))
-            seconds += math.ceil(n / GEN_BATCH) * length * (per_step + s.layers * (0.35e-3 if gpu else 0.5e-3))
+            layer_step = worker.gpu_layer_step_s if gpu else worker.cpu_layer_step_s
+            seconds += math.ceil(n / GEN_BATCH) * length * (per_step + s.layers * layer_step)
         phases.append(Phase("data", device_bytes=M + work, host_bytes=0.0, seconds=seconds) if gpu
                       else Phase("data", host_bytes=M + work, seconds=seconds))
 
@@ -473,7 +487,7 @@ def _attempt(steps: Sequence[dict[str, Any]], s: Shape, job: JobShape, worker: W
              flops: float) -> tuple[Phase, Phase, float, dict[str, float]]:
     """(compress phase, write phase, artifact bytes, figures the evaluate phase needs) of one recipe."""
     gpu = worker.device == "cuda"
-    solve_flops = (worker.gpu_solve_tflops if gpu else worker.cpu_solve_tflops) * 1e12
+    _, fp32_flops, solve_flops = _rates(worker, s.dtype_bytes)
     b, M = s.dtype_bytes, float(s.model_bytes)
     T = job.calibration_samples * job.calibration_seq_len
     inter = max((lin.in_features for lin in s.block_linears), default=s.hidden)  # the MLP's inner width
@@ -498,8 +512,8 @@ def _attempt(steps: Sequence[dict[str, Any]], s: Shape, job: JobShape, worker: W
             # being accumulated); (b) solve: inputs + statistics + the largest group's working set; (c) forward
             # into the next block's inputs: inputs + outputs + a batch's forward
             stats, acc, solve = 0.0, 0.0, 4.0 * 4 * big
-            f = 4.0 * s.block_params * s.layers * T  # observe + forward, every block
-            f_solve = 0.0
+            f = 4.0 * s.block_params * s.layers * T  # observe + forward, every block (the model's dtype)
+            f_fp32, f_solve = 0.0, 0.0
             if method in HESSIAN:
                 groups = hessian_groups(in_block)
                 stats = sum(4.0 * g[0].in_features ** 2 for g in groups.values())
@@ -509,7 +523,7 @@ def _attempt(steps: Sequence[dict[str, Any]], s: Shape, job: JobShape, worker: W
                             for g in groups.values())
                 for g in hessian_groups(chosen).values():
                     k, n = g[0].in_features, sum(x.out_features for x in g)
-                    f += 2 * k * k * T
+                    f_fp32 += 2 * k * k * T
                     f_solve += k**3 + 2 * n * k * k
             elif method == "awq":  # the grid search runs a group's linears on its cached inputs
                 groups = hessian_groups(in_block)
@@ -517,12 +531,14 @@ def _attempt(steps: Sequence[dict[str, Any]], s: Shape, job: JobShape, worker: W
                 f += int(step.get("grid", 20)) * 2 * _lin_numel(chosen) * T
             work_peak = max(work_peak, A + fwd + stats + acc, A + stats + solve, 2 * A + fwd)
             weights_on_device = max(weights_on_device, (s.outside_params + s.block_params) * b)
-            seconds += f / flops + f_solve / solve_flops + (2 * M / (worker.h2d_gbs * GB) if gpu else 0.0)
+            seconds += (f / flops + f_fp32 / fp32_flops + f_solve / solve_flops
+                        + (2 * M / (worker.h2d_gbs * GB) if gpu else 0.0))
         elif method in ("rtn", "hqq", "magnitude", "svd"):  # one weight at a time
             work_peak = max(work_peak, (8.0 if method in ("hqq", "svd") else 5.0) * 4 * big)
             p_lin = _lin_numel(chosen)
             f = 30.0 * p_lin * (int(step.get("iters", 20)) if method == "hqq" else 1)
-            seconds += f / flops + (5.0 * p_lin / (worker.h2d_gbs * GB) if gpu else 0.0)
+            seconds += f / fp32_flops + (5.0 * p_lin / (worker.h2d_gbs * GB) if gpu else 0.0)
+            seconds += len(chosen) * (worker.gpu_linear_s if gpu else worker.cpu_linear_s)
             if method == "svd":
                 seconds += sum(4.0 * lin.out_features * lin.in_features * min(lin.out_features, lin.in_features)
                                for lin in chosen) / solve_flops
@@ -557,8 +573,9 @@ def _attempt(steps: Sequence[dict[str, Any]], s: Shape, job: JobShape, worker: W
     else:
         comp = Phase("compress", host_bytes=host + work_peak, seconds=seconds)
     shard = min(artifact, 4 * GiB)  # safetensors serializes one shard at a time in memory
+    pack_s = (len(quantized) * (worker.gpu_linear_s if gpu else worker.cpu_linear_s) / 2) if packed else 0.0
     write = Phase("write", host_bytes=host + packed + shard,
-                  seconds=artifact / (worker.disk_gbs * 0.7 * GB) + packed / (2 * GB))
+                  seconds=artifact / (worker.disk_gbs * 0.7 * GB) + packed / (2 * GB) + pack_s)
     return comp, write, artifact, {"kept": kept, "host_side": host_side, "work": work_peak}
 
 
