@@ -111,13 +111,15 @@ def quantize_fp8(w: torch.Tensor, strategy: str, block: tuple[int, int] = FP8_BL
     w = w.float()
     if scale is None:
         scale = fp8_weight_scale(w, strategy, block)
-    s = _expand_fp8_scale(scale, *w.shape, strategy, block)
+    n, k = w.shape
+    s = _expand_fp8_scale(scale, n, k, strategy, block)
     return (w / s).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
 
 
 def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, strategy: str,
                    block: tuple[int, int] = FP8_BLOCK) -> torch.Tensor:
-    return q.float() * _expand_fp8_scale(scale.float(), *q.shape, strategy, block)
+    n, k = q.shape
+    return q.float() * _expand_fp8_scale(scale.float(), n, k, strategy, block)
 
 
 # ---------------------------------------------------------------------------------------------- FP4 E2M1
@@ -445,7 +447,7 @@ def quantize_weight(w: torch.Tensor, kind: str, strategy: str, block: tuple[int,
     compression.core.quant, symmetric per channel, wrapped by :func:`int8_weight`)."""
     if kind == "fp8":
         q, s = quantize_fp8(w, strategy, block)
-        return FormatWeight("fp8", strategy, q, s, block=tuple(block) if strategy == "block" else None)
+        return FormatWeight("fp8", strategy, q, s, block=(block[0], block[1]) if strategy == "block" else None)
     if kind == "nvfp4":
         f = quantize_nvfp4(w)
         return FormatWeight("nvfp4", "tensor_group", f.codes, f.scale, f.global_scale, group_size=NVFP4_GROUP)

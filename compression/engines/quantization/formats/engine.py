@@ -21,6 +21,7 @@ activation groups fall back to per-token scales on a layer whose width 128 does 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,7 +94,7 @@ def _act(cfg: FormatStep, k: int) -> tuple[ActScheme | None, str | None]:
     raise TypeError(type(cfg).__name__)
 
 
-def fused_global_scales(lins: dict[str, nn.Module], plans: dict[str, LayerPlan],
+def fused_global_scales(lins: Mapping[str, nn.Module], plans: dict[str, LayerPlan],
                         device: torch.device) -> dict[str, torch.Tensor]:
     """NVFP4 weight global scales shared by each group of fused siblings (all of them NVFP4 layers here)."""
     out: dict[str, torch.Tensor] = {}
@@ -227,7 +228,7 @@ class FormatEngine:
         log.info("%s: %d linears quantized, %d with activation quantization", cfg.method, len(layers), len(installed))
         return {"layers": layers}
 
-    def _block(self, lins: dict[str, nn.Module], block: nn.Module, inputs: BlockInputs, plans: dict[str, LayerPlan],
+    def _block(self, lins: Mapping[str, nn.Module], block: nn.Module, inputs: BlockInputs, plans: dict[str, LayerPlan],
                cfg: FormatStep, ctx: StepContext, gptq: bool) -> list[dict[str, Any]]:
         absmax: dict[str, torch.Tensor] = {}
         groups = None
@@ -243,7 +244,7 @@ class FormatEngine:
                 groups.on_input(name, x)
 
         if lins:
-            with observe_inputs(lins, on_input):
+            with observe_inputs(dict(lins), on_input):
                 for h, kw in zip(inputs.hidden, inputs.kwargs, strict=True):
                     block(h, **kw)
                     if groups is not None:
