@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from logging.config import fileConfig
+from typing import Any
 
 from alembic import context
 from sqlalchemy import create_engine, pool
@@ -39,7 +40,7 @@ def run_online() -> None:
         _migrate(connectable)
 
 
-def _migrate(connection: object) -> None:
+def _migrate(connection: Any) -> None:  # a Connection (alembic's typing of configure)
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()

@@ -9,7 +9,7 @@ from torch import nn
 from presso.compression.core.layout import Layout, find_layout, select_linears
 
 
-def targeted_linears(model: nn.Module, cfg: Any) -> tuple[Layout, dict[int, dict[str, nn.Linear]]]:
-    """``(layout, {block index: {module name: Linear}})`` for a step config with ``targets`` / ``ignore``."""
+def targeted_linears(model: nn.Module, cfg: Any) -> tuple[Layout, dict[int, dict[str, nn.Module]]]:
+    """``(layout, {block index: {module name: linear layer}})`` for a step config with ``targets`` / ``ignore``."""
     layout = find_layout(model)
     return layout, select_linears(model, layout, cfg.targets, cfg.ignore)

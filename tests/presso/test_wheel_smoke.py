@@ -65,7 +65,8 @@ def test_wheel_installs_only_the_presso_name(wheel_venv: tuple[Path, dict[str, s
     tops = {p.split("/", 1)[0] for p in paths if not p.startswith("../")}  # ../../../bin/presso: the script
     assert tops == {"presso", "presso-0.1.0.dist-info"}, tops
     assert any(p.endswith("bin/presso") for p in paths)
-    for sub in ("app/main.py", "workers/tasks.py", "compression/registry.py", "kernels/w4a16/mma.cu", "codec/pzst.py", "codec/_native.c", "fetch/api.py",
+    for sub in ("app/main.py", "workers/tasks.py", "compression/registry.py", "kernels/w4a16/mma.cu",
+                "codec/pzst.py", "codec/_native.c", "fetch/api.py",
                 "migrations/env.py", "migrations/script.py.mako"):
         assert f"presso/{sub}" in paths, sub
 
