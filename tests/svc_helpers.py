@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -176,3 +177,30 @@ def job_row(ctx: WorkerContext, job_id: str) -> Any:
 
     with ctx.session_factory() as session:
         return session.get(Job, job_id)
+
+
+@contextlib.contextmanager
+def migrated_database(pg_url: str, prefix: str) -> Iterator[str]:
+    """A fresh database on the test Postgres server, migrated to head; dropped afterwards. Yields its URL."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from presso.app.core.migrate import upgrade
+    from presso.app.core.settings import Settings
+
+    u = make_url(pg_url)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conninfo = f"host={u.host} port={u.port or 5432} user={u.username} dbname=postgres"
+    if u.password:
+        conninfo += f" password={u.password}"
+    url = u.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        upgrade(Settings(database_url=url))
+        yield url
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

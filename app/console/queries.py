@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from presso.app.jobs.models import Job, JobState
-from presso.app.jobs.service import decode_cursor, encode_cursor
+from presso.app.jobs.service import keyset_page
 
 MAX_COMPARE = 100
 
@@ -51,12 +51,7 @@ def list_jobs(
         query = query.where(Job.created_at > created_after)
     if created_before:
         query = query.where(Job.created_at < created_before)
-    if cursor:
-        c_at, c_id = decode_cursor(cursor)
-        query = query.where(or_(Job.created_at < c_at, and_(Job.created_at == c_at, Job.id < c_id)))
-    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    return keyset_page(session, query, limit=limit, cursor=cursor)
 
 
 def jobs_by_ids(session: Session, tenant_id: str, ids: Sequence[str]) -> list[Job]:

@@ -145,6 +145,11 @@ def list_jobs(
         query = query.where(Job.created_at > created_after)
     if created_before:
         query = query.where(Job.created_at < created_before)
+    return keyset_page(session, query, limit=limit, cursor=cursor)
+
+
+def keyset_page(session: Session, query: Any, *, limit: int, cursor: str | None) -> tuple[list[Job], str | None]:
+    """One page of ``query`` (jobs), newest first, keyset-paginated on (created_at, id); the API and the console."""
     if cursor:
         c_at, c_id = decode_cursor(cursor)
         query = query.where(or_(Job.created_at < c_at, and_(Job.created_at == c_at, Job.id < c_id)))

@@ -21,40 +21,24 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # faultkit (pytest runs with importlib mode)
 
 from faultkit import Cluster, RedisServer, S3Endpoint, make_cluster_env, publisher_for  # noqa: E402
-from svc_helpers import ADMIN_KEY, ARTIFACT_BUCKET, MODEL_BUCKET, upload_dir, worker_context  # noqa: E402
+from svc_helpers import (  # noqa: E402
+    ADMIN_KEY,
+    ARTIFACT_BUCKET,
+    MODEL_BUCKET,
+    migrated_database,
+    upload_dir,
+    worker_context,
+)
 
 from presso.app.core.settings import Settings  # noqa: E402
 from presso.app.tenants.service import ensure_tenant  # noqa: E402
 
 
-def _server(url: str, database: str) -> tuple[str, str]:
-    """(libpq conninfo of the server's ``postgres`` database, the SQLAlchemy URL of ``database`` on it)."""
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    conninfo = f"host={u.host} port={u.port or 5432} user={u.username} dbname=postgres"
-    if u.password:
-        conninfo += f" password={u.password}"
-    return conninfo, u.set(database=database).render_as_string(hide_password=False)
-
-
 @pytest.fixture(scope="module")
 def fault_db_url(pg_url: str) -> Iterator[str]:
     """A fresh, migrated database on the test Postgres server, dropped after the module."""
-    import psycopg
-
-    from presso.app.core.migrate import upgrade
-
-    name = f"presso_faults_{uuid.uuid4().hex[:12]}"
-    conninfo, url = _server(pg_url, name)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        upgrade(Settings(database_url=url))
+    with migrated_database(pg_url, "presso_faults") as url:
         yield url
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 from sqlalchemy import update
-from svc_helpers import RTN, job_row, new_db_tenant, submit, worker_context
+from svc_helpers import RTN, job_row, migrated_database, new_db_tenant, submit, worker_context
 
 from presso.app.core.db import utcnow
 from presso.app.core.queue import CeleryPublisher, make_celery
@@ -32,24 +32,8 @@ BODY = {"model_uri": "s3://presso-test-models/tiny", "recipe": RTN}
 def private_db_url(pg_url: str) -> Iterator[str]:
     """A migrated database of this module's own: the reaper passes act on every job of their database, and the
     session's database holds other tests' queued and running jobs."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    from presso.app.core.migrate import upgrade
-    from presso.app.core.settings import Settings
-
-    u = make_url(pg_url)
-    name = f"presso_liveness_{uuid.uuid4().hex[:10]}"
-    conninfo = f"host={u.host} port={u.port or 5432} user={u.username} dbname=postgres"
-    url = u.set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        upgrade(Settings(database_url=url))
+    with migrated_database(pg_url, "presso_liveness") as url:
         yield url
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
