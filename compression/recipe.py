@@ -42,6 +42,9 @@ class Recipe(BaseModel):
         if methods.count("lossless") > 1:
             raise ValueError("'lossless' may appear once")
         for i, s in enumerate(self.steps):
+            if getattr(type(s), "precedes_quantization", False) and any(type(p).lossy for p in self.steps[:i]):
+                raise ValueError(f"steps[{i}]: '{s.method}' changes the weights it prepares for quantization; it "
+                                 "must come before every lossy step")
             if s.method == "eora" and not any(type(p).lossy for p in self.steps[:i]):
                 raise ValueError(
                     f"steps[{i}]: 'eora' compensates the error of an earlier lossy step; none precedes it"
