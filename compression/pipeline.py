@@ -35,6 +35,8 @@ def snapshot_linears(model: nn.Module) -> dict[str, torch.Tensor]:
 def check_calibration(recipe: Recipe, ctx: StepContext) -> None:
     if recipe.needs_calibration and ctx.calibration is None:
         needing = [s.method for s in recipe.steps if s.uses_calibration()]
+        if recipe.kv_cache is not None:
+            needing.append("kv_cache")
         raise CalibrationRequired(f"steps {needing} need calibration data")
 
 
@@ -103,6 +105,10 @@ def preflight(model: nn.Module, recipe: Recipe) -> None:
             engine.preflight(model, step)
         if step.method in _RESHAPING:
             break
+    if recipe.kv_cache is not None:
+        from presso.compression.engines.kvcache.calibrate import preflight as kv_preflight
+
+        kv_preflight(model)
 
 
 def compress(model: nn.Module, recipe: Recipe, ctx: StepContext, after_step: AfterStep | None = None) -> dict[str, Any]:
@@ -125,6 +131,13 @@ def compress(model: nn.Module, recipe: Recipe, ctx: StepContext, after_step: Aft
             entry["eval"] = after_step(i, model)
         log.info("step %d %s done in %.1fs", i + 1, step.method, seconds)
         steps.append(entry)
+    if recipe.kv_cache is not None:  # after every step: the scales see the compressed model's keys and values
+        from presso.compression.engines.kvcache.calibrate import calibrate_
+
+        ctx.stage = "compress:kv_cache"
+        t0 = time.perf_counter()
+        kv = calibrate_(model, recipe.kv_cache, ctx)
+        steps.append({"method": "kv_cache", "seconds": time.perf_counter() - t0, **kv})
     model.to("cpu")
     staging.release()  # pinned staging memory is not kept between jobs
     return {"steps": steps, "seconds": time.perf_counter() - t_all}

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from presso.compression.configs import CONFIGS, StepConfig
+from presso.compression.configs.kvcache import KVCacheConfig
 
 MAX_STEPS = 16  # steps of one recipe
 MAX_FALLBACKS = 4  # fallback recipes of one job
@@ -24,6 +25,11 @@ class Recipe(BaseModel):
     steps: list[Step] = Field(
         min_length=1, max_length=MAX_STEPS,
         description=f"Steps applied in order; each sees the previous output. At most {MAX_STEPS}.",
+    )
+    kv_cache: KVCacheConfig | None = Field(
+        default=None,
+        description="Quantize the attention KV cache: {\"format\": \"fp8\"} calibrates per-tensor key/value scales "
+        "after the steps (written as compressed-tensors' kv_cache_scheme; the evaluation simulates it).",
     )
 
     @field_validator("steps", mode="before")
@@ -53,7 +59,7 @@ class Recipe(BaseModel):
 
     @property
     def needs_calibration(self) -> bool:
-        return any(s.uses_calibration() for s in self.steps)
+        return self.kv_cache is not None or any(s.uses_calibration() for s in self.steps)
 
 
 def check_fallback_count(fallbacks: Any) -> Any:

@@ -10,6 +10,7 @@ the form of everything no format claims. ``ENCODINGS`` are applied to the finish
 | dense | formats.base.Dense | presso.load, transformers, peft, vllm* |
 | pack-quantized | formats.quantized.PackQuantized | presso.load, transformers, peft, vllm* |
 | float-, int-, nvfp4-pack-, mxfp4-pack-quantized | formats.ctquant.CT_FORMATS | presso.load, transformers, vllm* |
+| kv-cache-fp8 (recipe kv_cache) | formats.kvcache.KVCacheScales | presso.load, vllm* (transformers: weights only) |
 | sparse-bitmask (opt-in) | formats.sparse.SparseBitmask | presso.load (transformers refuses) |
 | factorized | formats.lowrank.Factorized | presso.load (transformers refuses) |
 | lora-adapter (EoRA) | formats.lowrank.LoraAdapter | presso.load, peft (transformers reads the base) |
@@ -34,6 +35,7 @@ from presso.compression.io.formats.base import (
     mark_presso_only,
 )
 from presso.compression.io.formats.ctquant import CT_FORMATS
+from presso.compression.io.formats.kvcache import KVCacheScales
 from presso.compression.io.formats.lossless import Encoding, Lossless
 from presso.compression.io.formats.lowrank import Factorized, LoraAdapter
 from presso.compression.io.formats.quantized import PackQuantized
@@ -50,7 +52,9 @@ __all__ = [
 ]
 
 # the deployment formats (CT_FORMATS) after pack-quantized: they join its quantization_config when both are used
-FORMATS: tuple[Format, ...] = (Factorized(), LoraAdapter(), PackQuantized(), *CT_FORMATS, SparseBitmask())
+# the KV-cache scales last: they join whatever quantization_config the weight forms wrote
+FORMATS: tuple[Format, ...] = (Factorized(), LoraAdapter(), PackQuantized(), *CT_FORMATS, SparseBitmask(),
+                               KVCacheScales())
 DENSE = Dense()
 ENCODINGS: dict[str, Encoding] = {e.name: e for e in (Lossless(),)}
 

@@ -1,0 +1,66 @@
+"""One small CPU comparison for issue 19: INT8 W8A8 (RTN, per-token activations) on SmolLM2-135M without and with
+smoothquant (alpha 0.5, and the per-group alpha search), activations quantized in the evaluation.
+
+Fewer windows than the §1 protocol so it fits a shared 2-core CPU: the first ``--calib`` of the 64x512 wikitext-2
+valid calibration windows and the first ``--windows`` of the 40x512 wikitext-2 test windows (bench/common.py).
+
+  OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python bench/smoothquant_quick.py --calib 16 --windows 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REPO, load_dense, perplexity, setup_logging, token_windows  # noqa: E402
+
+log = logging.getLogger("bench.smoothquant_quick")
+ROWS = {
+    "dense": [],
+    "int8_w8a8_rtn": [{"method": "int8"}],
+    "smoothquant_0.5+int8": [{"method": "smoothquant"}, {"method": "int8"}],
+    "smoothquant_search+int8": [{"method": "smoothquant", "search": True}, {"method": "int8"}],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calib", type=int, default=16)
+    ap.add_argument("--windows", type=int, default=8)
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "smoothquant_quick.json")
+    args = ap.parse_args()
+    setup_logging()
+    from presso.compression.core.context import StepContext
+    from presso.compression.pipeline import compress
+    from presso.compression.recipe import parse_recipe
+
+    dense, tok = load_dense()
+    win = token_windows(tok)
+    calib, evals = win.calibration[: args.calib], win.evaluation[: args.windows]
+    results = {"calib_windows": list(calib.shape), "eval_windows": list(evals.shape), "rows": {}}
+    for row in args.rows.split(","):
+        model = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        if ROWS[row]:
+            recipe = parse_recipe({"steps": ROWS[row]})
+            compress(model, recipe, StepContext(calibration=calib if recipe.needs_calibration else None))
+        seconds = time.perf_counter() - t0
+        ppl = perplexity(model, evals)
+        results["rows"][row] = {"ppl": ppl, "seconds": seconds}
+        log.info("%s: ppl %.3f (%.1fs)", row, ppl, seconds)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))  # noqa: T201 - the benchmark's output
+
+
+if __name__ == "__main__":
+    main()
