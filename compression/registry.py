@@ -51,10 +51,29 @@ def _discover() -> None:
     _discovered = True
 
 
+class _ExpertReport:
+    """Wraps an engine: a step whose per-layer records touch mixture-of-experts linears gets the expert
+    summary and per-expert fields (compression.core.experts.expert_summary), for every method alike."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def apply_(self, model: nn.Module, cfg: Any, ctx: StepContext) -> dict[str, Any]:
+        from presso.compression.core.experts import expert_summary
+
+        result = self.engine.apply_(model, cfg, ctx) or {}
+        if isinstance(result.get("layers"), list) and "experts" not in result:
+            result.update(expert_summary(model, result["layers"]))
+        return result
+
+
 def engine_for(cfg: StepConfig) -> Any:
     _discover()
     try:
-        return _ENGINES[type(cfg)]()
+        return _ExpertReport(_ENGINES[type(cfg)]())
     except KeyError:
         raise NotImplementedError(f"no engine registered for method {cfg.method!r}") from None
 

@@ -46,6 +46,7 @@ def load(path: str | Path, *, adapter: bool = True, dtype: Any = None, device: s
         return model.to(device).eval()
     model = _build(ctx, dtype)
     state = ctx.reader.state()
+    _expert_view_(model, state)
     for form in forms:
         form.load(model, state, ctx)
     _load_state_(model, state, ctx.dtype)
@@ -70,6 +71,16 @@ def _build(ctx: Any, dtype: Any) -> nn.Module:
     cls: Any = auto_class(config)[0]
     with _no_init():
         return cls.from_config(config, dtype=ctx.dtype)
+
+
+def _expert_view_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Artifacts store mixture-of-experts weights per expert (compression.core.experts): give the freshly
+    built model the same per-expert view when its fused experts' keys are not in the artifact."""
+    from presso.compression.core.experts import is_fused_experts, unfuse_experts_
+
+    fused = [f"{n}.gate_up_proj" for n, m in model.named_modules() if is_fused_experts(m)]
+    if fused and not all(k in state for k in fused):
+        unfuse_experts_(model)
 
 
 def _load_state_(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:

@@ -27,6 +27,12 @@ class StepConfig(BaseModel):
         default_factory=lambda: ["lm_head"],
         description="Patterns of modules left untouched (same syntax as targets).",
     )
+    expert_min_tokens: int = Field(
+        default=16, ge=0, le=1_000_000,
+        description="Mixture-of-experts: a calibrated step compresses an expert that received fewer routed "
+        "calibration tokens than this with the data-free rounding of the same scheme (RTN; magnitude for "
+        "pruning), and its report says which experts and why. Data-free steps ignore it.",
+    )
 
     # Class-level facts the pipeline and the API read.
     needs_calibration: ClassVar[bool] = False

@@ -2,7 +2,9 @@
 
 No per-architecture tables: the block list is the largest ``nn.ModuleList`` whose children
 all share one class; its linear layers are ``nn.Linear`` or GPT-2's ``Conv1D`` (whose weight
-is stored transposed; :func:`get_weight` / :func:`set_weight_` hide that).
+is stored transposed; :func:`get_weight` / :func:`set_weight_` hide that). Fused mixture-of-experts
+parameters are first turned into per-expert linears (:mod:`presso.compression.core.experts`), so the
+experts are linears like any other; routers stay out of the selection unless a target names them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from presso.compression.configs.base import selected
+from presso.compression.configs.base import matches, selected
+from presso.compression.core.experts import UnfusedExperts, unfuse_experts_
 from presso.compression.core.quant import QuantizedWeight
 from presso.compression.core.staging import copy_to_host_, to_device
 from presso.compression.errors import NoTargetModules, UnsupportedModel
@@ -37,9 +40,11 @@ def is_linear(module: nn.Module) -> bool:
 
 
 def find_layout(model: nn.Module) -> Layout:
+    """The model's block list. Unfuses fused experts first (numerically the same forward)."""
+    unfuse_experts_(model)
     best: tuple[int, str, nn.ModuleList] | None = None
     for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+        if not isinstance(module, nn.ModuleList) or len(module) == 0 or isinstance(module, UnfusedExperts):
             continue
         if len({type(m) for m in module}) != 1:
             continue
@@ -61,13 +66,39 @@ def block_linears(block: nn.Module, block_name: str) -> dict[str, nn.Module]:
     return {f"{block_name}.{n}": m for n, m in block.named_modules() if is_linear(m)}
 
 
+ROUTER_LEAVES = ("gate", "router", "shared_expert_gate")
+
+
+def router_linears(block: nn.Module, block_name: str) -> set[str]:
+    """Names of a block's MoE routing linears: a ``gate``/``router`` beside an ``experts`` module, and
+    ``shared_expert_gate``. They stay in high precision unless a step's targets name them explicitly."""
+    out = set()
+    for name, mod in block.named_modules():
+        parent_name, _, leaf = name.rpartition(".")
+        if not is_linear(mod) or leaf not in ROUTER_LEAVES:
+            continue
+        parent = block.get_submodule(parent_name) if parent_name else block
+        if leaf == "shared_expert_gate" or hasattr(parent, "experts"):
+            out.add(f"{block_name}.{name}")
+    return out
+
+
+def _router_targeted(name: str, targets: list[str]) -> bool:
+    """A router is targeted only by name: its leaf (``gate``), its full name, or a regular expression."""
+    leaf = name.rsplit(".", 1)[-1]
+    return any(p in (leaf, name) or (p.startswith("re:") and p != "re:.*" and matches(name, p)) for p in targets)
+
+
 def select_linears(
     model: nn.Module, layout: Layout, targets: list[str], ignore: list[str]
 ) -> dict[int, dict[str, nn.Module]]:
-    """Block index -> {name: linear} chosen by the step's patterns. Fails early when none match."""
+    """Block index -> {name: linear} chosen by the step's patterns. Fails early when none match.
+    MoE routers are left out unless a target other than ``*`` names them."""
     chosen: dict[int, dict[str, nn.Module]] = {}
     for i, block in enumerate(layout.blocks):
-        lin = {n: m for n, m in block_linears(block, layout.block_name(i)).items() if selected(n, targets, ignore)}
+        routers = router_linears(block, layout.block_name(i))
+        lin = {n: m for n, m in block_linears(block, layout.block_name(i)).items()
+               if selected(n, targets, ignore) and (n not in routers or _router_targeted(n, targets))}
         chosen[i] = lin
     if not any(chosen.values()):
         raise NoTargetModules(f"targets {targets} (ignore {ignore}) match no linear layer in {layout.prefix}")

@@ -18,8 +18,8 @@ from presso.compression.configs.pruning import SparseGPTConfig
 from presso.compression.configs.quantization import QuantArgs
 from presso.compression.core.context import StepContext
 from presso.compression.core.layout import get_weight, in_out, set_quantized_, set_weight_
-from presso.compression.core.quant import resolve_group
-from presso.compression.engines.pruning.calibrated import plan, prune_blockwise
+from presso.compression.core.quant import quantize_rtn, resolve_group
+from presso.compression.engines.pruning.calibrated import magnitude_fallback, plan, prune_blockwise
 from presso.compression.engines.pruning.common import Hessians, layer_record, summarize
 from presso.compression.engines.pruning.sparsegpt.sparsegpt_math import sparsegpt_prune
 from presso.compression.errors import InvalidRecipe
@@ -47,7 +47,18 @@ class SparseGPTEngine:
         def prune_layer(name: str, mod: nn.Module, hessians: Hessians, sparsity: float) -> dict[str, Any]:
             return self._prune_one(name, mod, hessians.pop(name), cfg, sparsity, schemes[name])
 
-        layers = prune_blockwise(model, p, ctx, Hessians, prune_layer)
+        magnitude = magnitude_fallback(cfg)
+
+        def fallback(name: str, mod: nn.Module, sparsity: float, why: str) -> dict[str, Any]:
+            rec = magnitude(name, mod, sparsity, why)  # then the same joint quantization, data-free
+            qargs = schemes[name]
+            if qargs is not None:
+                w = get_weight(mod)
+                set_quantized_(mod, quantize_rtn(w, qargs))  # zeros stay exactly zero
+                rec.update(bits=qargs.bits, group_size=qargs.group_size)
+            return rec
+
+        layers = prune_blockwise(model, p, ctx, Hessians, prune_layer, fallback)
         out = {"layers": layers, "allocation": cfg.allocation, "block_sparsity": p.sparsities, **summarize(layers)}
         if cfg.bits is not None:
             out["bits"] = cfg.bits

@@ -26,6 +26,7 @@ from torch import nn
 
 from presso.compression.configs.quantization import AWQConfig, GPTQConfig, QuantArgs
 from presso.compression.core.context import StepContext
+from presso.compression.core.experts import starved_experts
 from presso.compression.core.layout import (
     block_linears,
     get_weight,
@@ -171,6 +172,7 @@ class AWQEngine:
             if not quant:
                 return {"layers": records}
             groups = observe_block(block, inputs, block_linears(block, prefix), ctx.device)
+            starved = starved_experts(model, quant, cfg.expert_min_tokens)  # counts of this one pass
             plan_block(block, prefix, groups, inputs, plan)
             verifier = None
             if cfg.verify > 0:
@@ -178,7 +180,7 @@ class AWQEngine:
                 verifier = Verifier(block, subset, forward_block(block, subset))
             pending = []
             for members in groups.groups().values():
-                if not any(n in quant for n in members):
+                if not any(n in quant for n in members) or any(n in starved for n in members):
                     continue
                 producer = plan[_rel(members, prefix)]
                 if producer is None:
@@ -190,7 +192,8 @@ class AWQEngine:
                 for rec in solve_shared(mods, schemes, h, ctx.device, gptq):
                     records.append({**rec, "awq": note})
             missing = [n for n in quant if not any(n in mods for mods, _, _ in pending)]
-            records += uncalled({n: quant[n] for n in missing}, {}, schemes, ctx.device)
+            records += uncalled({n: quant[n] for n in missing}, {}, schemes, ctx.device,
+                                {n: starved[n] for n in missing if n in starved})
             return {"layers": sorted(records, key=lambda r: list(chosen[i]).index(r["name"]))}
 
         blocks = run_blockwise(model, layout, ctx, process)

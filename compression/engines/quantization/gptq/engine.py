@@ -17,6 +17,7 @@ from torch import nn
 
 from presso.compression.configs.quantization import GPTQConfig, QuantArgs
 from presso.compression.core.context import StepContext
+from presso.compression.core.experts import starved_experts
 from presso.compression.core.layout import get_weight, set_quantized_
 from presso.compression.core.quant import QuantizedWeight, quantize_rtn, relative_error
 from presso.compression.core.sequential import BlockInputs, run_blockwise
@@ -82,18 +83,21 @@ def solve_shared(
 
 
 def uncalled(lins: dict[str, nn.Module], seen: dict[str, str], schemes: dict[str, QuantArgs | None],
-              device: torch.device) -> list[dict[str, Any]]:
-    """Linears the calibration forward never reached: RTN, and said so in the report (never skipped)."""
+              device: torch.device, reasons: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Linears the calibration forward never reached, or ``reasons`` names (experts that received too
+    few routed tokens): RTN in the same scheme, and said so in the report (never skipped)."""
     records = []
+    reasons = reasons or {}
     for name, mod in lins.items():
-        if name not in seen:
+        if name not in seen or name in reasons:
             scheme = schemes[name]
             assert scheme is not None
             w = get_weight(mod, device)
             w_hat = set_quantized_(mod, quantize_rtn(w, scheme), device)
             rec = layer_record(name, scheme, relative_error(w, w_hat))
-            rec["fallback"] = "rtn: no calibration input reached this module"
-            log.warning("%s: not reached by the calibration forward; quantized with RTN", name)
+            why = reasons.get(name, "no calibration input reached this module")
+            rec["fallback"] = f"rtn: {why}"
+            log.warning("%s: %s; quantized with RTN", name, why)
             records.append(rec)
     return records
 
@@ -120,10 +124,12 @@ class GPTQEngine:
             records = [layer_record(n, None, None) for n in chosen[i] if schemes[n] is None]
             if lins:
                 groups = observe_block(block, inputs, lins, ctx.device)
+                starved = starved_experts(model, lins, cfg.expert_min_tokens)
                 for leader, members in groups.groups().items():
-                    mods = {n: lins[n] for n in members}
-                    records += solve_shared(mods, schemes, groups.hessian(leader), ctx.device, cfg)
-                records += uncalled(lins, groups.leader_of, schemes, ctx.device)
+                    mods = {n: lins[n] for n in members if n not in starved}
+                    if mods:
+                        records += solve_shared(mods, schemes, groups.hessian(leader), ctx.device, cfg)
+                records += uncalled(lins, groups.leader_of, schemes, ctx.device, starved)
             return {"layers": sorted(records, key=lambda r: list(chosen[i]).index(r["name"]))}
 
         blocks = run_blockwise(model, layout, ctx, process)
