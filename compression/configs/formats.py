@@ -34,7 +34,19 @@ class FormatStep(StepConfig):
         return False
 
 
-class FP8Config(FormatStep):
+class GPTQRounding(FormatStep):
+    """Formats whose weights may be rounded by GPTQ onto their own grid (fp8, nvfp4, mxfp4)."""
+
+    rounding: Literal["rtn", "gptq"] = Field(
+        default="rtn",
+        description="Weight rounding onto the format's grid: round-to-nearest (default), or GPTQ (calibrated: the "
+        "second-order OBS error compensation with each column rounded to the format's values; the format's scales "
+        "stay the round-to-nearest ones).")
+    damp_percent: float = Field(default=0.01, gt=0, lt=1, description="GPTQ dampening, fraction of mean diag(H).")
+    block_size: int = Field(default=128, ge=1, le=4096, description="GPTQ columns per lazy batch update.")
+
+
+class FP8Config(GPTQRounding):
     """FP8 E4M3 weights (per channel, per tensor or 128x128 blocks) and FP8 activations."""
 
     method: Literal["fp8"] = "fp8"
@@ -58,7 +70,7 @@ class FP8Config(FormatStep):
         return self.activations or FP8_PRESETS[self.scheme][1]
 
     def uses_calibration(self) -> bool:
-        return self.act_mode() == "static_tensor"
+        return self.act_mode() == "static_tensor" or self.rounding == "gptq"
 
 
 class INT8Config(FormatStep):
@@ -82,7 +94,7 @@ class INT8Config(FormatStep):
         return self.rounding == "gptq" or self.activations == "static_tensor"
 
 
-class NVFP4Config(FormatStep):
+class NVFP4Config(GPTQRounding):
     """NVFP4: FP4 E2M1 weights in groups of 16 with FP8 scales and a per-tensor FP32 global scale."""
 
     method: Literal["nvfp4"] = "nvfp4"
@@ -93,10 +105,10 @@ class NVFP4Config(FormatStep):
     summary: ClassVar[str] = "NVFP4 W4A4 (calibrated activation global scales) or W4A16."
 
     def uses_calibration(self) -> bool:
-        return self.scheme == "NVFP4"
+        return self.scheme == "NVFP4" or self.rounding == "gptq"
 
 
-class MXFP4Config(FormatStep):
+class MXFP4Config(GPTQRounding):
     """MXFP4 (OCP Microscaling): FP4 E2M1 weights in groups of 32 with E8M0 (power-of-two) scales."""
 
     method: Literal["mxfp4"] = "mxfp4"
@@ -107,3 +119,6 @@ class MXFP4Config(FormatStep):
         description="Group exponent: 'round' (compressed-tensors / llm-compressor: the absmax rounded to a power "
         "of two first) or 'floor' (the OCP MX spec's floor(log2 absmax) - 2).")
     summary: ClassVar[str] = "MXFP4 W4A4 or W4A16 (groups of 32, E8M0 scales)."
+
+    def uses_calibration(self) -> bool:
+        return self.rounding == "gptq"

@@ -5,7 +5,8 @@ artifact stores them, and the dequantized weight in ``module.weight``) and insta
 quantizer (compression.core.actquant) on the layer, so the job's evaluation and gate see quantized activations.
 
 Schemes with static activation scales (FP8 static, INT8 static, NVFP4's global scale) and GPTQ rounding
-(int8) calibrate layer by layer (compression.core.sequential.run_blockwise): a block's Linear inputs are
+(int8 on its integer grid; fp8 / nvfp4 / mxfp4 onto their own grids: formats/gptq_format.py) calibrate
+layer by layer (compression.core.sequential.run_blockwise): a block's Linear inputs are
 observed with the earlier blocks already quantized, weights and activations included; the block is then
 quantized and its (quantized) output feeds the next block. Dynamic schemes need no data and quantize each
 layer directly.
@@ -28,7 +29,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from presso.compression.configs.formats import FormatStep, FP8Config, INT8Config, MXFP4Config, NVFP4Config
+from presso.compression.configs.formats import (
+    FormatStep,
+    FP8Config,
+    GPTQRounding,
+    INT8Config,
+    MXFP4Config,
+    NVFP4Config,
+)
 from presso.compression.configs.quantization import QuantArgs
 from presso.compression.core import actquant
 from presso.compression.core.context import StepContext
@@ -48,6 +56,7 @@ from presso.compression.core.layout import find_layout, get_weight, select_linea
 from presso.compression.core.quant import quantize_rtn, relative_error
 from presso.compression.core.sequential import BlockInputs, observe_inputs, run_blockwise
 from presso.compression.core.targets import targeted_linears
+from presso.compression.engines.quantization.formats.gptq_format import gptq_format
 from presso.compression.errors import InvalidRecipe
 from presso.compression.registry import register
 
@@ -171,12 +180,15 @@ class FormatEngine:
                 w_hat = set_quantized_(mod, qw, device)
                 return None, relative_error(w, w_hat)
             fw = int8_weight(qw.q, qw.scale)
-        elif plan.kind == "nvfp4" and global_scale is not None:  # shared by fused siblings
-            f = quantize_nvfp4(w, global_scale.to(w.device))
-            fw = FormatWeight("nvfp4", "tensor_group", f.codes, f.scale, f.global_scale, group_size=f.group_size)
         else:
-            mode = "ocp" if isinstance(cfg, MXFP4Config) and cfg.scale_rule == "floor" else "ct"
-            fw = quantize_weight(w, plan.kind, plan.strategy, FP8_BLOCK, mode)
+            if plan.kind == "nvfp4" and global_scale is not None:  # shared by fused siblings
+                f = quantize_nvfp4(w, global_scale.to(w.device))
+                fw = FormatWeight("nvfp4", "tensor_group", f.codes, f.scale, f.global_scale, group_size=f.group_size)
+            else:
+                mode = "ocp" if isinstance(cfg, MXFP4Config) and cfg.scale_rule == "floor" else "ct"
+                fw = quantize_weight(w, plan.kind, plan.strategy, FP8_BLOCK, mode)
+            if hessian is not None and isinstance(cfg, GPTQRounding):  # onto the same grid, second-order
+                fw, _ = gptq_format(w, hessian, fw, damp_percent=cfg.damp_percent, block_size=cfg.block_size)
         w_hat = fw.dequantize(device)
         set_weight_(mod, w_hat)  # drops earlier codes (presso_quant / presso_format)
         setattr(mod, FORMAT_ATTR, fw.cpu())
@@ -203,7 +215,7 @@ class FormatEngine:
     def apply_(self, model: nn.Module, cfg: FormatStep, ctx: StepContext) -> dict[str, Any]:
         layout, chosen = targeted_linears(model, cfg)
         plans = {n: plan_layer(cfg, n, m) for lins in chosen.values() for n, m in lins.items()}
-        gptq = isinstance(cfg, INT8Config) and cfg.rounding == "gptq"
+        gptq = getattr(cfg, "rounding", "rtn") == "gptq"
         installed: list[actquant.ActQuantizer] = []
         if cfg.uses_calibration():
             blocks = run_blockwise(model, layout, ctx, lambda i, block, inputs: {
