@@ -29,6 +29,7 @@ from presso.compression.pipeline import compress, preflight
 from presso.compression.recipe import Recipe
 from presso.compression.registry import engine_for
 from presso.compression.spec import Gate, LocalJobSpec
+from presso.compression.streamjob import run_streaming, stream_decision
 from presso.compression.version import presso_version
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,10 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
     for r in recipes:  # a missing engine fails before the hour of work
         for s in r.steps:
             engine_for(s)
+    decision = stream_decision(spec)  # block by block from the shards (compression.streamjob)
+    if decision.stream:
+        log.info("streaming the model block by block: %s", decision.reason)
+        return run_streaming(spec, progress=progress, should_stop=should_stop)  # type: ignore[no-any-return]
     progress("load", 0.0)
     lm = load_model(spec.model_dir, max_params=spec.max_params)
     for r in recipes:  # what needs the model's shapes fails now too, not after calibration or another attempt

@@ -138,6 +138,7 @@ def compress(model: nn.Module, recipe: Recipe, ctx: StepContext, after_step: Aft
         t0 = time.perf_counter()
         kv = calibrate_(model, recipe.kv_cache, ctx)
         steps.append({"method": "kv_cache", "seconds": time.perf_counter() - t0, **kv})
-    model.to("cpu")
+    if ctx.stream is None:  # a streamed model's blocks are written and released already (on the meta device)
+        model.to("cpu")
     staging.release()  # pinned staging memory is not kept between jobs
     return {"steps": steps, "seconds": time.perf_counter() - t_all}

@@ -96,6 +96,12 @@ class JobSpec(_Strict):
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    streaming: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Compress block by block from the model's shards into the artifact's (docs/streaming.md): "
+        "'auto' when the weights exceed the worker's host-memory budget, 'on' whenever the job allows it, 'off' "
+        "never. A job that cannot be streamed (evaluation, chains, methods other than rtn/gptq) runs in memory.",
+    )
 
     @field_validator("calibration", "evaluation", "output", mode="before")
     @classmethod

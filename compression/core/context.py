@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -33,6 +34,9 @@ class StepContext:
     batch_size: int = 8
     # Weights of every Linear before the first lossy step: name -> [out, in] on CPU (EoRA needs them).
     originals: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Streaming (compression.io.streamwrite): blocks start on the meta device; run_blockwise asks it to read
+    # each block before its work and hands it each finished block to write and release. None: in memory.
+    stream: Any = None
 
     def report(self, fraction: float) -> None:
         if self.should_stop():

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -122,21 +122,44 @@ def observe_inputs(
 BlockFn = Callable[[int, nn.Module, BlockInputs], dict[str, Any] | None]
 
 
-def run_blockwise(model: nn.Module, layout: Layout, ctx: StepContext, process: BlockFn) -> list[dict[str, Any]]:
+class BlockStream(Protocol):
+    """Where blocks come from and go to when the model is streamed (``StepContext.stream``)."""
+
+    def load(self, i: int, block: nn.Module) -> None:
+        """Read block ``i``'s weights (it is on the meta device until then)."""
+
+    def done(self, i: int, block: nn.Module, result: dict[str, Any]) -> None:
+        """Block ``i`` is compressed and its outputs computed: write it and release its memory."""
+
+
+def run_blockwise(model: nn.Module, layout: Layout, ctx: StepContext, process: BlockFn, *,
+                  calibrated: bool = True) -> list[dict[str, Any]]:
     """Run ``process(i, block, inputs)`` on each block in order, feeding it the outputs of the
-    already-processed blocks. Returns the per-block results."""
-    inputs = capture_inputs(model, layout, ctx)
+    already-processed blocks. Returns the per-block results.
+
+    ``calibrated=False``: no inputs (``process`` gets empty ones) and no forward; what a calibration-free
+    engine uses when the model is streamed (``ctx.stream``), so it still sees one block at a time."""
+    stream: BlockStream | None = ctx.stream
+    if stream is not None:
+        stream.load(0, layout.blocks[0])
+    inputs = capture_inputs(model, layout, ctx) if calibrated else BlockInputs(hidden=[], kwargs=[])
     results: list[dict[str, Any]] = []
     n = len(layout.blocks)
     for i, block in enumerate(layout.blocks):
         t0 = time.perf_counter()
+        if stream is not None and i > 0:
+            stream.load(i, block)
         home = next(block.parameters()).device
-        block.to(ctx.device)
+        if calibrated:
+            block.to(ctx.device)
         res = process(i, block, inputs)
         t1 = time.perf_counter()
         results.append(res or {})
-        inputs = BlockInputs(hidden=forward_block(block, inputs), kwargs=inputs.kwargs)
-        block.to(home)
+        if calibrated:
+            inputs = BlockInputs(hidden=forward_block(block, inputs), kwargs=inputs.kwargs)
+            block.to(home)
+        if stream is not None:
+            stream.done(i, block, results[-1])
         ctx.report((i + 1) / n)
         log.info("block %d/%d done in %.2fs (compress %.2fs, forward %.2fs)", i + 1, n,
                  time.perf_counter() - t0, t1 - t0, time.perf_counter() - t1)

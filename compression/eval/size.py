@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,14 @@ def weight_stats(model: nn.Module) -> dict[str, Any]:
         layout = find_layout(model)
     except Exception:
         return {}
+    return stats_dict(*linear_bits(layout.blocks.modules()))
+
+
+def linear_bits(modules: Iterable[nn.Module]) -> tuple[int, float, int]:
+    """(weights, stored bits, zeros) of the linear layers among ``modules`` (summed block by block when
+    streaming: compression.io.streamwrite)."""
     n_weights, bits, zeros = 0, 0.0, 0
-    for m in layout.blocks.modules():
+    for m in modules:
         if not is_linear(m):
             continue
         w: torch.Tensor = getattr(m, "weight")  # noqa: B009
@@ -55,6 +62,10 @@ def weight_stats(model: nn.Module) -> dict[str, Any]:
             bits += w.numel() * qw.bits + extra
         else:
             bits += w.numel() * w.element_size() * 8
+    return n_weights, bits, zeros
+
+
+def stats_dict(n_weights: int, bits: float, zeros: int) -> dict[str, Any]:
     if n_weights == 0:
         return {}
     return {

@@ -51,7 +51,32 @@ def _state_without_ties(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def _save_shards(state: dict[str, torch.Tensor], out_dir: Path) -> list[Path]:
+def module_order(names: list[str], reference: list[str]) -> list[str]:
+    """``names`` ordered by their module's place in ``reference`` (the model's state_dict keys), stable within
+    a module: a form's tensors (``x.weight_packed``, ``x.weight_scale``, ...) stay where ``x.weight`` was, so
+    shards hold whole blocks in model order, whether the model was written at once or block by block
+    (compression.io.streamwrite)."""
+    rank: dict[str, int] = {}
+    for i, key in enumerate(reference):
+        parts = key.split(".")
+        for j in range(1, len(parts)):
+            rank.setdefault(".".join(parts[:j]), i)
+        rank.setdefault(key, i)
+
+    def rank_of(name: str) -> int:
+        parts = name.split(".")
+        for j in range(len(parts), 0, -1):
+            hit = rank.get(".".join(parts[:j]))
+            if hit is not None:
+                return hit
+        return len(reference)
+
+    return sorted(names, key=rank_of)
+
+
+def _save_shards(state: dict[str, torch.Tensor], out_dir: Path, reference: list[str] | None = None) -> list[Path]:
+    if reference is not None:
+        state = {n: state[n] for n in module_order(list(state), reference)}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name, t in state.items():
@@ -97,12 +122,26 @@ def write_model(model: nn.Module, tokenizer: Any | None, out_dir: Path, fmt: str
     options = WriteOptions(format=fmt, sparse_format=sparse_format)
     model = model.to("cpu")
     state = _state_without_ties(model)
-    config = getattr(model, "config").to_dict()  # noqa: B009
-    for key in ("quantization_config", "auto_map"):
-        config.pop(key, None)
+    config = model_config(model)
+    reference = list(state)
     forms = export_state(model, state, config, options)
-    _save_shards(state, out_dir)
+    _save_shards(state, out_dir, reference)
     write_side_files(model, out_dir, options)  # e.g. the PEFT adapter of EoRA residuals
+    write_model_files(model, tokenizer, out_dir, config, source_dir)
+    return forms
+
+
+def model_config(model: nn.Module) -> dict[str, Any]:
+    """config.json of the artifact before the forms add theirs (no input quantization_config, no auto_map)."""
+    config: dict[str, Any] = getattr(model, "config").to_dict()  # noqa: B009
+    for key in ("quantization_config", "auto_map", "_name_or_path"):  # the last: a temporary load path
+        config.pop(key, None)
+    return config
+
+
+def write_model_files(model: nn.Module, tokenizer: Any | None, out_dir: Path, config: dict[str, Any],
+                      source_dir: Path | None) -> None:
+    """config.json, the input model's kept files, and the generation config / tokenizer when not kept."""
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
     kept = kept_files(source_dir)
     for path in kept:
@@ -116,7 +155,6 @@ def write_model(model: nn.Module, tokenizer: Any | None, out_dir: Path, fmt: str
             log.warning("generation_config not saved: %s", exc)
     if tokenizer is not None and not any(n.startswith("tokenizer") for n in names):
         tokenizer.save_pretrained(str(out_dir))
-    return forms
 
 
 def encode(out_dir: Path, encoding: str, **options: Any) -> dict[str, Any]:

@@ -85,23 +85,7 @@ class PackQuantized(Format):
             groups[_scheme_key(qw)].append(name)
         if not groups:
             return False
-        config["quantization_config"] = {
-            "quant_method": "compressed-tensors",
-            "format": "pack-quantized",
-            "quantization_status": "compressed",
-            **({"dequantize": True} if len(groups) == 1 else {}),
-            "config_groups": {
-                f"group_{i}": {
-                    "targets": ["re:^(" + "|".join(re.escape(n) for n in names) + ")$"],
-                    "weights": _weights_args(*key),
-                    "input_activations": None,
-                    "output_activations": None,
-                    "format": "pack-quantized",
-                }
-                for i, (key, names) in enumerate(sorted(groups.items()))
-            },
-            "ignore": [],
-        }
+        config["quantization_config"] = pack_quantized_config(groups)
         return True
 
     def present(self, ctx: LoadContext) -> bool:
@@ -123,6 +107,29 @@ class PackQuantized(Format):
             log.info("kept %d pack-quantized layers packed", pack_layers_(model, state, ctx.qcfg, ctx.dtype))
         else:
             dequantize_packed_(state, ctx.qcfg, ctx.dtype)
+
+
+def pack_quantized_config(groups: dict[tuple[int, int, bool], list[str]]) -> dict[str, Any]:
+    """The compressed-tensors ``quantization_config`` of pack-quantized layers: (bits, group, symmetric) -> the
+    module names in model order (what ``PackQuantized.export`` collects; the streaming writer collects it
+    block by block)."""
+    return {
+        "quant_method": "compressed-tensors",
+        "format": "pack-quantized",
+        "quantization_status": "compressed",
+        **({"dequantize": True} if len(groups) == 1 else {}),
+        "config_groups": {
+            f"group_{i}": {
+                "targets": ["re:^(" + "|".join(re.escape(n) for n in names) + ")$"],
+                "weights": _weights_args(*key),
+                "input_activations": None,
+                "output_activations": None,
+                "format": "pack-quantized",
+            }
+            for i, (key, names) in enumerate(sorted(groups.items()))
+        },
+        "ignore": [],
+    }
 
 
 def _weight_args(name: str, qcfg: dict[str, Any]) -> dict[str, Any]:

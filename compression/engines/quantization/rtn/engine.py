@@ -11,6 +11,7 @@ from presso.compression.configs.quantization import RTNConfig
 from presso.compression.core.context import StepContext
 from presso.compression.core.layout import get_weight, set_quantized_
 from presso.compression.core.quant import relative_error
+from presso.compression.core.sequential import run_blockwise
 from presso.compression.core.targets import targeted_linears
 from presso.compression.engines.quantization.common import layer_record, schemes_for
 from presso.compression.engines.quantization.rtn.rtn_math import quantize_rtn
@@ -21,11 +22,12 @@ from presso.compression.registry import register
 class RTNEngine:
     @torch.no_grad()
     def apply_(self, model: nn.Module, cfg: RTNConfig, ctx: StepContext) -> dict[str, Any]:
-        _, chosen = targeted_linears(model, cfg)
+        layout, chosen = targeted_linears(model, cfg)
         schemes = schemes_for(chosen, cfg)
-        layers = []
-        for i, lins in chosen.items():
-            for name, mod in lins.items():
+
+        def quantize_block(i: int) -> list[dict[str, Any]]:
+            layers = []
+            for name, mod in chosen[i].items():
                 scheme = schemes[name]
                 if scheme is not None:
                     w = get_weight(mod, ctx.device)
@@ -33,5 +35,14 @@ class RTNEngine:
                     layers.append(layer_record(name, scheme, relative_error(w, w_hat)))
                 else:
                     layers.append(layer_record(name, None, None))
+            return layers
+
+        if ctx.stream is not None:  # streamed: each block is read, quantized, written and released in turn
+            blocks = run_blockwise(model, layout, ctx, lambda i, _b, _x: {"layers": quantize_block(i)},
+                                   calibrated=False)
+            return {"layers": [rec for b in blocks for rec in b["layers"]]}
+        layers = []
+        for i in chosen:
+            layers += quantize_block(i)
             ctx.report((i + 1) / len(chosen))
         return {"layers": layers}

@@ -1,0 +1,114 @@
+"""The streamed artifact: read each block from the shards, write it when compressed, release it.
+
+``StreamedArtifact`` is the ``BlockStream`` (compression.core.sequential) of a streamed job. ``load(i)``
+reads block ``i`` from the input shards (compression.io.lazy); ``done(i)`` exports the compressed block as
+the writer would (``PackQuantized``'s tensors, or plain weights for ``output.format = "dense"``), appends its
+tensors to the current output shard (compression.io.shards.ShardWriter) in the order
+``compression.io.artifact.write_model`` stores them, and puts the block back on the meta device. What lies
+outside the block list is written before the first block (what precedes it in the model, e.g. the
+embeddings) and at ``finish`` (the final norm, the head). ``finish`` returns config.json's content with the
+``quantization_config`` collected block by block: the artifact is the one the in-memory writer produces
+(tests/compression/test_streaming.py compares the bytes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from presso.compression.core.layout import Layout, quantized_of
+from presso.compression.eval.size import linear_bits, stats_dict
+from presso.compression.io import artifact
+from presso.compression.io.formats import DENSE, WriteOptions
+from presso.compression.io.formats.quantized import PackQuantized, _scheme_key, pack_quantized_config
+from presso.compression.io.lazy import materialize_, missing_parameters, release_
+from presso.compression.io.shards import ShardReader, ShardWriter
+
+log = logging.getLogger(__name__)
+STREAM_FORMATS = ("compressed", "dense")
+
+
+class StreamedArtifact:
+    def __init__(self, model: nn.Module, layout: Layout, reader: ShardReader, out_dir: Path,
+                 options: WriteOptions, shard_bytes: int | None = None) -> None:
+        if options.format not in STREAM_FORMATS:
+            raise ValueError(f"output format {options.format!r} is not streamed")
+        self.model, self.layout, self.reader, self.options = model, layout, reader, options
+        self.writer = ShardWriter(out_dir, shard_bytes or artifact.SHARD_BYTES)
+        self.groups: dict[tuple[int, int, bool], list[str]] = defaultdict(list)
+        self.bits = (0, 0.0, 0)
+        self.done_blocks: list[int] = []
+        head, self.tail = self._outside()
+        for name, t in head:
+            self.writer.add(name, t)
+
+    def _outside(self) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
+        """The tensors outside the block list, as compression.io.artifact keeps them (ties dropped), split
+        into those before the blocks in the model's order and those after."""
+        prefix = self.layout.prefix + "."
+        tie = getattr(self.model.config, "tie_word_embeddings", False)
+        head: list[tuple[str, torch.Tensor]] = []
+        tail: list[tuple[str, torch.Tensor]] = []
+        seen: set[int] = set()
+        after = False
+        for name, t in self.model.state_dict(keep_vars=False).items():
+            if name.startswith(prefix):
+                after = True
+                continue
+            key = t.data_ptr() if t.numel() else id(t)
+            if key in seen and tie:
+                continue
+            seen.add(key)
+            (tail if after else head).append((name, t.detach()))
+        return head, tail
+
+    def load(self, i: int, block: nn.Module) -> None:
+        materialize_(block, self.layout.block_name(i), self.reader)
+        missing = missing_parameters(block)
+        if missing:
+            from presso.compression.errors import ModelLoadError
+
+            raise ModelLoadError(f"block {i}: weights missing from the checkpoint: {', '.join(missing[:5])}")
+
+    def done(self, i: int, block: nn.Module, result: dict[str, Any]) -> None:
+        block.to("cpu")
+        prefix = self.layout.block_name(i)
+        state = {k: v.detach().contiguous() for k, v in block.state_dict(keep_vars=False).items()}
+        reference = list(state)
+        for name, mod in block.named_modules():
+            qw = quantized_of(mod)
+            if (self.options.format == "compressed" and qw is not None and isinstance(mod, nn.Linear)
+                    and f"{name}.weight" in state):
+                self.groups[_scheme_key(qw)].append(f"{prefix}.{name}")
+        if self.options.format == "compressed":
+            PackQuantized().export(block, state, {}, self.options)
+        for name in artifact.module_order(list(state), reference):
+            self.writer.add(f"{prefix}.{name}", state[name])
+        n, bits, zeros = linear_bits(block.modules())
+        self.bits = (self.bits[0] + n, self.bits[1] + bits, self.bits[2] + zeros)
+        del state
+        release_(block)
+        self.done_blocks.append(i)
+
+    def finish(self) -> tuple[list[str], dict[str, Any], list[Path]]:
+        """Write what follows the blocks and close the shards; returns (forms, config.json content, files)."""
+        for name, t in self.tail:
+            self.writer.add(name, t)
+        files = self.writer.finish()
+        config = artifact.model_config(self.model)
+        forms = [DENSE.name]
+        if self.groups:
+            config["quantization_config"] = pack_quantized_config(dict(self.groups))
+            forms.append(PackQuantized.name)
+        return forms, config, files
+
+    def weight_stats(self) -> dict[str, Any]:
+        return stats_dict(*self.bits)
+
+    def abort(self) -> None:
+        self.writer.abort()
