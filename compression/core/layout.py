@@ -40,10 +40,19 @@ def is_linear(module: nn.Module) -> bool:
 
 
 def find_layout(model: nn.Module) -> Layout:
-    """The model's block list. Unfuses fused experts first (numerically the same forward)."""
+    """The model's block list. Unfuses fused experts first (numerically the same forward).
+
+    Vision-language models: the search stays inside the language model (its blocks are what a recipe
+    compresses by default; vision tower and projector are kept). Encoder-decoder models are refused:
+    one block list would leave the other stack uncompressed."""
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedModel(
+            f"{type(model).__name__}: encoder-decoder models ({getattr(config, 'model_type', '?')}) are not "
+            "supported: Presso compresses one repeated block list and would leave the other stack uncompressed")
     unfuse_experts_(model)
     best: tuple[int, str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
+    for name, module in _search_space(model):
         if not isinstance(module, nn.ModuleList) or len(module) == 0 or isinstance(module, UnfusedExperts):
             continue
         if len({type(m) for m in module}) != 1:
@@ -59,6 +68,14 @@ def find_layout(model: nn.Module) -> Layout:
             "Presso needs a transformer-style stack of identical blocks"
         )
     return Layout(prefix=best[1], blocks=best[2])
+
+
+def _search_space(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Named modules to search for the block list: the language model's where there is one (VLMs)."""
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "language_model" and any(isinstance(m, nn.ModuleList) for m in module.modules()):
+            return [(f"{name}.{n}" if n else name, m) for n, m in module.named_modules()]
+    return list(model.named_modules())
 
 
 def block_linears(block: nn.Module, block_name: str) -> dict[str, nn.Module]:

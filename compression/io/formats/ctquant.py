@@ -49,6 +49,9 @@ FORMAT_ATTR = "presso_format"
 _STASH = "_presso_act_scales"  # LoadContext attribute: module name -> (input args, static scale)
 
 
+_EXPERT = re.compile(r"experts\\?\.\d+\\?\.")  # an expert linear's name in a (re.escape'd) target
+
+
 def _targets(names: list[str]) -> list[str]:
     return ["re:^(" + "|".join(re.escape(n) for n in names) + ")$"]
 
@@ -132,6 +135,15 @@ class CTQuantized(Format):
         if fw.global_scale is not None:
             out["weight_global_scale"] = fw.global_scale.float().reshape(1).clone()  # fused siblings share it
         return out
+
+    def loaders_for(self, ctx: LoadContext) -> tuple[str, ...]:
+        """Without transformers when mixture-of-experts linears quantize their activations: transformers 5.25 +
+        compressed-tensors 0.20.1 fuse the per-expert weights back into 3-D experts (dequantized, right) but run
+        the experts' activations unquantized, so its logits differ from the artifact's (issue 20)."""
+        groups = [g for g in (ctx.qcfg.get("config_groups") or {}).values() if _group_format(g, ctx.qcfg) == self.name]
+        if any(g.get("input_activations") and any(_EXPERT.search(t) for t in g.get("targets", [])) for g in groups):
+            return tuple(n for n in self.loaders if n != "transformers")
+        return self.loaders
 
     def present(self, ctx: LoadContext) -> bool:
         """Groups of this form that Presso wrote (exact module names); another writer's checkpoint (targets
