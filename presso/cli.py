@@ -16,18 +16,23 @@ import logging
 import os
 import sys
 
-from presso.commands import admin, doctor, local, remote, service
+from presso.commands import admin, browse, doctor, local, remote, service
 
 EPILOG = """examples:
   presso serve                       start the embedded service (prints a dev API key)
   presso compress ./model --recipe '{"steps":[{"method":"rtn","bits":4}]}' --out ./out
   presso submit file:///models/tiny --recipe recipe.json --wait
   presso status 3f2a...              show one job
+  presso list --label team=nlp       jobs with that label (table; --json)
+  presso report 3f2a...              per-layer report of a finished job
+  presso methods gptq                a method's parameters
+  presso logs 3f2a... --follow       the worker's log lines of a job
+  presso login --server URL          check a key, save it in ~/.config/presso/config.toml
   presso download 3f2a... ./out      fetch, verify sha256 and restore the artifact
   presso admin create-tenant acme    (needs PRESSO_ADMIN_KEY)
   presso doctor                      which native paths (codec, CUDA kernels) this install uses
 
-environment: PRESSO_SERVER, PRESSO_API_KEY, PRESSO_DATABASE_URL, PRESSO_BROKER_URL,
+environment: PRESSO_SERVER, PRESSO_API_KEY, PRESSO_PROFILE, PRESSO_CONFIG, PRESSO_DATABASE_URL, PRESSO_BROKER_URL,
 PRESSO_STORE_URL, PRESSO_DATA_DIR ... (see docs/service.md)"""
 
 
@@ -38,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (service, local, remote, admin, doctor):
+    for module in (service, local, remote, browse, admin, doctor):
         module.register(sub)
     return parser
 
@@ -50,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else getattr(logging, os.environ.get("PRESSO_LOG_LEVEL", "INFO")),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # one INFO line per HTTP request would break `--wait`'s progress line
+        for noisy in ("httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 
 from presso.client import PressoClient
-from presso.commands.remote import show_progress
 
 DEFAULT_RECIPE = {"steps": [{"method": "rtn", "bits": 4, "group_size": 64}]}
 
@@ -114,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                     "evaluation": {"uri": eval_text.as_uri(), "windows": 4, "seq_len": 256}}
             job = client.submit(body)
             print(f"submitted job {job['id']} over HTTP")
-            job = client.wait(job["id"], timeout=3600, poll=1.0, on_update=show_progress)
-            if job["state"] != "succeeded":
-                print(json.dumps(job, indent=2))
+            job = client.wait(job["id"], timeout=3600, poll=1.0, progress=True)
+            if job.state != "succeeded":
+                print(json.dumps(job.to_dict(), indent=2))
                 return 1
             files = client.download(job["id"], args.out, overwrite=True)  # an earlier demo's artifact only
             print(f"downloaded {len(files)} files to {args.out} (sha256 verified)\n")

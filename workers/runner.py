@@ -16,7 +16,7 @@ from typing import Any
 
 from presso.app.jobs.models import JobState
 from presso.compression.errors import CompressionError
-from presso.workers import lease, liveness
+from presso.workers import joblog, lease, liveness
 from presso.workers.context import WorkerContext
 from presso.workers.heartbeat import Heartbeat
 from presso.workers.spec import build_spec
@@ -44,7 +44,10 @@ def run_job(job_id: str, ctx: WorkerContext) -> str:
     if settings.work_dir:
         settings.work_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_job_dirs(job_id, settings.work_dir)
-    with hb, tempfile.TemporaryDirectory(prefix=f"presso-job-{job_id}-", dir=settings.work_dir) as tmp:
+    with (joblog.capture(ctx.session_factory, job_id, claim.attempt), hb,
+          tempfile.TemporaryDirectory(prefix=f"presso-job-{job_id}-", dir=settings.work_dir) as tmp):
+        log.info("job %s attempt %d/%d started on %s", job_id, claim.attempt, claim.max_attempts,
+                 liveness.current_worker_id() or "this process")
         try:
             return _attempt(ctx, claim, hb, Path(tmp))
         except BaseException as exc:  # noqa: BLE001 - every outcome is recorded on the row

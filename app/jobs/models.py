@@ -6,7 +6,18 @@ import datetime as dt
 import enum
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -62,6 +73,11 @@ class Job(Base):
         Integer, nullable=True, comment="The process of that worker that runs the attempt.")
     plan: Mapped[dict[str, Any] | None] = mapped_column(
         JSONType, nullable=True, comment="The resource plan (compression/plan.py).")
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True, comment="A name the user chose.")
+    labels: Mapped[dict[str, str]] = mapped_column(
+        JSONType, default=dict, comment="Key/value labels (filterable: GET /v1/jobs?label=k=v).")
+    user_metadata: Mapped[dict[str, Any] | None] = mapped_column(
+        "metadata", JSONType, nullable=True, comment="Free JSON the user attached (capped in size).")
 
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     queued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -86,3 +102,18 @@ class Worker(Base):
     queues: Mapped[str] = mapped_column(String(255), default="")
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class JobLog(Base):
+    """One log line of a job's attempt, as the worker logged it (workers/joblog.py); GET /v1/jobs/{id}/logs."""
+
+    __tablename__ = "job_logs"
+    __table_args__ = (Index("ix_job_logs_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    level: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)

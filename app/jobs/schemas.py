@@ -5,14 +5,54 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from presso.compression.spec import JobSpec
 
+MAX_LABELS = 32
+MAX_LABEL_VALUE = 128
+MAX_METADATA_BYTES = 16 * 1024
+LABEL_KEY = r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$"
+SERVICE_FIELDS = ("name", "labels", "metadata")
+
 
 class JobCreate(JobSpec):
-    """The body of ``POST /v1/jobs``: the library's ``JobSpec`` itself (presso.compression.spec), so the API,
-    the CLI and the worker read one definition."""
+    """The body of ``POST /v1/jobs``: the library's ``JobSpec`` (presso.compression.spec), so the API, the CLI
+    and the worker read one definition, plus what only the service keeps: a name, labels and metadata."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200, description="A name for people.")
+    labels: dict[str, str] = Field(
+        default_factory=dict, max_length=MAX_LABELS,
+        description=f"Key/value labels, filterable (GET /v1/jobs?label=team=nlp). At most {MAX_LABELS}; keys "
+        f"{LABEL_KEY}, values at most {MAX_LABEL_VALUE} characters.",
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None, description=f"Free JSON kept with the job (at most {MAX_METADATA_BYTES} bytes as JSON).")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for key, item in value.items():
+            if not re.match(LABEL_KEY, key):
+                raise ValueError(f"label key {key[:80]!r} must match {LABEL_KEY}")
+            if len(item) > MAX_LABEL_VALUE:
+                raise ValueError(f"label {key!r}: value longer than {MAX_LABEL_VALUE} characters")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        import json
+
+        if value is not None and len(json.dumps(value, separators=(",", ":")).encode()) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
+        return value
+
+    def stored(self) -> dict[str, Any]:
+        """The compression request the worker reads (JobSpec only; name, labels and metadata are columns)."""
+        return {k: v for k, v in super().stored().items() if k not in SERVICE_FIELDS}
 
 
 class Progress(BaseModel):
@@ -41,6 +81,22 @@ class JobPublic(BaseModel):
     finished_at: dt.datetime | None = None
     metrics: dict[str, Any] | None = None
     error: JobError | None = None
+    name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, Any] | None = None
+
+
+class JobLogLine(BaseModel):
+    seq: int = Field(description="Increasing; pass the last one seen as ?after= to read what follows.")
+    at: dt.datetime
+    attempt: int
+    level: str
+    message: str
+
+
+class JobLogs(BaseModel):
+    data: list[JobLogLine]
+    next_after: int | None = Field(default=None, description="The last seq returned (pass as ?after=).")
 
 
 class JobsPublic(BaseModel):

@@ -17,8 +17,16 @@ from presso.app.core.db import utcnow
 from presso.app.core.errors import IdempotencyConflict, InvalidInput, JobFinished, NotFound, TooManyJobs
 from presso.app.core.queue import Publisher
 from presso.app.core.settings import Settings
-from presso.app.jobs.models import Job, JobState
-from presso.app.jobs.schemas import JobCreate, JobError, JobPublic, Progress
+from presso.app.jobs.models import Job, JobLog, JobState
+from presso.app.jobs.schemas import (
+    SERVICE_FIELDS,
+    JobCreate,
+    JobError,
+    JobLogLine,
+    JobLogs,
+    JobPublic,
+    Progress,
+)
 from presso.app.jobs.uris import check_uri
 from presso.app.tenants.models import Tenant
 from presso.compression.configs import StepConfig
@@ -71,7 +79,8 @@ def create_job(
     # The request as given, without defaults: the worker parses it again, and a default must stay a default
     # there (the default group_size 128 falls back to per channel on a narrower layer; an explicit one is an error).
     payload = body.stored()
-    digest = request_hash(payload)
+    digest = request_hash({**payload, **body.model_dump(mode="json", include=set(SERVICE_FIELDS),
+                                                         exclude_unset=True)})
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= 200:
             raise InvalidInput("Idempotency-Key must be 1-200 characters", field="Idempotency-Key")
@@ -83,6 +92,7 @@ def create_job(
     job = Job(
         tenant_id=tenant.id, model_uri=body.model_uri, request=payload, idempotency_key=idempotency_key,
         request_hash=digest, queue=queue_for(body), max_attempts=settings.max_attempts,
+        name=body.name, labels=dict(body.labels), user_metadata=body.metadata,
     )
     session.add(job)
     try:
@@ -136,11 +146,16 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
 def list_jobs(
     *, session: Session, tenant_id: str, state: str | None = None, created_after: dt.datetime | None = None,
     created_before: dt.datetime | None = None, limit: int = 50, cursor: str | None = None,
+    name: str | None = None, labels: dict[str, str] | None = None,
 ) -> tuple[list[Job], str | None]:
-    """Newest first; keyset pagination on (created_at, id)."""
+    """Newest first; keyset pagination on (created_at, id). ``labels``: every pair must match."""
     query = select(Job).where(Job.tenant_id == tenant_id)
     if state:
         query = query.where(Job.state == state)
+    if name:
+        query = query.where(Job.name == name)
+    for key, value in (labels or {}).items():
+        query = query.where(Job.labels[key].as_string() == value)
     if created_after:
         query = query.where(Job.created_at > created_after)
     if created_before:
@@ -185,5 +200,12 @@ def to_public(job: Job) -> JobPublic:
         progress=Progress(stage=job.progress_stage, fraction=job.progress_fraction),
         attempt=job.attempt, max_attempts=job.max_attempts, cancel_requested=job.cancel_requested,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-        metrics=job.metrics, error=error,
+        metrics=job.metrics, error=error, name=job.name, labels=job.labels or {}, metadata=job.user_metadata,
     )
+
+
+def job_logs(*, session: Session, job: Job, after: int, limit: int) -> JobLogs:
+    rows = list(session.scalars(
+        select(JobLog).where(JobLog.job_id == job.id, JobLog.id > after).order_by(JobLog.id).limit(limit)))
+    lines = [JobLogLine(seq=r.id, at=r.at, attempt=r.attempt, level=r.level, message=r.message) for r in rows]
+    return JobLogs(data=lines, next_after=lines[-1].seq if lines else after)

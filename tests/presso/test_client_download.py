@@ -84,7 +84,7 @@ def test_cli_download_refusal_is_one_line(tmp_path: Path, monkeypatch: pytest.Mo
     from presso.cli import main
 
     files = _artifact(tmp_path, lossless=False)
-    monkeypatch.setattr("presso.commands.remote._client", lambda args: _client(files))
+    monkeypatch.setattr("presso.commands.remote.client_for", lambda args: _client(files))
     monkeypatch.chdir(tmp_path)
     assert main(["download", "j1", "."]) == 2  # tmp_path holds `served/`: not Presso's
     err = capsys.readouterr().err.strip()
