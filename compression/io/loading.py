@@ -78,10 +78,19 @@ def declared_params(model_dir: Path) -> int:
 
 
 def auto_class(config: Any) -> tuple[Any, str]:
-    """The Auto class that builds ``config``'s model and its kind: (AutoModelForCausalLM, "causal_lm") or
-    (AutoModel, "encoder")."""
-    from transformers import AutoModel, AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    """The Auto class that builds ``config``'s model and its kind: (AutoModelForCausalLM, "causal_lm"),
+    (AutoModelForImageTextToText, "causal_lm") for a vision-language model (its logits from text alone are a
+    causal LM's; the vision tower is kept), or (AutoModel, "encoder")."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    archs = getattr(config, "architectures", None) or []
+    if config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and (
+            not archs or any(a.endswith("ForConditionalGeneration") for a in archs)):
+        return AutoModelForImageTextToText, "causal_lm"
 
     if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "is_encoder_decoder", False):
         archs = getattr(config, "architectures", None) or []
