@@ -3,7 +3,7 @@
 ``load_lazy(dir)`` builds the model from config.json with every parameter on the meta device (buffers are
 built normally: rotary tables and the like are small and computed, not stored), then reads from the shards
 only what lies outside the block list (embeddings, final norm, head). ``materialize_(block, prefix, reader)``
-reads one block's tensors (memory-mapped, ``safetensors.safe_open``) and ``release_(block)`` puts it back on
+reads one block's tensors (compression.io.shards.ShardReader) and ``release_(block)`` puts it back on
 the meta device, so host memory holds the outside tensors plus the blocks being worked on.
 
 The same rules as :func:`compression.io.loading.load_model`: pickles refused, code keys stripped from
@@ -173,6 +173,7 @@ def load_lazy(path: Path, *, max_params: int | None = None
     layout = find_layout(model)
     materialize_(model, "", reader, skip=layout.prefix)
     _tie_outside_(model)
+    _generation_config_(model, path)
     missing = [n for n in missing_parameters(model) if not n.startswith(layout.prefix + ".")]
     if missing:
         raise ModelLoadError(f"weights missing from the checkpoint: {', '.join(missing[:5])}")
@@ -187,3 +188,16 @@ def _tie_outside_(model: nn.Module) -> None:
         out, inp = model.get_output_embeddings(), model.get_input_embeddings()
         if out is not None and inp is not None and out.weight.device.type == "meta":
             out.weight = inp.weight
+
+
+def _generation_config_(model: nn.Module, path: Path) -> None:
+    """The generation config ``from_pretrained`` would set (its file, else one from config.json's keys)."""
+    from transformers import GenerationConfig
+
+    if not (hasattr(model, "can_generate") and model.can_generate()):
+        return
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    except OSError:
+        model.generation_config = GenerationConfig.from_pretrained(str(path), config_file_name="config.json",
+                                                                   _from_model_config=True)

@@ -1,7 +1,7 @@
 """Safetensors shards read one tensor at a time and written one tensor at a time.
 
 ``ShardReader``: tensor name -> shard file (from ``model.safetensors.index.json`` or the files' headers);
-``get(name)`` reads that one tensor through ``safetensors.safe_open`` (memory-mapped), so a model of any size
+``get(name)`` reads that one tensor (a positional read of its bytes, see the class), so a model of any size
 is read one block at a time.
 
 ``ShardWriter``: ``add(name, tensor)`` appends the tensor's bytes to the current shard's data file and forgets
@@ -64,12 +64,28 @@ def nbytes_of(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's header (tensor entries) and where its data starts."""
+    with Path(path).open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{Path(path).name}: truncated safetensors file")
+        n = int.from_bytes(head, "little")
+        if n > 100_000_000:
+            raise ValueError(f"{Path(path).name}: safetensors header of {n} bytes is not credible")
+        header: dict[str, Any] = json.loads(fh.read(n))
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
 class ShardReader:
-    """Tensor name -> its shard; ``get`` reads one tensor (memory-mapped, copied out of the map)."""
+    """Tensor name -> its shard; ``get`` reads one tensor's bytes with a positional read into a fresh buffer.
+
+    Not through a memory map (``safetensors.safe_open``): a mapped page that was read stays in the process's
+    resident set while the file is open, so reading a 4 GB shard block by block would keep up to 4 GB
+    resident; a plain read leaves only the page cache, which the kernel reclaims."""
 
     def __init__(self, model_dir: Path) -> None:
-        from safetensors import safe_open
-
         self.dir = Path(model_dir)
         self.where: dict[str, Path] = {}
         index = self.dir / INDEX
@@ -78,16 +94,16 @@ class ShardReader:
             self.where = {n: self.dir / f for n, f in weight_map.items()}
         else:
             for f in sorted(self.dir.glob("*.safetensors")):
-                with safe_open(str(f), framework="pt") as fh:
-                    self.where.update({n: f for n in fh.keys()})  # noqa: SIM118 - safe_open is not a dict
-        self._open: dict[Path, Any] = {}
+                self.where.update({n: f for n in read_header(f)[0]})
+        self._headers: dict[Path, tuple[dict[str, Any], int]] = {}
+        self._dtypes = {name: dtype for dtype, (_, name) in _dtype_table().items()}
 
-    def _handle(self, path: Path) -> Any:
-        from safetensors import safe_open
-
-        if path not in self._open:
-            self._open[path] = safe_open(str(path), framework="pt")
-        return self._open[path]
+    def _entry(self, name: str) -> tuple[Path, dict[str, Any], int]:
+        path = self.where[name]
+        if path not in self._headers:
+            self._headers[path] = read_header(path)
+        header, start = self._headers[path]
+        return path, header[name], start
 
     def __contains__(self, name: str) -> bool:
         return name in self.where
@@ -96,10 +112,24 @@ class ShardReader:
         return list(self.where)
 
     def get(self, name: str) -> torch.Tensor:
-        return self._handle(self.where[name]).get_tensor(name)
+        path, entry, start = self._entry(name)
+        begin, end = entry["data_offsets"]
+        dtype = self._dtypes[entry["dtype"]]
+        if end == begin:
+            return torch.empty(entry["shape"], dtype=dtype)
+        buf = bytearray(end - begin)
+        with path.open("rb", buffering=0) as fh:
+            fh.seek(start + begin)
+            view, got = memoryview(buf), 0
+            while got < len(buf):
+                n = fh.readinto(view[got:])
+                if not n:
+                    raise ValueError(f"{path.name}: truncated data of {name}")
+                got += n
+        return torch.frombuffer(buf, dtype=dtype).reshape(entry["shape"])
 
     def close(self) -> None:
-        self._open.clear()
+        self._headers.clear()
 
 
 class ShardWriter:

@@ -40,6 +40,9 @@ def add_job_options(p: argparse.ArgumentParser) -> None:
     o.add_argument("--sparse-format", choices=["dense", "sparse-bitmask"],
                    help="sparse layers: dense (default; loads everywhere) or sparse-bitmask (smaller; presso.load)")
     o.add_argument("--encoding", choices=["lossless"], help="lossless: PZST-encode the artifact's safetensors")
+    p.add_argument("--streaming", choices=["auto", "on", "off"],
+                   help="compress block by block from the model's shards (docs/streaming.md); default auto: when the "
+                   "weights exceed the host-memory budget")
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -62,6 +65,8 @@ def job_request(args: argparse.Namespace) -> dict[str, Any]:
                         seq_len=args.eval_seq_len or args.seq_len, gate=gate or None,
                         enabled=False if args.no_eval else None, latency=False if args.no_latency else None)
     output = _given(format=args.format, sparse_format=args.sparse_format, encoding=args.encoding)
+    if getattr(args, "streaming", None) is not None:
+        body["streaming"] = args.streaming
     for name, part in (("calibration", calibration), ("evaluation", evaluation), ("output", output)):
         if part:
             body[name] = part

@@ -33,6 +33,7 @@ def model_dir(tmp_path, tiny_llama_factory):
 def untied_dir(tmp_path, tiny_llama_factory):
     d = tmp_path / "untied"
     tiny_llama_factory(layers=2, tie=False).save_pretrained(d, max_shard_size="100KB")  # input shards + index
+    (d / "generation_config.json").unlink()  # the generation config from_pretrained derives from config.json
     assert (d / "model.safetensors.index.json").is_file()
     return d
 
