@@ -1,4 +1,4 @@
-"""Function-preserving transforms run before a quantization step: smoothquant. Torch-free.
+"""Function-preserving transforms run before a quantization step: smoothquant, rotate. Torch-free.
 
 A transform changes the weights but not the function the model computes (up to float rounding); it prepares the
 model for a later step (int8 / fp8 W8A8, gptq) by moving activation outliers into the weights. It must come
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from presso.compression.configs.base import StepConfig
 
@@ -68,3 +68,27 @@ class SmoothQuantConfig(StepConfig):
             if any(matches(n, ov.pattern) for n in names):
                 return ov.alpha
         return None
+
+
+class RotateConfig(StepConfig):
+    """An orthogonal rotation of the residual stream folded into the weights (QuaRot / SpinQuant R1), with the
+    RMSNorm weights absorbed first: the model computes the same function, with activation outliers spread over
+    all channels, before a W4A4 / W4A8 step."""
+
+    method: Literal["rotate"] = "rotate"
+    rotation: Literal["hadamard", "random"] = Field(
+        default="hadamard",
+        description="'hadamard': a randomized Hadamard matrix (QuaRot's; for a hidden size 2^k*m with m odd, "
+        "Hadamard(2^k) (x) a random orthogonal m x m), or 'random': a random orthogonal matrix.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of the random signs / matrix.")
+    lossy: ClassVar[bool] = False
+    precedes_quantization: ClassVar[bool] = True
+    summary: ClassVar[str] = ("Offline Hadamard rotation of the residual stream (QuaRot R1), norms absorbed, folded "
+                              "into the weights (before W4A4 / W4A8).")
+
+    @model_validator(mode="after")
+    def _whole_model(self) -> RotateConfig:
+        if self.targets != ["*"] or self.ignore != ["lm_head"]:
+            raise ValueError("rotate transforms the whole residual stream (every block, the embedding and the head): "
+                             "targets / ignore do not apply")
+        return self

@@ -85,3 +85,15 @@ def test_kv_cache_fp8_on_w4a16(tmp_path: Path, tiny_llama_dir: Path, calib_text:
     torch.testing.assert_close(theirs, no_kv, rtol=1e-5, atol=1e-5)
     assert not torch.equal(ours, no_kv)
     assert float((ours - dense).pow(2).mean() / dense.pow(2).mean()) < 5e-2
+
+
+def test_rotate_then_int8(tmp_path: Path, tiny_llama_dir: Path, calib_text: Path) -> None:
+    out = tmp_path / "out"
+    report = compress_cli(tiny_llama_dir, calib_text, out, {"steps": [{"method": "rotate"}, {"method": "int8"}]})
+    rot = next(s for s in report["steps"] if s["method"] == "rotate")
+    assert rot["probe_logit_change"] < 1e-3 and rot["dim"] == 64
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["quantization_config"]["format"] == "int-quantized" and cfg["tie_word_embeddings"] is False
+    dense, theirs, ours = loaded_logits(tiny_llama_dir, out)
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+    assert float((ours - dense).pow(2).mean() / dense.pow(2).mean()) < 1e-2
