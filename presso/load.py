@@ -46,7 +46,7 @@ def load(path: str | Path, *, adapter: bool = True, dtype: Any = None, device: s
         return model.to(device).eval()
     model = _build(ctx, dtype)
     state = ctx.reader.state()
-    _expert_view_(model, state)
+    _expert_view_(model, state, ctx.config)
     for form in forms:
         form.load(model, state, ctx)
     _load_state_(model, state, ctx.dtype)
@@ -73,14 +73,16 @@ def _build(ctx: Any, dtype: Any) -> nn.Module:
         return cls.from_config(config, dtype=ctx.dtype)
 
 
-def _expert_view_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Artifacts store mixture-of-experts weights per expert (compression.core.experts): give the freshly
-    built model the same per-expert view when its fused experts' keys are not in the artifact."""
-    from presso.compression.core.experts import is_fused_experts, unfuse_experts_
+def _expert_view_(model: nn.Module, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    """Artifacts store mixture-of-experts weights per expert, under the checkpoint's names
+    (compression.core.experts): give the freshly built model the same per-expert view when its fused
+    experts' keys are not in the artifact, and the state and quantization config the model's names."""
+    from presso.compression.core.experts import checkpoint_renames, is_fused_experts, rename_artifact_, unfuse_experts_
 
     fused = [f"{n}.gate_up_proj" for n, m in model.named_modules() if is_fused_experts(m)]
     if fused and not all(k in state for k in fused):
         unfuse_experts_(model)
+        rename_artifact_(state, config, checkpoint_renames(model), to_checkpoint=False)
 
 
 def _load_state_(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:

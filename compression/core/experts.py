@@ -252,3 +252,63 @@ def expert_summary(model: nn.Module, records: list[dict[str, Any]]) -> dict[str,
     n_experts = len({(id(m), e) for m, e in where.values()})
     return {"experts": {"experts": n_experts, "expert_linears": len(where), "expert_linears_compressed": done,
                         "fallbacks": fallbacks}}
+
+
+_LITERAL = re.compile(r"^[\w.]+$")
+
+
+def checkpoint_renames(model: nn.Module) -> list[tuple[str, str]]:
+    """(checkpoint, model) name pieces of the model type's literal renamings in transformers' conversion
+    mapping, e.g. Mixtral's ``(".block_sparse_moe.", ".mlp.")``; only for a model with unfused experts, whose
+    artifact stores the per-expert checkpoint form (transformers' save_pretrained writes the same names)."""
+    if not any(True for _ in experts_modules(model)):
+        return []
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+        mapping = get_checkpoint_conversion_mapping(_model_type(model)) or []
+    except Exception:  # pragma: no cover
+        return []
+    out = []
+    for conv in mapping:
+        if type(conv).__name__ != "WeightRenaming":
+            continue
+        src, dst = list(conv.source_patterns), list(conv.target_patterns)
+        if len(src) == len(dst) == 1 and _LITERAL.match(src[0]) and _LITERAL.match(dst[0]):
+            out.append((src[0], dst[0]))
+    return out
+
+
+def _rename(text: str, pairs: list[tuple[str, str]]) -> str:
+    for old, new in pairs:
+        text = text.replace(old, new).replace(re.escape(old), re.escape(new))
+    return text
+
+
+def _rename_config(obj: Any, pairs: list[tuple[str, str]]) -> Any:
+    if isinstance(obj, str):
+        return _rename(obj, pairs)
+    if isinstance(obj, list):
+        return [_rename_config(o, pairs) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _rename_config(v, pairs) for k, v in obj.items()}
+    return obj
+
+
+def rename_artifact_(state: dict[str, torch.Tensor], config: dict[str, Any], pairs: list[tuple[str, str]],
+                     *, to_checkpoint: bool) -> None:
+    """Rename ``state``'s keys (order kept) and the module names in ``config["quantization_config"]`` from the
+    model's names to the checkpoint's (``to_checkpoint``) or back. ``pairs``: :func:`checkpoint_renames`."""
+    if not pairs:
+        return
+    pairs = [(m, c) for c, m in pairs] if to_checkpoint else pairs
+    renamed = {_rename(k, pairs): v for k, v in state.items()}
+    state.clear()
+    state.update(renamed)
+    if "quantization_config" in config:
+        config["quantization_config"] = _rename_config(config["quantization_config"], pairs)
+
+
+def renamed(names: list[str], pairs: list[tuple[str, str]], *, to_checkpoint: bool) -> list[str]:
+    pairs = [(m, c) for c, m in pairs] if to_checkpoint else pairs
+    return [_rename(n, pairs) for n in names]
