@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from presso.app.api.apidocs import install_api_docs
-from presso.app.api.routes import admin, artifacts, health, jobs, methods, plan
+from presso.app.api.routes import admin, artifacts, health, jobs, methods, plan, webhooks
 from presso.app.console import install_console
 from presso.app.core.db import make_engine, make_session_factory
 from presso.app.core.errors import install_error_handlers
@@ -53,7 +53,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.middleware("http")(metrics_middleware)
-    for module in (jobs, artifacts, methods, admin, health, plan):
+    for module in (jobs, artifacts, methods, admin, health, plan, webhooks):
         app.include_router(module.router)
     install_api_docs(app)
     install_console(app, settings)  # /console: the web console

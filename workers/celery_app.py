@@ -81,6 +81,9 @@ def _start_reaper(**_: Any) -> None:
     ctx = get_context()
     _reaper = ReaperThread(ctx.session_factory, ctx.publisher, ctx.settings, liveness.current())
     _reaper.start()
+    from presso.workers.webhooks import WebhookThread
+
+    WebhookThread(ctx.session_factory, ctx.settings).start()  # daemon: ends with the worker
     log.info("reaper running every %.0f s; liveness every %.1f s (dead after %.0f s)", ctx.settings.reaper_interval_s,
              ctx.settings.worker_heartbeat_s, ctx.settings.worker_dead_after_s)
 

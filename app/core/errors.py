@@ -60,6 +60,12 @@ class InvalidModelUri(InvalidInput):
     code = "invalid_model_uri"
 
 
+class InvalidCallbackUrl(InvalidInput):
+    """A callback_url refused by the SSRF guard (private address, http://, malformed)."""
+
+    code = "invalid_callback_url"
+
+
 class InsufficientResources(InvalidInput):
     """No configured worker class has the memory or disk a job needs (compression/plan.py)."""
 

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     max_model_files: int = Field(default=256, ge=1)
     fetch_timeout_s: float = Field(default=3600.0, gt=0)
 
+    # Webhooks (callback_url): the URL passes the model-URI guard (fetch_allow_private_hosts, fetch_allow_http).
+    webhook_max_attempts: int = Field(default=6, ge=1, le=20, description="Deliveries tried per job event.")
+    webhook_backoff_s: float = Field(default=5.0, ge=0, description="First retry delay; doubles per attempt.")
+    webhook_max_backoff_s: float = Field(default=600.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Per delivery attempt.")
+    webhook_poll_s: float = Field(default=2.0, gt=0, description="How often workers look for due deliveries.")
+
     # Jobs and workers.
     max_attempts: int = Field(default=3, ge=1)
     lease_s: float = Field(default=60.0, gt=0)

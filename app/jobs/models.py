@@ -44,6 +44,7 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_state_lease", "state", "lease_expires_at"),
+        Index("ix_jobs_webhook_due", "webhook_state", "webhook_next_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -78,6 +79,13 @@ class Job(Base):
         JSONType, default=dict, comment="Key/value labels (filterable: GET /v1/jobs?label=k=v).")
     user_metadata: Mapped[dict[str, Any] | None] = mapped_column(
         "metadata", JSONType, nullable=True, comment="Free JSON the user attached (capped in size).")
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True, comment="Webhook of the job's end.")
+    webhook_state: Mapped[str | None] = mapped_column(
+        String(16), nullable=True, comment="waiting (job not finished), retrying, delivered, failed.")
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    webhook_next_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    webhook_log: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSONType, nullable=True, comment="One entry per delivery attempt: at, status, error, ms.")
 
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     queued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

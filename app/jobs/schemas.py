@@ -13,7 +13,7 @@ MAX_LABELS = 32
 MAX_LABEL_VALUE = 128
 MAX_METADATA_BYTES = 16 * 1024
 LABEL_KEY = r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$"
-SERVICE_FIELDS = ("name", "labels", "metadata")
+SERVICE_FIELDS = ("name", "labels", "metadata", "callback_url")
 
 
 class JobCreate(JobSpec):
@@ -28,6 +28,10 @@ class JobCreate(JobSpec):
     )
     metadata: dict[str, Any] | None = Field(
         default=None, description=f"Free JSON kept with the job (at most {MAX_METADATA_BYTES} bytes as JSON).")
+    callback_url: str | None = Field(
+        default=None, min_length=1, max_length=2048,
+        description="https:// URL that gets a signed POST when the job finishes (Presso-Signature; "
+        "docs/sdk.md). It passes the same SSRF guard as model URIs.")
 
     @field_validator("labels")
     @classmethod
@@ -65,6 +69,14 @@ class JobError(BaseModel):
     message: str
 
 
+class Webhook(BaseModel):
+    state: Literal["waiting", "retrying", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: dt.datetime | None = None
+    log: list[dict[str, Any]] = Field(default_factory=list, description="One entry per attempt: at, status, "
+                                      "error, ms.")
+
+
 class JobPublic(BaseModel):
     id: str
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -84,6 +96,8 @@ class JobPublic(BaseModel):
     name: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, Any] | None = None
+    callback_url: str | None = None
+    webhook: Webhook | None = Field(default=None, description="Delivery of the callback (with callback_url).")
 
 
 class JobLogLine(BaseModel):

@@ -14,7 +14,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from presso.app.core.db import utcnow
-from presso.app.core.errors import IdempotencyConflict, InvalidInput, JobFinished, NotFound, TooManyJobs
+from presso.app.core.errors import (
+    IdempotencyConflict,
+    InvalidCallbackUrl,
+    InvalidInput,
+    JobFinished,
+    NotFound,
+    TooManyJobs,
+)
 from presso.app.core.queue import Publisher
 from presso.app.core.settings import Settings
 from presso.app.jobs.models import Job, JobLog, JobState
@@ -26,6 +33,7 @@ from presso.app.jobs.schemas import (
     JobLogs,
     JobPublic,
     Progress,
+    Webhook,
 )
 from presso.app.jobs.uris import check_uri
 from presso.app.tenants.models import Tenant
@@ -50,6 +58,15 @@ def queue_for(body: JobCreate) -> str:
 def check_uris(body: JobCreate, settings: Settings) -> None:
     for field, uri in body.uris().items():
         check_uri(uri, settings, field=field)
+    if body.callback_url is not None:
+        from presso.fetch.errors import FetchError
+        from presso.fetch.outbound import check_callback_url
+
+        try:
+            check_callback_url(body.callback_url, allow_http=settings.fetch_allow_http,
+                               allow_private_hosts=settings.fetch_allow_private_hosts)
+        except FetchError as exc:
+            raise InvalidCallbackUrl(f"callback_url: {exc.message}", field="callback_url") from exc
 
 
 def _by_key(session: Session, tenant_id: str, key: str) -> Job | None:
@@ -93,6 +110,7 @@ def create_job(
         tenant_id=tenant.id, model_uri=body.model_uri, request=payload, idempotency_key=idempotency_key,
         request_hash=digest, queue=queue_for(body), max_attempts=settings.max_attempts,
         name=body.name, labels=dict(body.labels), user_metadata=body.metadata,
+        callback_url=body.callback_url, webhook_state="waiting" if body.callback_url else None,
     )
     session.add(job)
     try:
@@ -201,7 +219,16 @@ def to_public(job: Job) -> JobPublic:
         attempt=job.attempt, max_attempts=job.max_attempts, cancel_requested=job.cancel_requested,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         metrics=job.metrics, error=error, name=job.name, labels=job.labels or {}, metadata=job.user_metadata,
+        callback_url=job.callback_url, webhook=_webhook(job),
     )
+
+
+def _webhook(job: Job) -> Webhook | None:
+    if not job.callback_url or not job.webhook_state:
+        return None
+    return Webhook(state=job.webhook_state,  # type: ignore[arg-type]
+                   attempts=job.webhook_attempts or 0, next_attempt_at=job.webhook_next_at,
+                   log=list(job.webhook_log or []))
 
 
 def job_logs(*, session: Session, job: Job, after: int, limit: int) -> JobLogs:

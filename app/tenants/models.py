@@ -21,6 +21,8 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     max_active_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    webhook_secret: Mapped[str | None] = mapped_column(
+        String(64), nullable=True, comment="HMAC-SHA256 key of this tenant's webhook signatures.")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

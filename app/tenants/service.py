@@ -79,3 +79,14 @@ def authenticate(*, session: Session, secret: str) -> tuple[Tenant, ApiKey] | No
         .where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
     ).first()
     return (row[0], row[1]) if row else None
+
+
+def webhook_secret(session: Session, tenant_id: str, *, rotate: bool = False) -> str:
+    """The tenant's webhook signing key (created on first use; a new one when ``rotate``). Commits."""
+    import secrets
+
+    tenant = get_tenant(session=session, tenant_id=tenant_id)
+    if rotate or not tenant.webhook_secret:
+        tenant.webhook_secret = f"whsec_{secrets.token_hex(24)}"
+        session.commit()
+    return tenant.webhook_secret

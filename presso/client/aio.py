@@ -105,6 +105,10 @@ class AsyncPressoClient:
     async def job_plan(self, job_id: str) -> Plan:
         return Plan.model_validate(await self._json("GET", f"/v1/jobs/{job_id}/plan"))
 
+    async def webhook_secret(self, *, rotate: bool = False) -> str:
+        secret: str = (await self._json("POST" if rotate else "GET", "/v1/webhooks/secret"))["secret"]
+        return secret
+
     async def wait(self, job_id: str, *, timeout: float = 3600, poll: float = 1.0,
                    on_update: Callable[[Job], None | Awaitable[None]] | None = None,
                    progress: bool | IO[str] = False) -> Job:

@@ -45,6 +45,15 @@ class JobError(ApiModel):
     message: str = ""
 
 
+class Webhook(ApiModel):
+    """Delivery of a job's callback: state waiting | retrying | delivered | failed, one log entry per attempt."""
+
+    state: str
+    attempts: int = 0
+    next_attempt_at: dt.datetime | None = None
+    log: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class Job(ApiModel):
     """One job (``GET /v1/jobs/{id}``)."""
 
@@ -65,6 +74,8 @@ class Job(ApiModel):
     name: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, Any] | None = None
+    callback_url: str | None = None
+    webhook: Webhook | None = None
 
     @property
     def done(self) -> bool:

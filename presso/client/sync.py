@@ -130,6 +130,11 @@ class PressoClient:
         """The plan of a submitted job."""
         return Plan.model_validate(self._json("GET", f"/v1/jobs/{job_id}/plan"))
 
+    def webhook_secret(self, *, rotate: bool = False) -> str:
+        """The tenant's webhook signing key (``rotate=True``: replace it); see presso.client.webhooks.verify."""
+        secret: str = self._json("POST" if rotate else "GET", "/v1/webhooks/secret")["secret"]
+        return secret
+
     def wait(self, job_id: str, *, timeout: float = 3600, poll: float = 1.0,
              on_update: Callable[[Job], None] | None = None, progress: bool | IO[str] = False) -> Job:
         """Poll until the job is terminal and return it (whatever the outcome: check ``job.state``).

@@ -264,6 +264,9 @@ def cmd_reaper(args: argparse.Namespace) -> int:
     if args.once:
         print(reap_once(ctx.session_factory, ctx.publisher, ctx.settings))
         return 0
+    from presso.workers.webhooks import WebhookThread
+
+    WebhookThread(ctx.session_factory, ctx.settings).start()  # job webhooks every PRESSO_WEBHOOK_POLL_S
     # dead workers every PRESSO_WORKER_HEARTBEAT_S, leases and lost messages every PRESSO_REAPER_INTERVAL_S
     ReaperThread(ctx.session_factory, ctx.publisher, ctx.settings).run()
     return 0
