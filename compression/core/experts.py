@@ -312,3 +312,38 @@ def rename_artifact_(state: dict[str, torch.Tensor], config: dict[str, Any], pai
 def renamed(names: list[str], pairs: list[tuple[str, str]], *, to_checkpoint: bool) -> list[str]:
     pairs = [(m, c) for c, m in pairs] if to_checkpoint else pairs
     return [_rename(n, pairs) for n in names]
+
+
+_EXACT = re.compile(r"^re:\^\((.*)\)\$$")
+
+
+def vllm_moe_aliases_(config: dict[str, Any], model: nn.Module) -> int:
+    """Add vLLM's lookup names of expert linears to the quantization config's exact-name targets.
+
+    vLLM's compressed-tensors MoE method picks a fused-MoE layer's scheme by matching
+    ``<layer>.experts.0.gate_proj`` / ``.up_proj`` / ``.down_proj`` against the targets
+    (``CompressedTensorsMoEMethod.get_moe_method``), whatever the checkpoint calls them. Where the
+    checkpoint's names differ (Mixtral's ``w1``/``w3``/``w2``), each expert linear's group also targets
+    its alias, which names no module in transformers. Returns the number of aliases added."""
+    names = expert_names(_model_type(model))
+    if names == DEFAULT_NAMES or not any(True for _ in experts_modules(model)):
+        return 0
+    alias = dict(zip(names, DEFAULT_NAMES, strict=True))
+    pattern = re.compile(r"^(.*\.experts\.\d+)\.(" + "|".join(map(re.escape, names)) + r")$")
+    added = 0
+    qcfg = config.get("quantization_config") or {}
+    groups = list((qcfg.get("config_groups") or {}).values())
+    groups += list(((qcfg.get("compressed_tensors") or {}).get("config_groups") or {}).values())
+    for group in groups:
+        targets = []
+        for t in group.get("targets", []):
+            m = _EXACT.match(t)
+            if m:
+                members = m.group(1).split("|")
+                extra = [re.escape(f"{hit.group(1)}.{alias[hit.group(2)]}")
+                         for n in members if (hit := pattern.match(n.replace("\\", "")))]
+                added += len(extra)
+                t = "re:^(" + "|".join(members + extra) + ")$"
+            targets.append(t)
+        group["targets"] = targets
+    return added

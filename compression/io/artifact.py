@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from presso.codec.files import sha256_file
-from presso.compression.core.experts import checkpoint_renames, rename_artifact_, renamed
+from presso.compression.core.experts import checkpoint_renames, rename_artifact_, renamed, vllm_moe_aliases_
 from presso.compression.io.formats import ENCODINGS, WriteOptions, export_state, write_side_files
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,7 @@ def write_model(model: nn.Module, tokenizer: Any | None, out_dir: Path, fmt: str
     renames = checkpoint_renames(model)  # MoE experts: the checkpoint's names (e.g. Mixtral's block_sparse_moe)
     rename_artifact_(state, config, renames, to_checkpoint=True)
     reference = renamed(reference, renames, to_checkpoint=True)
+    vllm_moe_aliases_(config, model)  # vLLM looks a fused MoE's scheme up as <layer>.experts.0.gate_proj
     _save_shards(state, out_dir, reference)
     write_side_files(model, out_dir, options)  # e.g. the PEFT adapter of EoRA residuals
     write_model_files(model, tokenizer, out_dir, config, source_dir)
