@@ -115,6 +115,12 @@ def _subset(inputs: BlockInputs, rows: int) -> BlockInputs:
     return BlockInputs(hidden=hidden, kwargs=kwargs)
 
 
+def _static_groups(opts: dict[str, Any]) -> bool:
+    """GPTQConfig.groups_static() on the dumped options: unset means static only under act_order."""
+    given = opts.get("static_groups")
+    return bool(opts.get("act_order", False)) if given is None else bool(given)
+
+
 def _quantize(w: torch.Tensor, level: Level, in_f: int, h: torch.Tensor | None, opts: dict[str, Any],
               symmetric: bool) -> torch.Tensor:
     """Dequantized float32 [out, in] of ``w`` at ``level`` (GPTQ with ``h``, or RTN)."""
@@ -125,7 +131,7 @@ def _quantize(w: torch.Tensor, level: Level, in_f: int, h: torch.Tensor | None, 
 
         qw, _ = quantize_weight(w.clone(), h, scheme, damp_percent=opts.get("damp_percent", 0.01),
                                 block_size=opts.get("block_size", 128), act_order=opts.get("act_order", False),
-                                static_groups=opts.get("static_groups", True))
+                                static_groups=_static_groups(opts))
     else:  # rtn, or a gptq layer the calibration forward never reached (the engine then uses RTN too)
         qw = quantize_rtn(w, scheme)
     return qw.dequantize(w.device)

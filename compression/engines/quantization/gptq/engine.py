@@ -71,7 +71,7 @@ def solve_shared(
             qw = quantize_rtn(w, scheme)
         else:
             qw, _ = quantize_weight(w, h, scheme, damp_percent=gptq.damp_percent, block_size=gptq.block_size,
-                                    act_order=gptq.act_order, static_groups=gptq.static_groups)
+                                    act_order=gptq.act_order, static_groups=gptq.groups_static())
         for name, w_i, q_i in zip(names, ws, split_rows(qw, [x.shape[0] for x in ws]), strict=True):
             w_hat = set_quantized_(mods[name], q_i, device)
             rec = layer_record(name, scheme, relative_error(w_i, w_hat))
@@ -104,7 +104,7 @@ def uncalled(lins: dict[str, nn.Module], seen: dict[str, str], schemes: dict[str
 
 def check_act_order(cfg: GPTQConfig, schemes: dict[str, QuantArgs | None]) -> None:
     grouped = any(s is not None and s.group_size > 0 for s in schemes.values())
-    if cfg.act_order and not cfg.static_groups and grouped:
+    if cfg.act_order and not cfg.groups_static() and grouped:
         raise InvalidRecipe(
             "act_order with static_groups=false needs a g_idx tensor, which pack-quantized artifacts "
             "(as Presso writes them) do not carry: use static_groups=true, or act_order=false, or group_size=-1"
