@@ -13,7 +13,15 @@ early: this is the kernel in its real surroundings, not in a chain of matmuls.
 Checked first: layer 0's output through the W4 path against the same layer run with F.linear on the
 dequantized weights (relative error <= 1e-2).
 
+``--fused`` adds two rows where the step is built as a serving engine builds it, for both weight formats:
+q/k/v merged into one projection and gate/up into one (as vLLM's QKVParallelLinear and
+MergedColumnParallelLinear do: the packed W4 codes and group scales of merged rows are the rows'
+concatenation), and the elementwise work between the matmuls fused by ``torch.compile`` into one kernel per
+gap (residual add + RMSNorm, the attention stand-in, SiLU x up): 4 matmuls and 3 fused kernels a layer
+instead of 7 matmuls and ~25 small kernels. The fused step is checked against the plain one first.
+
     python3 bench/decode_w4a16.py --out $OUT/decode.md
+    python3 bench/decode_w4a16.py --fused --out $OUT/decode_fused.md
     python3 bench/decode_w4a16.py --device cpu --layers 1 --hidden 256 --inter 512 --kv 64   # logic only
 """
 
@@ -93,6 +101,51 @@ def dequantized_linear(h: torch.Tensor, layer: Layer, name: str) -> torch.Tensor
     return F.linear(h, ref.dequantize(packed, scale, None, 4, GROUP, k, dtype=torch.bfloat16))
 
 
+MERGED = {"qkv": ("q", "k", "v"), "gu": ("gate", "up")}
+
+
+def merge_layer(layer: Layer) -> Layer:
+    """The same layer with q/k/v and gate/up merged row-wise (dense and packed alike)."""
+    dense = {k: v for k, v in layer.dense.items()}
+    packed = {k: v for k, v in layer.packed.items()}
+    for merged, parts in MERGED.items():
+        dense[merged] = torch.cat([layer.dense[p] for p in parts])
+        codes = torch.cat([layer.packed[p][0] for p in parts])
+        packed[merged] = (codes, torch.cat([layer.packed[p][1] for p in parts]))
+    return Layer(dense, packed, layer.norms)
+
+
+def _glue():
+    """The elementwise work between the merged matmuls, one compiled (fused) function per gap."""
+
+    def add_norm(x: torch.Tensor, d: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x + d
+        return x, rms_norm(x, w)
+
+    def attn(qkv: torch.Tensor, kv: int) -> torch.Tensor:
+        q, k, v = qkv.split([qkv.shape[-1] - 2 * kv, kv, kv], dim=-1)
+        rep = q.shape[-1] // kv
+        return q * torch.sigmoid(k.repeat(1, rep)) + v.repeat(1, rep)
+
+    def silu_mul(gu: torch.Tensor) -> torch.Tensor:
+        g, u = gu.chunk(2, dim=-1)
+        return F.silu(g) * u
+
+    c = lambda f: torch.compile(f, fullgraph=True, dynamic=False)  # noqa: E731
+    return c(add_norm), c(attn), c(silu_mul), c(rms_norm)
+
+
+def fused_step(x: torch.Tensor, layers: list[Layer], linear: Linear, glue, kv: int) -> torch.Tensor:
+    add_norm, attn, silu_mul, norm = glue
+    h = norm(x, layers[0].norms[0])
+    for i, layer in enumerate(layers):
+        x, h = add_norm(x, linear(attn(linear(h, layer, "qkv"), kv), layer, "o"), layer.norms[1])
+        d = linear(silu_mul(linear(h, layer, "gu")), layer, "down")
+        nxt = layers[i + 1].norms[0] if i + 1 < len(layers) else layer.norms[0]
+        x, h = add_norm(x, d, nxt)
+    return x
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="write the markdown table here")
@@ -101,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inter", type=int, default=14336)
     ap.add_argument("--kv", type=int, default=1024, help="k/v projection width (8 KV heads x 128)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--fused", action="store_true", help="add the merged-projection, fused-elementwise rows")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("needs a CUDA device (or --device cpu for a logic check)", file=sys.stderr)
@@ -115,6 +169,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"layer 0, W4 path against F.linear on the dequantized weights: relative error {err:.2e}", flush=True)
     if not err <= 1e-2:
         return 1
+    glue, merged = None, []
+    if args.fused:
+        glue = _glue()
+        merged = [merge_layer(layer) for layer in layers]
+        for label, linear, ref_linear in (("bf16", dense_linear, dense_linear), ("W4", w4_linear, w4_linear)):
+            got_f = fused_step(x, merged[:2], linear, glue, args.kv)
+            want_f = step(x, layers[:2], ref_linear)
+            err_f = float((got_f.float() - want_f.float()).norm() / want_f.float().norm())
+            print(f"layers 0-1, fused {label} step against the plain {label} step: relative error {err_f:.2e}",
+                  flush=True)
+            if not err_f <= 1e-2:
+                return 1
     if args.device != "cuda":
         return 0
     from triton.testing import do_bench
@@ -132,6 +198,15 @@ def main(argv: list[str] | None = None) -> int:
         times[label] = do_bench(graph.replay, warmup=20, rep=200, return_mode="median") * 1e-3
         print(f"{label}: {times[label] * 1e3:.3f} ms a step", flush=True)
     os.environ.pop("PRESSO_W4A16_PDL", None)
+    if args.fused:
+        for label, linear in (("bf16 fused (merged qkv/gate-up, compiled glue)", dense_linear),
+                              ("W4A16 fused (merged qkv/gate-up, compiled glue)", w4_linear)):
+            graph = capture(lambda _i, linear=linear: fused_step(x, merged, linear, glue, args.kv), 1)
+            times[label] = do_bench(graph.replay, warmup=20, rep=200, return_mode="median") * 1e-3
+            print(f"{label}: {times[label] * 1e3:.3f} ms a step", flush=True)
+        bf = times["bf16 fused (merged qkv/gate-up, compiled glue)"]
+        w4 = times["W4A16 fused (merged qkv/gate-up, compiled glue)"]
+        print(f"W4A16 fused vs bf16 fused: {bf / w4:.2f}x; vs the plain bf16 step: {times['bf16 F.linear'] / w4:.2f}x")
     base = times["bf16 F.linear"]
     lines = [
         f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}. {args.layers} layers, hidden "

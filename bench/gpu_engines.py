@@ -8,6 +8,7 @@ once as safetensors, then for each implementation and method measures end-to-end
 Examples (on the H200 through the device tool; the repository root is the working dir):
   python bench/gpu_engines.py --impl presso --methods gptq,sparsegpt,rtn --out $OUT/gpu_presso.json
   python bench/gpu_engines.py --impl llmcompressor --methods gptq --out $OUT/gpu_peer.json
+  python bench/gpu_engines.py --impl presso,llmcompressor --methods fp8_dynamic,fp8_block,int8_w8a8,nvfp4
   python bench/gpu_engines.py --layers 2 --samples 8 --impl presso   # a quick smoke run
 """
 
@@ -40,7 +41,14 @@ PRESSO_RECIPES = {
     "gptq": {"method": "gptq", "bits": 4, "group_size": 128, "observer": "minmax"},
     "sparsegpt": {"method": "sparsegpt", "sparsity": 0.5},
     "rtn": {"method": "rtn", "bits": 4, "group_size": 128, "observer": "minmax"},
+    # the deployment formats (issue 19); the peer runs the compressed-tensors preset of the same name
+    "fp8_dynamic": {"method": "fp8", "scheme": "FP8_DYNAMIC"},
+    "fp8_block": {"method": "fp8", "scheme": "FP8_BLOCK"},
+    "int8_w8a8": {"method": "int8"},
+    "nvfp4": {"method": "nvfp4"},
 }
+PEER_SCHEMES = {"rtn": "W4A16", "fp8_dynamic": "FP8_DYNAMIC", "fp8_block": "FP8_BLOCK", "int8_w8a8": "W8A8",
+                "nvfp4": "NVFP4"}
 
 
 def build_model(path: Path, layers: int) -> None:
@@ -108,8 +116,8 @@ def run_llmcompressor(model_dir: Path, method: str, ids: torch.Tensor, out: Path
     ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
     if method == "gptq":
         recipe = GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"])
-    elif method == "rtn":
-        recipe = QuantizationModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"])
+    elif method in PEER_SCHEMES:
+        recipe = QuantizationModifier(targets="Linear", scheme=PEER_SCHEMES[method], ignore=["lm_head"])
     else:
         from llmcompressor.modifiers.pruning import SparseGPTModifier as S
 
