@@ -1,10 +1,14 @@
-"""One small CPU comparison for issue 19: INT8 W8A8 (RTN, per-token activations) on SmolLM2-135M without and with
-smoothquant (alpha 0.5, and the per-group alpha search), activations quantized in the evaluation.
+"""Small CPU comparisons for issue 19 on SmolLM2-135M, activations (and the KV cache) quantized in the evaluation:
+INT8 W8A8 (RTN, per-token activations) without and with smoothquant (alpha 0.5, and the per-group alpha search);
+with --rows, also RTN vs GPTQ rounding for NVFP4 W4A16 / FP8 dynamic, INT8 W8A8 with an FP8 KV cache, and W4A4 /
+W4A16 without and with the Hadamard rotation.
 
 Fewer windows than the §1 protocol so it fits a shared 2-core CPU: the first ``--calib`` of the 64x512 wikitext-2
 valid calibration windows and the first ``--windows`` of the 40x512 wikitext-2 test windows (bench/common.py).
 
   OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python bench/smoothquant_quick.py --calib 16 --windows 8
+  OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python bench/smoothquant_quick.py --calib 16 --windows 8 \
+      --rows nvfp4_w4a16_rtn,nvfp4_w4a16_gptq,int8_w8a8_rtn_kv_fp8
 """
 
 from __future__ import annotations
@@ -28,14 +32,28 @@ ROWS = {
     "int8_w8a8_rtn": [{"method": "int8"}],
     "smoothquant_0.5+int8": [{"method": "smoothquant"}, {"method": "int8"}],
     "smoothquant_search+int8": [{"method": "smoothquant", "search": True}, {"method": "int8"}],
+    # GPTQ rounding onto the float grids (not run by default)
+    "nvfp4_w4a16_rtn": [{"method": "nvfp4", "scheme": "NVFP4A16"}],
+    "nvfp4_w4a16_gptq": [{"method": "nvfp4", "scheme": "NVFP4A16", "rounding": "gptq"}],
+    "fp8_dynamic_gptq": [{"method": "fp8", "rounding": "gptq"}],
+    "fp8_dynamic_rtn": [{"method": "fp8"}],
+    "int8_w8a8_rtn_kv_fp8": {"steps": [{"method": "int8"}], "kv_cache": {"format": "fp8"}},
+    # rotation (QuaRot R1) before W4A4 / W4A16
+    "mxfp4_w4a4": [{"method": "mxfp4"}],
+    "rotate+mxfp4_w4a4": [{"method": "rotate"}, {"method": "mxfp4"}],
+    "nvfp4_w4a4": [{"method": "nvfp4"}],
+    "rotate+nvfp4_w4a4": [{"method": "rotate"}, {"method": "nvfp4"}],
+    "gptq_w4a16_g128": [{"method": "gptq", "bits": 4, "group_size": 128}],
+    "rotate+gptq_w4a16_g128": [{"method": "rotate"}, {"method": "gptq", "bits": 4, "group_size": 128}],
 }
+DEFAULT_ROWS = ["dense", "int8_w8a8_rtn", "smoothquant_0.5+int8", "smoothquant_search+int8"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calib", type=int, default=16)
     ap.add_argument("--windows", type=int, default=8)
-    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "smoothquant_quick.json")
     args = ap.parse_args()
     setup_logging()
@@ -46,12 +64,17 @@ def main() -> None:
     dense, tok = load_dense()
     win = token_windows(tok)
     calib, evals = win.calibration[: args.calib], win.evaluation[: args.windows]
-    results = {"calib_windows": list(calib.shape), "eval_windows": list(evals.shape), "rows": {}}
+    results: dict = {"calib_windows": list(calib.shape), "eval_windows": list(evals.shape), "rows": {}}
+    if args.out.exists():  # rows of earlier runs with the same windows are kept
+        old = json.loads(args.out.read_text())
+        if old.get("calib_windows") == results["calib_windows"] and old.get("eval_windows") == results["eval_windows"]:
+            results["rows"] = old.get("rows", {})
     for row in args.rows.split(","):
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
-        if ROWS[row]:
-            recipe = parse_recipe({"steps": ROWS[row]})
+        spec = ROWS[row]
+        if spec:
+            recipe = parse_recipe(spec if isinstance(spec, dict) else {"steps": spec})
             compress(model, recipe, StepContext(calibration=calib if recipe.needs_calibration else None))
         seconds = time.perf_counter() - t0
         ppl = perplexity(model, evals)

@@ -181,3 +181,17 @@ def test_chains_before_gptq(calib_ids, ids):
     rep = _run(smooth, [{"method": "smoothquant"}, {"method": "gptq", "bits": 8, "group_size": -1}], calib_ids)
     assert [s["method"] for s in rep["steps"]] == ["smoothquant", "gptq"]
     assert _rel_err(smooth, ref, ids) < 1e-3
+
+
+@pytest.mark.parametrize("transform", [{"method": "smoothquant"}, {"method": "rotate"}])
+def test_eora_after_a_transform_compares_like_with_like(calib_ids, ids, transform):
+    """eora fits the difference to the weights from before the lossy steps: the transform updates them, so the
+    residual still lowers the error (with the untransformed originals it would add the transform's change)."""
+    base = _llama()
+    with torch.no_grad():
+        ref = base(ids).logits
+    rtn = {"method": "rtn", "bits": 3, "group_size": 32}
+    without, with_eora = copy.deepcopy(base), copy.deepcopy(base)
+    _run(without, [transform, rtn], calib_ids)
+    _run(with_eora, [transform, rtn, {"method": "eora", "rank": 16}], calib_ids)
+    assert _rel_err(with_eora, ref, ids) < _rel_err(without, ref, ids)
