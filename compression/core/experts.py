@@ -347,3 +347,17 @@ def vllm_moe_aliases_(config: dict[str, Any], model: nn.Module) -> int:
             targets.append(t)
         group["targets"] = targets
     return added
+
+
+_EXPERT_IN_TARGET = re.compile(r"experts\\?\.\d+\\?\.")  # an expert linear's name in a (re.escape'd) target
+
+
+def group_targets_experts(group: dict[str, Any]) -> bool:
+    """Whether a compressed-tensors config group (Presso's exact-name targets) holds expert linears.
+
+    transformers 5.25 + compressed-tensors 0.20.1 load per-expert tensors by decompressing each expert and
+    fusing them (conversion mapping); measured on tiny Qwen3-MoE / Mixtral: symmetric pack-quantized,
+    FP8 and MXFP4 weights load exactly; asymmetric pack-quantized (zero points) and INT8 W8A8 fail to
+    convert; NVFP4 loads wrong weights; activation quantization of experts is not applied. The formats
+    use this to leave transformers out of such artifacts' loaders."""
+    return any(_EXPERT_IN_TARGET.search(t) for t in group.get("targets", []))

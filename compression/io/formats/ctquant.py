@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from presso.compression.core import actquant
+from presso.compression.core.experts import group_targets_experts
 from presso.compression.core.floatquant import (
     FP8_BLOCK,
     FormatWeight,
@@ -47,9 +48,6 @@ from presso.compression.io.formats.base import Format, LoadContext, WriteOptions
 
 FORMAT_ATTR = "presso_format"
 _STASH = "_presso_act_scales"  # LoadContext attribute: module name -> (input args, static scale)
-
-
-_EXPERT = re.compile(r"experts\\?\.\d+\\?\.")  # an expert linear's name in a (re.escape'd) target
 
 
 def _targets(names: list[str]) -> list[str]:
@@ -137,11 +135,12 @@ class CTQuantized(Format):
         return out
 
     def loaders_for(self, ctx: LoadContext) -> tuple[str, ...]:
-        """Without transformers when mixture-of-experts linears quantize their activations: transformers 5.25 +
-        compressed-tensors 0.20.1 fuse the per-expert weights back into 3-D experts (dequantized, right) but run
-        the experts' activations unquantized, so its logits differ from the artifact's (issue 20)."""
+        """Without transformers when mixture-of-experts linears quantize their activations or are NVFP4:
+        transformers 5.25 + compressed-tensors 0.20.1 fuse the per-expert weights back into 3-D experts but run
+        the experts' activations unquantized (FP8: right weights, other logits), fail to convert INT8 W8A8
+        experts, and load NVFP4 experts wrong (issue 20; compression.core.experts.group_targets_experts)."""
         groups = [g for g in (ctx.qcfg.get("config_groups") or {}).values() if _group_format(g, ctx.qcfg) == self.name]
-        if any(g.get("input_activations") and any(_EXPERT.search(t) for t in g.get("targets", [])) for g in groups):
+        if any((g.get("input_activations") or self.kind == "nvfp4") and group_targets_experts(g) for g in groups):
             return tuple(n for n in self.loaders if n != "transformers")
         return self.loaders
 

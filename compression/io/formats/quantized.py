@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from presso.compression.core.experts import group_targets_experts
 from presso.compression.core.layout import quantized_of
 from presso.compression.core.packing import pack_int, pack_zero_points
 from presso.compression.core.staging import to_device, to_host
@@ -97,9 +98,11 @@ class PackQuantized(Format):
 
     def loaders_for(self, ctx: LoadContext) -> tuple[str, ...]:
         groups = list((ctx.qcfg.get("config_groups") or {}).values())
+        symmetric = all((g.get("weights") or {}).get("symmetric", True) for g in groups)
+        if not symmetric and any(group_targets_experts(g) for g in groups):
+            return ("presso.load", "vllm")  # transformers cannot convert asymmetric per-expert weights (issue 20)
         if len(groups) <= 1 or ctx.qcfg.get("dequantize"):
             return self.loaders
-        symmetric = all((g.get("weights") or {}).get("symmetric", True) for g in groups)
         return ("presso.load", "vllm", *(("transformers",) if symmetric else ()))
 
     def load(self, model: nn.Module, state: dict[str, torch.Tensor], ctx: LoadContext) -> None:
