@@ -16,7 +16,7 @@ from typing import Any
 
 from presso.app.jobs.models import JobState
 from presso.compression.errors import CompressionError
-from presso.workers import joblog, lease, liveness
+from presso.workers import dedup, joblog, lease, liveness
 from presso.workers.context import WorkerContext
 from presso.workers.heartbeat import Heartbeat
 from presso.workers.spec import build_spec
@@ -71,6 +71,10 @@ def _attempt(ctx: WorkerContext, claim: lease.Claim, hb: Heartbeat, tmp: Path) -
     progress = with_stage_delays(hb.progress, claim.job_id, claim.attempt)  # test-only hook; inert by default
     plan_before_fetch(ctx, claim)
     spec = build_spec(claim, ctx.settings, tmp, progress=progress)
+    progress("dedup", 0.0)
+    twin = dedup.check(ctx.session_factory, claim, tmp)
+    if twin is not None:
+        return _reuse(ctx, claim, hb, twin)
     progress("compress", 0.0)
     result = run_local(spec, progress=progress, should_stop=hb.should_stop)
     if hb.should_stop():
@@ -91,6 +95,19 @@ def _attempt(ctx: WorkerContext, claim: lease.Claim, hb: Heartbeat, tmp: Path) -
                     claim.attempt)
         return "lost"
     log.info("job %s succeeded", claim.job_id)
+    return "succeeded"
+
+
+def _reuse(ctx: WorkerContext, claim: lease.Claim, hb: Heartbeat, twin: Any) -> str:
+    """Succeed with the artifact of ``twin``, a succeeded job of the tenant with the same inputs (dedup)."""
+    hb.stop()
+    metrics = {**(twin.metrics or {}), "dedup": {"of": twin.id}}
+    done = lease.finish(ctx.session_factory, claim, JobState.succeeded, metrics=metrics, dedup_of=twin.id,
+                        manifest_key=twin.manifest_key, progress_stage="done", progress_fraction=1.0)
+    if not done:
+        return "lost"
+    log.info("job %s succeeded with the artifact of job %s (same inputs; force: true runs it again)",
+             claim.job_id, twin.id)
     return "succeeded"
 
 

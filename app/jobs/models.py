@@ -45,6 +45,7 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_state_lease", "state", "lease_expires_at"),
         Index("ix_jobs_webhook_due", "webhook_state", "webhook_next_at"),
+        Index("ix_jobs_tenant_dedup", "tenant_id", "dedup_key"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -86,6 +87,11 @@ class Job(Base):
     webhook_next_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     webhook_log: Mapped[list[dict[str, Any]] | None] = mapped_column(
         JSONType, nullable=True, comment="One entry per delivery attempt: at, status, error, ms.")
+    force: Mapped[bool] = mapped_column(Boolean, default=False, comment="Run even when a twin succeeded.")
+    dedup_key: Mapped[str | None] = mapped_column(
+        String(64), nullable=True, comment="sha256 of the job's inputs by content (workers/dedup.py).")
+    dedup_of: Mapped[str | None] = mapped_column(
+        String(32), nullable=True, comment="The succeeded job whose artifact this one returned.")
 
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     queued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

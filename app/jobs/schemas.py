@@ -13,7 +13,7 @@ MAX_LABELS = 32
 MAX_LABEL_VALUE = 128
 MAX_METADATA_BYTES = 16 * 1024
 LABEL_KEY = r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$"
-SERVICE_FIELDS = ("name", "labels", "metadata", "callback_url")
+SERVICE_FIELDS = ("name", "labels", "metadata", "callback_url", "force")
 
 
 class JobCreate(JobSpec):
@@ -32,6 +32,10 @@ class JobCreate(JobSpec):
         default=None, min_length=1, max_length=2048,
         description="https:// URL that gets a signed POST when the job finishes (Presso-Signature; "
         "docs/sdk.md). It passes the same SSRF guard as model URIs.")
+    force: bool = Field(
+        default=False, description="Run even when a succeeded job of this tenant had the same inputs (by content: "
+        "model files, data, request, Presso version); otherwise that job's artifact is returned without "
+        "compressing again (metrics.dedup.of, deduplicated_from).")
 
     @field_validator("labels")
     @classmethod
@@ -97,6 +101,7 @@ class JobPublic(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, Any] | None = None
     callback_url: str | None = None
+    deduplicated_from: str | None = Field(default=None, description="The job whose artifact this one returned.")
     webhook: Webhook | None = Field(default=None, description="Delivery of the callback (with callback_url).")
 
 

@@ -110,7 +110,7 @@ def create_job(
         tenant_id=tenant.id, model_uri=body.model_uri, request=payload, idempotency_key=idempotency_key,
         request_hash=digest, queue=queue_for(body), max_attempts=settings.max_attempts,
         name=body.name, labels=dict(body.labels), user_metadata=body.metadata,
-        callback_url=body.callback_url, webhook_state="waiting" if body.callback_url else None,
+        callback_url=body.callback_url, webhook_state="waiting" if body.callback_url else None, force=body.force,
     )
     session.add(job)
     try:
@@ -219,7 +219,7 @@ def to_public(job: Job) -> JobPublic:
         attempt=job.attempt, max_attempts=job.max_attempts, cancel_requested=job.cancel_requested,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         metrics=job.metrics, error=error, name=job.name, labels=job.labels or {}, metadata=job.user_metadata,
-        callback_url=job.callback_url, webhook=_webhook(job),
+        callback_url=job.callback_url, webhook=_webhook(job), deduplicated_from=job.dedup_of,
     )
 
 

@@ -75,6 +75,7 @@ class Job(ApiModel):
     labels: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, Any] | None = None
     callback_url: str | None = None
+    deduplicated_from: str | None = None
     webhook: Webhook | None = None
 
     @property

@@ -38,6 +38,8 @@ def register(sub: Any) -> None:
                    help="a label (repeat for several; filter: presso list --label KEY=VALUE)")
     p.add_argument("--metadata", help="free JSON object kept with the job (inline or a file; at most 16 KiB)")
     p.add_argument("--callback-url", help="https:// URL that gets a signed POST when the job finishes")
+    p.add_argument("--force", action="store_true",
+                   help="compress even when a succeeded job had the same inputs (default: reuse its artifact)")
     p.add_argument("--idempotency-key")
     p.add_argument("--wait", action="store_true", help="wait for a terminal state, showing progress")
     server_args(p)
@@ -91,6 +93,8 @@ def build_body(args: argparse.Namespace) -> dict[str, Any]:
         body["metadata"] = load_recipe(args.metadata, what="metadata")
     if getattr(args, "callback_url", None):
         body["callback_url"] = args.callback_url
+    if getattr(args, "force", False):
+        body["force"] = True
     return body
 
 

@@ -213,7 +213,8 @@ class Cluster:
 
     # -- jobs --------------------------------------------------------------------------------------
     def submit(self, body: dict[str, Any] | None = None, *, publisher: Any = None) -> str:
-        body = body or {"model_uri": self.model_uri, "recipe": RTN, "evaluation": FAST_EVAL}
+        # force: every job really runs (identical inputs would otherwise reuse the first artifact: dedup)
+        body = body or {"model_uri": self.model_uri, "recipe": RTN, "evaluation": FAST_EVAL, "force": True}
         with self.ctx.session_factory() as session:
             job, _ = service.create_job(session=session, tenant=self.tenant, body=JobCreate.model_validate(body),
                                         idempotency_key=None, settings=self.settings,

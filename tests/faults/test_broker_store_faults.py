@@ -78,7 +78,8 @@ def test_api_dies_between_commit_and_publish(cluster: Cluster) -> None:
         _, key = create_key(session=session, tenant_id=cluster.tenant.id, name="faults")
     with TestClient(create_app(dead)) as client:
         resp = client.post("/v1/jobs", headers={"Authorization": f"Bearer {key}"},
-                           json={"model_uri": cluster.model_uri, "recipe": RTN, "evaluation": BODY_EVAL})
+                           json={"model_uri": cluster.model_uri, "recipe": RTN, "evaluation": BODY_EVAL,
+                                 "force": True})
     assert resp.status_code == 202, resp.text
     ids = [crashed[0], resp.json()["id"]]
     assert cluster.row(ids[1]).last_published_at is None
