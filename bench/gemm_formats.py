@@ -21,6 +21,7 @@ fresh random inputs. Timing: a CUDA graph of calls rotating over enough weight c
 median of ``triton.testing.do_bench`` over replays, divided by the calls in the graph.
 
     python3 bench/gemm_formats.py --out $OUT/gemm_formats.md
+    python3 bench/gemm_formats.py --gemm-only --out $OUT/gemm_formats_only.md   # the matmuls alone
     python3 bench/gemm_formats.py --shapes 4096x4096 --batches 1,16 --out /tmp/g.md     # a quick run
 """
 
@@ -72,8 +73,15 @@ class Path_:
     def prepare(self, w: torch.Tensor) -> tuple:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def call(self, x: torch.Tensor, p: tuple) -> torch.Tensor:  # pragma: no cover - interface
+    def act(self, x: torch.Tensor) -> tuple:
+        """What the call does to the activations before the matmul (quantization, padding)."""
+        return (x,)
+
+    def mm(self, a: tuple, p: tuple, m: int) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def call(self, x: torch.Tensor, p: tuple) -> torch.Tensor:
+        return self.mm(self.act(x), p, x.shape[0])
 
     def reference(self, x: torch.Tensor, p: tuple) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -88,8 +96,8 @@ class BF16(Path_):
     def prepare(self, w):
         return (w,)
 
-    def call(self, x, p):
-        return F.linear(x, p[0])
+    def mm(self, a, p, m):
+        return F.linear(a[0], p[0])
 
     def reference(self, x, p):
         return x.float() @ p[0].float().t()
@@ -102,9 +110,11 @@ class FP8Token(Path_):
         q, s = fq.quantize_fp8(w, "channel")
         return q.contiguous(), s.float().reshape(1, -1).contiguous()
 
-    def call(self, x, p):
-        xq, sx = _token_fp8(x)
-        return torch._scaled_mm(xq, p[0].t(), scale_a=sx, scale_b=p[1], out_dtype=torch.bfloat16)
+    def act(self, x):
+        return _token_fp8(x)
+
+    def mm(self, a, p, m):
+        return torch._scaled_mm(a[0], p[0].t(), scale_a=a[1], scale_b=p[1], out_dtype=torch.bfloat16)
 
     def reference(self, x, p):
         xq, sx = _token_fp8(x)
@@ -118,16 +128,17 @@ class FP8Block(Path_):
         q, s = fq.quantize_fp8(w, "block")
         return q.contiguous(), s.float().contiguous()  # s: [N/128, K/128]
 
-    def call(self, x, p):
+    def act(self, x):
         m = x.shape[0]
         if m % 16:  # cuBLAS' block-scaled FP8 matmul refuses M that is not a multiple of 16 (seen on an H200)
             x = F.pad(x, (0, 0, 0, 16 - m % 16))
         xq, sx = _group_fp8(x)
-        # cuBLAS wants the activation scales outer-dim-major ([M, K/128] stored K/128-major) and the weight's
-        # [K/128, N/128] (the scale of mat_b = w.t()).
-        sa = sx.t().contiguous().t()
-        sb = p[1].t()
-        return torch._scaled_mm(xq, p[0].t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)[:m]
+        # cuBLAS wants the activation scales outer-dim-major ([M, K/128] stored K/128-major)
+        return xq, sx.t().contiguous().t()
+
+    def mm(self, a, p, m):
+        # the weight's scales as those of mat_b = w.t(): [K/128, N/128]
+        return torch._scaled_mm(a[0], p[0].t(), scale_a=a[1], scale_b=p[1].t(), out_dtype=torch.bfloat16)[:m]
 
     def reference(self, x, p):
         xq, sx = _group_fp8(x)
@@ -144,13 +155,16 @@ class INT8Token(Path_):
         q = (w.float() / s).round().clamp(-127, 127).to(torch.int8)
         return q.contiguous(), s.reshape(1, -1).contiguous()
 
-    def call(self, x, p):
+    def act(self, x):
         m = x.shape[0]
         xq, sx = _token_int8(x)
         if m <= 16:  # torch._int_mm needs more than 16 rows
             xq = F.pad(xq, (0, 0, 0, 32 - m))
-        acc = torch._int_mm(xq, p[0].t())[:m]
-        return (acc.float() * sx * p[1]).to(torch.bfloat16)
+        return xq, sx
+
+    def mm(self, a, p, m):
+        acc = torch._int_mm(a[0], p[0].t())[:m]
+        return (acc.float() * a[1] * p[1]).to(torch.bfloat16)
 
     def reference(self, x, p):
         xq, sx = _token_int8(x)
@@ -175,8 +189,8 @@ class NVFP4Emulated(Path_):
         s = (scale.to(torch.bfloat16).float() / gscale).to(torch.bfloat16)
         return (vals.view(n, k // 16, 16) * s.view(n, k // 16, 1)).view(n, k)
 
-    def call(self, x, p):
-        return F.linear(x, self._decode(p))
+    def mm(self, a, p, m):
+        return F.linear(a[0], self._decode(p))
 
     def reference(self, x, p):
         return x.float() @ self._decode(p).float().t()
@@ -198,7 +212,8 @@ def check(path: Path_, n: int, k: int, gen: torch.Generator) -> float:
     return float((out.float() - ref).norm() / ref.norm())
 
 
-def time_path(path: Path_, n: int, k: int, m: int, gen: torch.Generator) -> tuple[float, int]:
+def time_path(path: Path_, n: int, k: int, m: int, gen: torch.Generator, gemm_only: bool = False
+              ) -> tuple[float, int]:
     from triton.testing import do_bench
 
     w0 = torch.randn(n, k, device="cuda", generator=gen, dtype=torch.bfloat16) * k**-0.5
@@ -208,15 +223,20 @@ def time_path(path: Path_, n: int, k: int, m: int, gen: torch.Generator) -> tupl
     preps = [p0] + [path.prepare(torch.randn_like(w0) * k**-0.5) for _ in range(copies - 1)]
     del w0
     x = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+    a = path.act(x)  # gemm_only: activations quantized once, outside the timed graph
+
+    def one(p: tuple) -> torch.Tensor:
+        return path.mm(a, p, m) if gemm_only else path.call(x, p)
+
     for p in preps:  # warm up (handles, autotuning) outside the capture
-        path.call(x, p)
+        one(p)
     torch.cuda.synchronize()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
         for p in preps:
-            path.call(x, p)
+            one(p)
     torch.cuda.synchronize()
     t = do_bench(graph.replay, warmup=25, rep=200, return_mode="median") * 1e-3 / copies
     del preps, graph
@@ -229,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES.values()), help="NxK list")
     ap.add_argument("--batches", default="1,16,256,4096")
     ap.add_argument("--paths", default="", help="only these paths (comma list of class names, e.g. NVFP4Emulated)")
+    ap.add_argument("--gemm-only", action="store_true",
+                    help="time the matmul alone: activations quantized once, outside the timed graph")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -256,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                 if status[path.name] != "ok":
                     continue
                 try:
-                    t, nbytes = time_path(path, n, k, m, gen)
+                    t, nbytes = time_path(path, n, k, m, gen, a.gemm_only)
                 except RuntimeError as exc:  # a shape this library cannot run is a result
                     print(f"{n}x{k} m={m} {path.name}: {str(exc)[:120]}", flush=True)
                     continue
@@ -266,8 +288,10 @@ def main(argv: list[str] | None = None) -> int:
                              "tflops": 2 * m * n * k / t / 1e12})
                 print(f"{n}x{k} m={m} {path.name}: {t * 1e6:.2f} us ({base / t if base else 0:.2f}x bf16)",
                       flush=True)
-    lines = [f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}. Per call, activation quantization "
-             "included; median over CUDA-graph replays rotating weight copies > 4x L2. int8 at M <= 16 runs padded "
+    what = ("the matmul alone (activations quantized once, outside the timed graph)" if a.gemm_only else
+            "activation quantization included")
+    lines = [f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}. Per call, {what}; median over "
+             "CUDA-graph replays rotating weight copies > 4x L2. int8 at M <= 16 runs padded "
              "to M = 32 (torch._int_mm), fp8 block to a multiple of 16 (cuBLAS). nvfp4 is an emulation on Hopper "
              "(decode to bf16 + bf16 matmul).", ""]
     lines += [f"- {name}: {st}" for name, st in status.items()] + [""]
