@@ -23,7 +23,7 @@ from presso.compression.eval.report import evaluate, gate_verdict, size_metrics
 from presso.compression.io.artifact import encode, write_model, write_presso_json
 from presso.compression.io.calibration import generate_windows, load_windows
 from presso.compression.io.formats import artifact_loaders
-from presso.compression.io.loading import LoadedModel, load_model
+from presso.compression.io.loading import LoadedModel, load_model, vocab_size
 from presso.compression.io.outdir import check_out_dir, publish, staged_output
 from presso.compression.pipeline import compress, preflight
 from presso.compression.recipe import Recipe
@@ -55,7 +55,7 @@ def _calibration(spec: LocalJobSpec, lm: LoadedModel, device: torch.device, need
     if not needed:
         return None
     progress("calibration-data", 0.0)
-    vocab = getattr(lm.model.config, "vocab_size", None)
+    vocab = vocab_size(lm.model.config)
     if spec.calibration_path is not None:
         return load_windows(spec.calibration_path, lm.tokenizer, c.samples, c.seq_len, vocab)
     return generate_windows(lm.model, lm.tokenizer, c.samples, c.seq_len, seed=spec.seed, prompt=c.seed_prompt,
@@ -68,7 +68,7 @@ def _eval_windows(spec: LocalJobSpec, lm: LoadedModel, device: torch.device,
     if not e.enabled:
         return None
     progress("evaluation-data", 0.0)
-    vocab = getattr(lm.model.config, "vocab_size", None)
+    vocab = vocab_size(lm.model.config)
     if spec.evaluation_path is not None:
         return load_windows(spec.evaluation_path, lm.tokenizer, e.windows, e.seq_len, vocab)
     if lm.kind != "causal_lm":

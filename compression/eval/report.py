@@ -12,6 +12,7 @@ from presso.compression.eval.encoder import compare_encoders
 from presso.compression.eval.latency import forward_latency
 from presso.compression.eval.perplexity import compare
 from presso.compression.eval.size import artifact_bytes, dense_bytes, param_count, weight_stats
+from presso.compression.io.loading import vocab_size
 from presso.compression.spec import Gate
 
 
@@ -30,7 +31,7 @@ def evaluate(original: nn.Module, compressed: nn.Module, kind: str, windows: tor
         else:
             out.update(compare_encoders(original, compressed, windows, device))
         if latency:
-            vocab = int(getattr(original.config, "vocab_size", 2))
+            vocab = vocab_size(original.config) or 2
             out["latency"] = {
                 f"batch_{b}": {
                     "before": forward_latency(original, device, vocab=vocab, batch=b),

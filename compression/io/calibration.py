@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from presso.compression.errors import CalibrationError, CalibrationRequired
+from presso.compression.io.loading import vocab_size
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def generate_windows(
     if tokenizer is not None:
         start = tokenizer(prompt, add_special_tokens=True, return_tensors="pt")["input_ids"][0]
     else:
-        start = torch.randint(0, model.config.vocab_size, (1,), generator=gen)
+        start = torch.randint(0, vocab_size(model.config) or 2, (1,), generator=gen)
     torch.manual_seed(seed)
     out = []
     home = next(model.parameters()).device

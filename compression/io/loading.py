@@ -77,6 +77,13 @@ def declared_params(model_dir: Path) -> int:
     return total
 
 
+def vocab_size(config: Any) -> int | None:
+    """The vocabulary size of ``config``'s language model (a VLM's is on its text config)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    size = getattr(text, "vocab_size", None)
+    return int(size) if size is not None else None
+
+
 def auto_class(config: Any) -> tuple[Any, str]:
     """The Auto class that builds ``config``'s model and its kind: (AutoModelForCausalLM, "causal_lm"),
     (AutoModelForImageTextToText, "causal_lm") for a vision-language model (its logits from text alone are a
