@@ -13,6 +13,7 @@ from presso.app.api.routes import admin, artifacts, health, jobs, methods, plan,
 from presso.app.console import install_console
 from presso.app.core.db import make_engine, make_session_factory
 from presso.app.core.errors import install_error_handlers
+from presso.app.core.logs import request_context
 from presso.app.core.metrics import metrics_middleware
 from presso.app.core.queue import CeleryPublisher, Publisher, make_celery
 from presso.app.core.ratelimit import make_rate_limiter
@@ -53,6 +54,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.middleware("http")(metrics_middleware)
+    app.middleware("http")(request_context)  # outermost: log lines carry the job id and the tenant
     for module in (jobs, artifacts, methods, admin, health, plan, webhooks):
         app.include_router(module.router)
     install_api_docs(app)

@@ -51,10 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else getattr(logging, os.environ.get("PRESSO_LOG_LEVEL", "INFO")),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from presso.app.core.logs import configure
+
+    # PRESSO_LOG_FORMAT=json: one JSON object per line, with job_id and tenant_id where known
+    configure(logging.DEBUG if args.verbose else getattr(logging, os.environ.get("PRESSO_LOG_LEVEL", "INFO")))
     if not args.verbose:  # one INFO line per HTTP request would break `--wait`'s progress line
         for noisy in ("httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

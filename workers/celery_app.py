@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_ready, worker_shutdown
 
 from presso.app.core.queue import make_celery
 from presso.app.core.settings import get_settings
@@ -18,6 +18,16 @@ log = logging.getLogger(__name__)
 celery = make_celery(get_settings())
 celery.conf.imports = ("presso.workers.tasks",)
 _reaper: Any = None
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_: Any) -> None:
+    """Celery's handlers in Presso's format (PRESSO_LOG_FORMAT=json: JSON lines with job_id and tenant_id)."""
+    from presso.app.core.logs import install
+
+    for handler in logger.handlers:
+        install(handler)
 
 
 @worker_init.connect

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from presso.app.core import logs
 from presso.app.jobs.models import JobState
 from presso.compression.errors import CompressionError
 from presso.workers import dedup, joblog, lease, liveness
@@ -44,7 +45,8 @@ def run_job(job_id: str, ctx: WorkerContext) -> str:
     if settings.work_dir:
         settings.work_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_job_dirs(job_id, settings.work_dir)
-    with (joblog.capture(ctx.session_factory, job_id, claim.attempt), hb,
+    with (logs.bind(job_id=job_id, tenant_id=claim.tenant_id),
+          joblog.capture(ctx.session_factory, job_id, claim.attempt), hb,
           tempfile.TemporaryDirectory(prefix=f"presso-job-{job_id}-", dir=settings.work_dir) as tmp):
         log.info("job %s attempt %d/%d started on %s", job_id, claim.attempt, claim.max_attempts,
                  liveness.current_worker_id() or "this process")

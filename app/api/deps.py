@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
+from presso.app.core import logs
 from presso.app.core.errors import Forbidden, RateLimited, Unauthorized
 from presso.app.core.queue import Publisher
 from presso.app.core.ratelimit import RateLimiter
@@ -63,6 +64,7 @@ def current_tenant(
     if found is None:
         raise Unauthorized("invalid or revoked API key")
     tenant, key = found
+    logs.set_value("tenant_id", tenant.id)
     limiter: RateLimiter = request.app.state.rate_limiter
     wait = limiter.acquire(key.id)
     if wait > 0:

@@ -43,5 +43,26 @@ def run(host: str, port: int, workers: int, log_level: str = "info", access_log:
     """Serve ``presso.app.main:create_app`` (settings from the environment) with ``workers`` processes."""
     import uvicorn
 
+    if workers > 1:
+        multiprocess_metrics_dir()
     uvicorn.run(APP, factory=True, host=host, port=port, workers=workers, http=NoDelayH11Protocol,
                 log_level=log_level, access_log=access_log)
+
+
+def multiprocess_metrics_dir() -> str:
+    """Prometheus multiprocess mode for several API processes: PROMETHEUS_MULTIPROC_DIR (a fresh private
+    directory unless one is given; it is emptied either way, as prometheus_client requires at start), inherited
+    by the processes uvicorn starts. Returns the directory."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = Path(given) if given else Path(tempfile.mkdtemp(prefix="presso-prometheus-"))
+    if given and path.is_dir():
+        for child in path.glob("*.db"):  # only prometheus_client's files
+            child.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    os.chmod(path, 0o700)
+    return str(path)

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 log = logging.getLogger(__name__)
@@ -52,5 +52,8 @@ def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+def metrics(request: Request) -> Response:
+    """Prometheus text: HTTP metrics (every API process in multiprocess mode) and job metrics from the database."""
+    from presso.app.core.metrics import render
+
+    return Response(render(request.app.state.engine), media_type=CONTENT_TYPE_LATEST)
