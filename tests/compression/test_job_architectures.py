@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from presso.compression.job import run_local
@@ -73,3 +75,31 @@ def test_vlm_job_keeps_vision_and_processor(tmp_path: Path) -> None:
     loaded = AutoModelForImageTextToText.from_pretrained(str(spec.out_dir)).eval()
     tower = {k: v for k, v in model.state_dict().items() if "vision_tower" in k}
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in tower.items())
+
+
+def test_streamed_moe_job_equals_the_in_memory_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Streaming builds the model on the meta device, unfuses the experts there and reads each expert's
+    tensors by name from the shards (Qwen-family checkpoints name them as the expert view does)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from presso.load import load
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("qwen3_moe", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, vocab_size=300, head_dim=16,
+                               num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+                               max_position_embeddings=64)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "model")
+    logits = {}
+    for mode in ("off", "on"):
+        spec = LocalJobSpec(model_uri=str(tmp_path / "model"), out_dir=tmp_path / mode,
+                            recipe=parse_recipe({"steps": [{"method": "rtn", "bits": 4, "group_size": 16}]}),
+                            evaluation={"enabled": False}, streaming=mode)
+        with caplog.at_level(logging.INFO, logger="presso.compression.job"):
+            res = run_local(spec)
+        assert ("streaming the model block by block" in caplog.text) == (mode == "on")
+        caplog.clear()
+        assert res.metrics["steps"][0]["experts"]["expert_linears_compressed"] == 24
+        with torch.no_grad():
+            logits[mode] = load(spec.out_dir)(IDS).logits
+    torch.testing.assert_close(logits["on"], logits["off"], rtol=0, atol=0)
