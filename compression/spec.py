@@ -33,8 +33,40 @@ class _Strict(BaseModel):
 
 
 class Gate(_Strict):
+    """Limits the evaluation's measures must meet (docs/search.md, "Evaluation"); unset limits are not checked."""
+
     max_ppl_increase_pct: float | None = Field(default=None, ge=0, description="Max perplexity increase, %.")
     max_kl: float | None = Field(default=None, ge=0, description="Max mean KL(original || compressed), nats/token.")
+    min_top1_agreement: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Min fraction of evaluation tokens where both models predict the same next token.")
+    max_flip_rate: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Max fraction of multiple-choice questions whose chosen answer changes (needs evaluation.tasks).")
+    min_task_accuracy_ratio: float | None = Field(
+        default=None, ge=0, le=10,
+        description="Min task accuracy after / before, over all questions of evaluation.tasks.")
+
+
+MAX_TASKS = 4
+
+
+class TaskSpec(_Strict):
+    """A multiple-choice task: a JSONL file, one question a line: {"context": str, "choices": [str, ...],
+    "gold": int} (compression/eval/tasks.py)."""
+
+    uri: str = Field(min_length=1, max_length=MAX_URI, description="JSONL task file (s3, https, file).")
+    name: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                             description="Name in the metrics (default: task<i>).")
+    limit: int = Field(default=200, ge=1, le=5000, description="Questions scored (the first ones of the file).")
+
+
+class GenerationSpec(_Strict):
+    """Greedy-generation agreement: prompts cut from the evaluation windows, continued by both models."""
+
+    prompts: int = Field(default=4, ge=0, le=64, description="Prompts (0: off).")
+    prompt_tokens: int = Field(default=32, ge=1, le=1024)
+    new_tokens: int = Field(default=16, ge=1, le=512)
 
 
 class CalibrationSpec(_Strict):
@@ -50,10 +82,23 @@ class EvaluationSpec(_Strict):
     enabled: bool = True
     uri: str | None = Field(default=None, max_length=MAX_URI,
                             description="Evaluation text (s3, https, file); none -> text the base model generates.")
-    windows: int = Field(default=8, ge=1, le=1024)
+    windows: int | None = Field(
+        default=None, ge=1, le=1024,
+        description="Evaluation windows; unset: sized so that the evaluation takes no longer than the compression "
+        "(at least 2, at most 8 windows; docs/search.md).")
     seq_len: int = Field(default=512, ge=16, le=32768)
     gate: Gate | None = None
     latency: bool = Field(default=True, description="Measure forward latency before/after.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    tasks: list[TaskSpec] = Field(default_factory=list, max_length=MAX_TASKS,
+                                  description=f"Multiple-choice tasks (accuracy, flip rate). At most {MAX_TASKS}.")
+
+    @model_validator(mode="after")
+    def _task_limits_need_tasks(self) -> EvaluationSpec:
+        g = self.gate
+        if g is not None and not self.tasks and (g.max_flip_rate is not None or g.min_task_accuracy_ratio is not None):
+            raise ValueError("gate.max_flip_rate and gate.min_task_accuracy_ratio need evaluation.tasks")
+        return self
 
 
 class OutputSpec(_Strict):
@@ -145,14 +190,22 @@ class JobSpec(_Strict):
             found["calibration.uri"] = self.calibration.uri
         if self.evaluation.uri:
             found["evaluation.uri"] = self.evaluation.uri
+        for i, task in enumerate(self.evaluation.tasks):
+            found[f"evaluation.tasks.{i}.uri"] = task.uri
         return found
 
-    def localized(self, model: Path, calibration: Path | None, evaluation: Path | None) -> JobSpec:
-        """The same request with every URI replaced by the local file it was fetched to."""
+    def localized(self, model: Path, calibration: Path | None, evaluation: Path | None,
+                  tasks: list[Path] | None = None) -> JobSpec:
+        """The same request with every URI replaced by the local file it was fetched to (``tasks``: one path per
+        ``evaluation.tasks`` entry, in order; None keeps them)."""
+        ev: dict[str, Any] = {"uri": evaluation.as_uri() if evaluation else None}
+        if tasks is not None:
+            ev["tasks"] = [t.model_copy(update={"uri": p.as_uri()})
+                           for t, p in zip(self.evaluation.tasks, tasks, strict=True)]
         return self.model_copy(update={
             "model_uri": model.as_uri(),
             "calibration": self.calibration.model_copy(update={"uri": calibration.as_uri() if calibration else None}),
-            "evaluation": self.evaluation.model_copy(update={"uri": evaluation.as_uri() if evaluation else None}),
+            "evaluation": self.evaluation.model_copy(update=ev),
         })
 
 
@@ -173,6 +226,11 @@ class LocalJobSpec(JobSpec):
     device: str | None = Field(default=None, description="'cuda', 'cpu' or None (CUDA when present).")
     seed: int = 0
     max_params: int | None = Field(default=None, description="Refuse models declaring more parameters.")
+    resume_dir: Path | None = Field(
+        default=None,
+        description="Where a streamed job checkpoints each finished block and resumes from (compression.io.resume); "
+        "default: out_dir/.presso-resume, removed when the artifact is published.",
+    )
     overwrite: bool = Field(
         default=False,
         description="out_dir may hold a previous Presso artifact (presso.json), whose files are then replaced; "
@@ -190,9 +248,9 @@ class LocalJobSpec(JobSpec):
 
     @classmethod
     def for_run(cls, job: JobSpec, *, model: Path, calibration: Path | None = None,
-                evaluation: Path | None = None, **run: Any) -> LocalJobSpec:
+                evaluation: Path | None = None, tasks: list[Path] | None = None, **run: Any) -> LocalJobSpec:
         """Refine a fetched ``job`` for one run; ``run`` holds out_dir, device, seed, max_params, overwrite."""
-        refined = job.localized(model, calibration, evaluation)
+        refined = job.localized(model, calibration, evaluation, tasks)
         fields = {name: getattr(refined, name) for name in refined.model_fields_set | {"model_uri"}}
         return cls(**fields, **run)
 
@@ -207,3 +265,7 @@ class LocalJobSpec(JobSpec):
     @property
     def evaluation_path(self) -> Path | None:
         return local_path(self.evaluation.uri) if self.evaluation.uri else None
+
+    @property
+    def task_paths(self) -> list[Path]:
+        return [local_path(t.uri) for t in self.evaluation.tasks]

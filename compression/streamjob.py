@@ -30,6 +30,7 @@ from presso.compression.io.calibration import load_windows
 from presso.compression.io.formats import WriteOptions, artifact_loaders
 from presso.compression.io.lazy import checkpoint_bytes, load_lazy
 from presso.compression.io.outdir import check_out_dir, publish, staged_output
+from presso.compression.io.resume import RESUME_DIR, Checkpoint, job_key
 from presso.compression.io.streamwrite import STREAM_FORMATS, StreamedArtifact
 from presso.compression.pipeline import compress, preflight
 from presso.compression.spec import LocalJobSpec
@@ -102,8 +103,10 @@ def stream_decision(spec: LocalJobSpec) -> StreamDecision:
 
 
 def run_streaming(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> Any:
-    """The streamed ``run_local``: returns the same LocalJobResult (metrics without quality)."""
+                  should_stop: Callable[[], bool] | None = None,
+                  on_saved: Callable[[Path], None] | None = None) -> Any:
+    """The streamed ``run_local``: returns the same LocalJobResult (metrics without quality). Each finished
+    block is checkpointed in ``spec.resume_dir`` (``on_saved(dir)`` after each), and a rerun resumes there."""
     from presso.compression.job import LocalJobResult, _slim, _versions, output_encoding
 
     t0 = time.perf_counter()
@@ -131,8 +134,14 @@ def run_streaming(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
     options = WriteOptions(format=spec.output.format, sparse_format=spec.output.sparse_format)
     source_dir = spec.model_dir if spec.model_dir.is_dir() else spec.model_dir.parent
     params, before = param_count(lm.model), dense_bytes(lm.model)
+    # the checkpoint key: options and the inputs' contents, not where they were fetched to (a temporary directory)
+    options_key = spec.model_dump(mode="json", exclude={"out_dir", "overwrite", "resume_dir", "model_uri"})
+    for part in ("calibration", "evaluation"):
+        options_key[part].pop("uri", None)
     with staged_output(spec.out_dir, overwrite=spec.overwrite) as stage:
-        stream = StreamedArtifact(lm.model, find_layout(lm.model), reader, stage, options)
+        checkpoint = Checkpoint(spec.resume_dir or spec.out_dir / RESUME_DIR,
+                                job_key(options_key, source_dir, spec.calibration_path), on_saved)
+        stream = StreamedArtifact(lm.model, find_layout(lm.model), reader, stage, options, checkpoint=checkpoint)
         ctx.stream = stream
         try:
             t = time.perf_counter()
@@ -171,5 +180,6 @@ def run_streaming(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
                                   "metrics": metrics, "versions": _versions(), "output_format": spec.output.format,
                                   **output})
         files = publish(stage, spec.out_dir, overwrite=spec.overwrite)
+        checkpoint.clear()
     progress("write", 1.0)
     return LocalJobResult(metrics=metrics, files=[Path(f) for f in files], attempts=metrics["attempts"])

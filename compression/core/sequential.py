@@ -68,7 +68,9 @@ def capture_inputs(model: nn.Module, layout: Layout, ctx: StepContext) -> BlockI
     _move_outside_blocks_(model, layout, ctx.device)
     first = layout.blocks[0]
     home = next(first.parameters()).device
-    first.to(ctx.device)
+    streamed = home.type == "meta"  # a streamed block 0 is not read for this: the hook stops before it runs
+    if not streamed:
+        first.to(ctx.device)
     captured = BlockInputs(hidden=[], kwargs=[])
 
     def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -86,7 +88,8 @@ def capture_inputs(model: nn.Module, layout: Layout, ctx: StepContext) -> BlockI
                 pass
     finally:
         handle.remove()
-        first.to(home)
+        if not streamed:
+            first.to(home)
     return captured
 
 
@@ -125,11 +128,15 @@ BlockFn = Callable[[int, nn.Module, BlockInputs], dict[str, Any] | None]
 class BlockStream(Protocol):
     """Where blocks come from and go to when the model is streamed (``StepContext.stream``)."""
 
+    def resume(self) -> tuple[int, list[torch.Tensor] | None, list[dict[str, Any]]]:
+        """(first block to run, its saved input hidden states or None, the results of the blocks before it)."""
+
     def load(self, i: int, block: nn.Module) -> None:
         """Read block ``i``'s weights (it is on the meta device until then)."""
 
-    def done(self, i: int, block: nn.Module, result: dict[str, Any]) -> None:
-        """Block ``i`` is compressed and its outputs computed: write it and release its memory."""
+    def done(self, i: int, block: nn.Module, result: dict[str, Any], outputs: list[torch.Tensor] | None) -> None:
+        """Block ``i`` is compressed and ``outputs`` (the next block's hidden states) computed: write it
+        (and checkpoint it), then release its memory."""
 
 
 def run_blockwise(model: nn.Module, layout: Layout, ctx: StepContext, process: BlockFn, *,
@@ -138,16 +145,19 @@ def run_blockwise(model: nn.Module, layout: Layout, ctx: StepContext, process: B
     already-processed blocks. Returns the per-block results.
 
     ``calibrated=False``: no inputs (``process`` gets empty ones) and no forward; what a calibration-free
-    engine uses when the model is streamed (``ctx.stream``), so it still sees one block at a time."""
+    engine uses when the model is streamed (``ctx.stream``), so it still sees one block at a time. A stream
+    may resume at a later block (compression.io.resume): the blocks before it are not run again."""
     stream: BlockStream | None = ctx.stream
-    if stream is not None:
-        stream.load(0, layout.blocks[0])
+    start, saved, results = stream.resume() if stream is not None else (0, None, [])
     inputs = capture_inputs(model, layout, ctx) if calibrated else BlockInputs(hidden=[], kwargs=[])
-    results: list[dict[str, Any]] = []
+    if saved is not None and calibrated:
+        inputs = BlockInputs(hidden=[h.to(ctx.device) for h in saved], kwargs=inputs.kwargs)
     n = len(layout.blocks)
     for i, block in enumerate(layout.blocks):
+        if i < start:
+            continue
         t0 = time.perf_counter()
-        if stream is not None and i > 0:
+        if stream is not None:
             stream.load(i, block)
         home = next(block.parameters()).device
         if calibrated:
@@ -159,7 +169,7 @@ def run_blockwise(model: nn.Module, layout: Layout, ctx: StepContext, process: B
             inputs = BlockInputs(hidden=forward_block(block, inputs), kwargs=inputs.kwargs)
             block.to(home)
         if stream is not None:
-            stream.done(i, block, results[-1])
+            stream.done(i, block, results[-1], inputs.hidden if calibrated else None)
         ctx.report((i + 1) / n)
         log.info("block %d/%d done in %.2fs (compress %.2fs, forward %.2fs)", i + 1, n,
                  time.perf_counter() - t0, t1 - t0, time.perf_counter() - t1)

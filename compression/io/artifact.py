@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from presso.compression.core.experts import checkpoint_renames, rename_artifact_
 from presso.compression.io.formats import ENCODINGS, WriteOptions, export_state, write_side_files
 
 log = logging.getLogger(__name__)
-SHARD_BYTES = 4 << 30
+SHARD_BYTES = int(os.environ.get("PRESSO_SHARD_BYTES", 4 << 30))  # the artifact's shard size (tests: smaller)
 __all__ = ["KEPT_FILES", "encode", "file_table", "kept_files", "sha256_file", "write_model", "write_presso_json"]
 
 # What an artifact keeps of the input model's own files, byte for byte: tokenizer, chat template,

@@ -28,6 +28,7 @@ from presso.compression.errors import CompressionError
 
 MANIFEST = "presso.json"
 STAGING_PREFIX = ".presso-staging-"
+RESUME_DIR = ".presso-resume"  # compression.io.resume
 
 
 class OutputDirRefused(CompressionError):
@@ -45,8 +46,10 @@ def _safe_rel(name: object) -> str | None:
 
 
 def _entries(out_dir: Path) -> list[Path]:
-    """The directory's entries, less staging directories a killed run left (Presso's own, removed later)."""
-    return [p for p in out_dir.iterdir() if not (p.name.startswith(STAGING_PREFIX) and p.is_dir())]
+    """The directory's entries, less staging directories a killed run left (Presso's own, removed later) and
+    a streamed job's resume checkpoint (compression.io.resume, removed when its artifact is published)."""
+    return [p for p in out_dir.iterdir()
+            if not ((p.name.startswith(STAGING_PREFIX) or p.name == RESUME_DIR) and p.is_dir())]
 
 
 def previous_artifact_files(out_dir: Path) -> set[str]:

@@ -27,6 +27,7 @@ from presso.compression.io import artifact
 from presso.compression.io.formats import DENSE, WriteOptions
 from presso.compression.io.formats.quantized import PackQuantized, _scheme_key, pack_quantized_config
 from presso.compression.io.lazy import materialize_, missing_parameters, release_
+from presso.compression.io.resume import Checkpoint
 from presso.compression.io.shards import ShardReader, ShardWriter
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ STREAM_FORMATS = ("compressed", "dense")
 
 class StreamedArtifact:
     def __init__(self, model: nn.Module, layout: Layout, reader: ShardReader, out_dir: Path,
-                 options: WriteOptions, shard_bytes: int | None = None) -> None:
+                 options: WriteOptions, shard_bytes: int | None = None, checkpoint: Checkpoint | None = None) -> None:
         if options.format not in STREAM_FORMATS:
             raise ValueError(f"output format {options.format!r} is not streamed")
         self.model, self.layout, self.reader, self.options = model, layout, reader, options
@@ -43,6 +44,7 @@ class StreamedArtifact:
         self.groups: dict[tuple[int, int, bool], list[str]] = defaultdict(list)
         self.bits = (0, 0.0, 0)
         self.done_blocks: list[int] = []
+        self.checkpoint = checkpoint
         head, self.tail = self._outside()
         for name, t in head:
             self.writer.add(name, t)
@@ -75,25 +77,52 @@ class StreamedArtifact:
 
             raise ModelLoadError(f"block {i}: weights missing from the checkpoint: {', '.join(missing[:5])}")
 
-    def done(self, i: int, block: nn.Module, result: dict[str, Any]) -> None:
+    def resume(self) -> tuple[int, list[torch.Tensor] | None, list[dict[str, Any]]]:
+        """Replay the checkpointed blocks into the writer (same tensors, same order: same shards)."""
+        ck = self.checkpoint
+        if ck is None or ck.done == 0:
+            return 0, None, []
+        if ck.done > len(self.layout.blocks):
+            raise ValueError(f"checkpoint holds {ck.done} blocks, the model has {len(self.layout.blocks)}")
+        results = []
+        for i in range(ck.done):
+            for name, t in ck.block_tensors(i):
+                self.writer.add(name, t)
+            record = ck.block_record(i)
+            self._account(i, [(tuple(k), n) for k, n in record["groups"]], record["bits"])
+            results.append(record["result"])
+        log.info("resuming at block %d/%d from %s", ck.done, len(self.layout.blocks), ck.root)
+        return ck.done, ck.inputs(), results
+
+    def _account(self, i: int, groups: list[tuple[Any, str]], bits: list[Any]) -> None:
+        for key, name in groups:
+            self.groups[key].append(name)
+        self.bits = (self.bits[0] + bits[0], self.bits[1] + bits[1], self.bits[2] + bits[2])
+        self.done_blocks.append(i)
+
+    def done(self, i: int, block: nn.Module, result: dict[str, Any], outputs: list[torch.Tensor] | None) -> None:
         block.to("cpu")
         prefix = self.layout.block_name(i)
         state = {k: v.detach().contiguous() for k, v in block.state_dict(keep_vars=False).items()}
         reference = list(state)
+        groups = []
         for name, mod in block.named_modules():
             qw = quantized_of(mod)
             if (self.options.format == "compressed" and qw is not None and isinstance(mod, nn.Linear)
                     and f"{name}.weight" in state):
-                self.groups[_scheme_key(qw)].append(f"{prefix}.{name}")
+                groups.append((_scheme_key(qw), f"{prefix}.{name}"))
         if self.options.format == "compressed":
             PackQuantized().export(block, state, {}, self.options)
-        for name in artifact.module_order(list(state), reference):
-            self.writer.add(f"{prefix}.{name}", state[name])
-        n, bits, zeros = linear_bits(block.modules())
-        self.bits = (self.bits[0] + n, self.bits[1] + bits, self.bits[2] + zeros)
-        del state
+        tensors = [(f"{prefix}.{name}", state[name]) for name in artifact.module_order(list(state), reference)]
+        for name, t in tensors:
+            self.writer.add(name, t)
+        bits = list(linear_bits(block.modules()))
+        if self.checkpoint is not None:
+            record = {"result": result, "groups": groups, "bits": bits}
+            self.checkpoint.save_block(i, tensors, record, outputs)
+        self._account(i, groups, bits)
+        del state, tensors
         release_(block)
-        self.done_blocks.append(i)
 
     def finish(self) -> tuple[list[str], dict[str, Any], list[Path]]:
         """Write what follows the blocks and close the shards; returns (forms, config.json content, files)."""

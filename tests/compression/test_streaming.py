@@ -130,17 +130,48 @@ def test_auto_streams_over_the_host_budget(model_dir, calib_file, tmp_path, monk
     assert "streamed" not in res.metrics
 
 
-def test_failed_stream_publishes_nothing(model_dir, calib_file, tmp_path, monkeypatch):
+def test_failed_stream_publishes_nothing_and_rerun_resumes(model_dir, calib_file, tmp_path, monkeypatch):
     from presso.compression.io.streamwrite import StreamedArtifact
 
-    done = StreamedArtifact.done
+    done, loaded = StreamedArtifact.done, []
 
-    def fail_at_block_2(self, i, block, result):
+    def fail_at_block_2(self, i, block, *rest):
         if i == 2:
             raise RuntimeError("killed at block 2")
-        done(self, i, block, result)
+        done(self, i, block, *rest)
 
     monkeypatch.setattr(StreamedArtifact, "done", fail_at_block_2)
     with pytest.raises(RuntimeError):
         run_local(_spec(model_dir, tmp_path / "o", GPTQ, "on", calib_file))
-    assert not (tmp_path / "o").exists()
+    assert [p.name for p in (tmp_path / "o").iterdir()] == [".presso-resume"]  # no artifact file published
+    state = json.loads((tmp_path / "o" / ".presso-resume" / "state.json").read_text())
+    assert len(state["blocks"]) == 2
+    monkeypatch.setattr(StreamedArtifact, "done", done)
+    load = StreamedArtifact.load
+    monkeypatch.setattr(StreamedArtifact, "load", lambda self, i, b: (loaded.append(i), load(self, i, b)))
+    run_local(_spec(model_dir, tmp_path / "o", GPTQ, "on", calib_file))
+    assert loaded == [2]  # blocks 0 and 1 came from the checkpoint
+    assert not (tmp_path / "o" / ".presso-resume").exists()
+    run_local(_spec(model_dir, tmp_path / "ref", GPTQ, "on", calib_file))
+    assert _digests(tmp_path / "o") == _digests(tmp_path / "ref")
+    layers = [json.loads((tmp_path / d / "report.json").read_text())["layers"] for d in ("o", "ref")]
+    assert layers[0] == layers[1]
+
+
+def test_checkpoint_of_another_job_is_discarded(model_dir, calib_file, tmp_path, monkeypatch):
+    from presso.compression.io.streamwrite import StreamedArtifact
+
+    done = StreamedArtifact.done
+
+    def fail_at_block_1(self, i, block, *rest):
+        if i == 1:
+            raise RuntimeError("killed at block 1")
+        done(self, i, block, *rest)
+
+    monkeypatch.setattr(StreamedArtifact, "done", fail_at_block_1)
+    with pytest.raises(RuntimeError):
+        run_local(_spec(model_dir, tmp_path / "o", GPTQ, "on", calib_file))
+    monkeypatch.setattr(StreamedArtifact, "done", done)
+    run_local(_spec(model_dir, tmp_path / "o", RTN, "on"))  # another recipe: starts over
+    run_local(_spec(model_dir, tmp_path / "ref", RTN, "on"))
+    assert _digests(tmp_path / "o") == _digests(tmp_path / "ref")
