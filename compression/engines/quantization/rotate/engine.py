@@ -105,7 +105,7 @@ def plan_model(model: nn.Module, layout: Layout, ctx: StepContext, probe: torch.
     return Plan(readers=readers, writers=writers, final_norm=finals[0])
 
 
-def _untie_(model: nn.Module) -> bool:
+def _untie_(model: Any) -> bool:  # a transformers PreTrainedModel
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     if head is None or head.weight.data_ptr() != emb.weight.data_ptr():
         return False
@@ -115,11 +115,16 @@ def _untie_(model: nn.Module) -> bool:
     return True
 
 
+def _norm_weight(norm: nn.Module) -> torch.Tensor:
+    w: torch.Tensor = getattr(norm, "weight").data  # noqa: B009 - nn.Module attributes are untyped
+    return w
+
+
 def _fuse_norm_(norm: nn.Module, readers: list[nn.Module], device: torch.device) -> None:
-    g = norm.weight.data.to(device, torch.float64)
+    g = _norm_weight(norm).to(device, torch.float64)
     for lin in readers:
         set_weight_(lin, get_weight(lin, device).double() * g.unsqueeze(0))
-    norm.weight.data.fill_(1.0)
+    _norm_weight(norm).fill_(1.0)
 
 
 def _rotate_in_(lin: nn.Module, q: torch.Tensor, device: torch.device) -> None:
@@ -138,12 +143,13 @@ class RotateEngine:
     @torch.no_grad()
     def apply_(self, model: nn.Module, cfg: RotateConfig, ctx: StepContext) -> dict[str, Any]:
         layout = find_layout(model)
-        emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+        hf: Any = model  # a transformers PreTrainedModel
+        emb, head = hf.get_input_embeddings(), hf.get_output_embeddings()
         d = int(emb.weight.shape[1])
         probe = torch.randint(0, int(emb.weight.shape[0]), PROBE, generator=torch.Generator().manual_seed(cfg.seed))
         dev = ctx.device
         home = emb.weight.device  # the probe runs where the model is; the weight math on the step's device
-        before = model(input_ids=probe.to(home), use_cache=False).logits.float()
+        before = hf(input_ids=probe.to(home), use_cache=False).logits.float()
         plan = plan_model(model, layout, ctx, probe, d)
         untied = _untie_(model)
         q = rotation(d, cfg.rotation, cfg.seed).to(dev)
@@ -159,10 +165,10 @@ class RotateEngine:
             _fuse_norm_(model.get_submodule(plan.final_norm), [head], dev)
             _rotate_in_(head, q, dev)
         else:
-            model.get_submodule(plan.final_norm).weight.data.fill_(1.0)
+            _norm_weight(model.get_submodule(plan.final_norm)).fill_(1.0)
         emb.weight.data.copy_((emb.weight.data.to(dev, torch.float64) @ q).to(emb.weight.dtype))
         model.to(home)  # capture_inputs moved what is outside the blocks to the step's device
-        after = model(input_ids=probe.to(home), use_cache=False).logits.float()
+        after = hf(input_ids=probe.to(home), use_cache=False).logits.float()
         change = float((after - before).norm() / before.norm().clamp_min(1e-12))
         tol = 1e-3 if emb.weight.dtype == torch.float32 else 3e-2
         if not change < tol:
