@@ -62,11 +62,14 @@ class _ExpertReport:
         return getattr(self.engine, name)
 
     def apply_(self, model: nn.Module, cfg: Any, ctx: StepContext) -> dict[str, Any]:
-        from presso.compression.core.experts import expert_summary
+        from presso.compression.core.experts import expert_summary, route_all_
 
-        result = self.engine.apply_(model, cfg, ctx) or {}
-        if isinstance(result.get("layers"), list) and "experts" not in result:
-            result.update(expert_summary(model, result["layers"]))
+        try:
+            result = self.engine.apply_(model, cfg, ctx) or {}
+            if isinstance(result.get("layers"), list) and "experts" not in result:
+                result.update(expert_summary(model, result["layers"]))
+        finally:
+            route_all_(model, False)  # expert_calibration="all" lasts one step
         return result
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -32,6 +32,12 @@ class StepConfig(BaseModel):
         description="Mixture-of-experts: a calibrated step compresses an expert that received fewer routed "
         "calibration tokens than this with the data-free rounding of the same scheme (RTN; magnitude for "
         "pruning), and its report says which experts and why. Data-free steps ignore it.",
+    )
+    expert_calibration: Literal["routed", "all"] = Field(
+        default="routed",
+        description="Mixture-of-experts: 'routed' gives each expert the statistics of the calibration tokens the "
+        "router sends it; 'all' sends every token through every expert for statistics (the block's output still "
+        "sums only the routed experts), so no expert lacks calibration, at E/k times the experts' compute.",
     )
 
     # Class-level facts the pipeline and the API read.

@@ -111,6 +111,9 @@ class UnfusedExperts(nn.ModuleList):
         # calibrated step recorded after its observation pass (starved_experts), for the report
         self.tokens_seen = torch.zeros(self.num_experts, dtype=torch.long, device=first.device)
         self.calibration_tokens: dict[int, int] = {}
+        # expert_calibration="all": every token goes through every expert (the hooks see them all, for
+        # statistics); the output still sums only the routed experts' contributions
+        self.route_all = False
 
     def reset_counts_(self) -> None:
         self.tokens_seen = torch.zeros(self.num_experts, dtype=torch.long)
@@ -125,13 +128,18 @@ class UnfusedExperts(nn.ModuleList):
         counts = self.tokens_seen
         if counts.device != hidden_states.device:
             counts = counts.to(hidden_states.device)
-        for e_idx in hit:
-            e = int(e_idx[0])
+        experts = range(self.num_experts) if self.route_all else [int(e[0]) for e in hit]
+        for e in experts:
             if e == self.num_experts:
                 continue
             top_k_pos, token_idx = torch.where(mask[e])
-            counts[e] += token_idx.numel()
-            out = self[e](hidden_states[token_idx]) * top_k_weights[token_idx, top_k_pos, None]
+            if self.route_all:  # statistics from every token, output from the routed ones
+                counts[e] += hidden_states.shape[0]
+                out = self[e](hidden_states)[token_idx]
+            else:
+                counts[e] += token_idx.numel()
+                out = self[e](hidden_states[token_idx])
+            out = out * top_k_weights[token_idx, top_k_pos, None]
             final.index_add_(0, token_idx, out.to(final.dtype))
         self.tokens_seen = counts
         return final
@@ -198,6 +206,12 @@ def reset_counts_(model: nn.Module) -> None:
         m.reset_counts_()
 
 
+def route_all_(model: nn.Module, on: bool) -> None:
+    """Send every token through every expert (calibration statistics for all experts) or only the routed ones."""
+    for _, m in experts_modules(model):
+        m.route_all = on
+
+
 def expert_of(model: nn.Module) -> dict[str, tuple[UnfusedExperts, int]]:
     """Linear name -> (its experts module, expert index) for every expert linear of ``model``."""
     out: dict[str, tuple[UnfusedExperts, int]] = {}
@@ -250,8 +264,9 @@ def expert_summary(model: nn.Module, records: list[dict[str, Any]]) -> dict[str,
         if "fallback" in rec:
             fallbacks[name] = rec["fallback"]
     n_experts = len({(id(m), e) for m, e in where.values()})
+    routing = "all" if any(m.route_all for m, _ in where.values()) else "routed"
     return {"experts": {"experts": n_experts, "expert_linears": len(where), "expert_linears_compressed": done,
-                        "fallbacks": fallbacks}}
+                        "calibration_tokens": routing, "fallbacks": fallbacks}}
 
 
 _LITERAL = re.compile(r"^[\w.]+$")

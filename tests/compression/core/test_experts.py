@@ -128,3 +128,21 @@ def test_gpt_oss_layout_is_refused_not_skipped() -> None:
     model = AutoModelForCausalLM.from_config(cfg).eval()
     with pytest.raises(UnsupportedModel, match="GptOssExperts"):
         unfuse_experts_(model)
+
+
+def test_route_all_keeps_the_output_and_feeds_every_expert(mixtral: torch.nn.Module) -> None:
+    from presso.compression.core.experts import experts_modules, route_all_
+
+    view = copy.deepcopy(mixtral)
+    unfuse_experts_(view)
+    ref = view(IDS).logits
+    route_all_(view, True)
+    torch.testing.assert_close(view(IDS).logits, ref, rtol=0, atol=1e-5)  # only the routed experts are summed
+
+    model = copy.deepcopy(mixtral)
+    step = {"method": "gptq", "bits": 4, "group_size": 16, "expert_calibration": "all",
+            "expert_min_tokens": CALIB.numel()}
+    rep = compress(model, parse_recipe({"steps": [step]}), StepContext(calibration=CALIB, batch_size=4))["steps"][0]
+    assert rep["experts"]["fallbacks"] == {} and rep["experts"]["calibration_tokens"] == "all"
+    assert {r["tokens_seen"] for r in rep["layers"] if "expert" in r} == {CALIB.numel()}
+    assert not any(m.route_all for _, m in experts_modules(model))  # one step only
