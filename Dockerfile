@@ -48,7 +48,8 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url ${TORCH_INDEX} torch==${TORCH_VERSION} \
  && pip install --require-hashes --no-deps -r requirements/worker.lock
 COPY --from=build /wheels /wheels
-RUN pip install --no-deps /wheels/presso-*.whl && presso doctor
+RUN pip install --no-deps /wheels/presso-*.whl && presso doctor \
+ && mkdir -p /scratch && chown presso:presso /scratch
 USER presso
 CMD ["presso", "worker", "--queues", "gpu,cpu"]
 
@@ -69,6 +70,7 @@ RUN pip install --no-deps /wheels/presso-*.whl \
  && pip install ${NVCC_PACKAGE} \
  && PRESSO_NVCC=$(python -c "import nvidia.cuda_nvcc, os; print(os.path.join(nvidia.cuda_nvcc.__path__[0], 'bin', 'nvcc'))") \
     presso build-kernels --arch ${TORCH_CUDA_ARCHS} \
- && pip uninstall -y ${NVCC_PACKAGE} && chmod -R a+rX /opt/presso && presso doctor
+ && pip uninstall -y ${NVCC_PACKAGE} && chmod -R a+rX /opt/presso && presso doctor \
+ && mkdir -p /scratch && chown presso:presso /scratch
 USER presso
 CMD ["presso", "worker", "--queues", "gpu,cpu"]

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=5, ge=0, description="Extra connections per process under load.")
     db_pool_timeout_s: float = Field(default=10.0, gt=0, description="Wait for a free connection, then 500.")
     s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = Field(
+        default=None, description="The S3 endpoint as clients outside the service's network reach it: presigned "
+        "download URLs are signed for it (default: s3_endpoint_url).")
     s3_region: str = "us-east-1"
     presign_expires_s: int = Field(default=600, ge=30, le=3600)
 

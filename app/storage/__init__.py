@@ -12,7 +12,8 @@ def make_store(settings: Settings) -> ArtifactStore:
         from presso.app.storage.s3 import S3Store
 
         bucket, _, prefix = url[len("s3://") :].partition("/")
-        return S3Store(bucket, prefix, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+        return S3Store(bucket, prefix, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+                       public_endpoint_url=settings.s3_public_endpoint_url)
     from presso.app.storage.local import LocalStore
 
     return LocalStore(url.removeprefix("file://"))

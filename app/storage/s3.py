@@ -19,18 +19,25 @@ def _missing(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
+def _client(endpoint_url: str | None, region: str) -> Any:
+    return boto3.client(
+        "s3", endpoint_url=endpoint_url, region_name=region,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"},
+                      signature_version="s3v4"),
+    )
+
+
 class S3Store:
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 region: str = "us-east-1", client: Any | None = None) -> None:
+                 region: str = "us-east-1", client: Any | None = None, public_endpoint_url: str | None = None) -> None:
+        """``public_endpoint_url``: where clients outside the service's network reach the same S3 (presigned URLs
+        are signed for that host; e.g. MinIO at http://minio:9000 inside compose, https://s3.example.com out)."""
         if not bucket:
             raise ValueError("s3 store URL needs a bucket: s3://bucket/prefix")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.client = client or boto3.client(
-            "s3", endpoint_url=endpoint_url, region_name=region,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"},
-                          signature_version="s3v4"),
-        )
+        self.client = client or _client(endpoint_url, region)
+        self.signer = _client(public_endpoint_url, region) if public_endpoint_url else self.client
 
     def _key(self, key: str) -> str:
         validate_key(key)
@@ -71,7 +78,7 @@ class S3Store:
             raise
 
     def presigned_url(self, key: str, expires_s: int) -> str | None:
-        url: str = self.client.generate_presigned_url(
+        url: str = self.signer.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s
         )
         return url

@@ -68,3 +68,14 @@ def test_multipart_upload(s3_endpoint: str, tmp_path: Path) -> None:
     head = store.client.head_object(Bucket=ARTIFACT_BUCKET, Key="multipart/big.bin")
     assert "-" in head["ETag"]  # multipart ETag
     assert store.get_bytes("big.bin") == big.read_bytes()
+
+
+def test_presigned_urls_use_the_public_endpoint(s3_endpoint: str) -> None:
+    """Inside compose the store is http://minio:9000; users download from the public name: the URL is signed for
+    it (here the same moto server under another host name) and downloads."""
+    public = s3_endpoint.replace("127.0.0.1", "localhost")
+    store = S3Store(ARTIFACT_BUCKET, "public-test", endpoint_url=s3_endpoint, public_endpoint_url=public)
+    store.put_bytes("a/b.bin", b"payload")
+    url = store.presigned_url("a/b.bin", 60)
+    assert url is not None and url.startswith(public + "/")
+    assert httpx.get(url).content == b"payload"
