@@ -68,7 +68,9 @@ def remove_stale_job_dirs(job_id: str, work_dir: Path | None) -> None:
 
 
 def _attempt(ctx: WorkerContext, claim: lease.Claim, hb: Heartbeat, tmp: Path) -> str:
+    from presso.compression.io.outdir import RESUME_DIR
     from presso.compression.job import run_local
+    from presso.workers.checkpoints import CheckpointSync
 
     progress = with_stage_delays(hb.progress, claim.job_id, claim.attempt)  # test-only hook; inert by default
     plan_before_fetch(ctx, claim)
@@ -78,7 +80,9 @@ def _attempt(ctx: WorkerContext, claim: lease.Claim, hb: Heartbeat, tmp: Path) -
     if twin is not None:
         return _reuse(ctx, claim, hb, twin)
     progress("compress", 0.0)
-    result = run_local(spec, progress=progress, should_stop=hb.should_stop)
+    checkpoints = CheckpointSync(ctx.store, claim)  # a streamed job resumes where an earlier attempt stopped
+    checkpoints.restore(spec.resume_dir or spec.out_dir / RESUME_DIR)
+    result = run_local(spec, progress=progress, should_stop=hb.should_stop, on_checkpoint=checkpoints)
     if hb.should_stop():
         raise Stopped("stopped before upload")
     hb.beat()
