@@ -66,3 +66,9 @@ class TargetUnreachable(CompressionError):
     """A target job's floor cannot be met under its budget (the message names the best reached)."""
 
     code = "target_unreachable"
+
+
+class InvalidTaskFile(CompressionError):
+    """A multiple-choice task file (evaluation.tasks) that is not JSONL of {context, choices, gold}."""
+
+    code = "invalid_task_file"

@@ -18,8 +18,10 @@ from typing import Any
 import torch
 
 from presso.compression.core.context import StepContext, pick_device
-from presso.compression.errors import AccuracyGateFailed
-from presso.compression.eval.report import evaluate, gate_verdict, size_metrics
+from presso.compression.errors import AccuracyGateFailed, CodecError
+from presso.compression.eval.exact import bit_exactness
+from presso.compression.eval.report import gate_verdict, size_metrics
+from presso.compression.eval.session import EvalSession, lossless_only
 from presso.compression.io.artifact import encode, write_model, write_presso_json
 from presso.compression.io.calibration import generate_windows, load_windows
 from presso.compression.io.formats import artifact_loaders
@@ -62,37 +64,26 @@ def _calibration(spec: LocalJobSpec, lm: LoadedModel, device: torch.device, need
                             device=device, progress=lambda f: progress("calibration-data", f))
 
 
-def _eval_windows(spec: LocalJobSpec, lm: LoadedModel, device: torch.device,
-                  progress: ProgressFn) -> torch.Tensor | None:
-    e = spec.evaluation
-    if not e.enabled:
-        return None
-    progress("evaluation-data", 0.0)
-    vocab = vocab_size(lm.model.config)
-    if spec.evaluation_path is not None:
-        return load_windows(spec.evaluation_path, lm.tokenizer, e.windows, e.seq_len, vocab)
-    if lm.kind != "causal_lm":
-        return torch.randint(0, vocab or 2, (e.windows, e.seq_len), generator=torch.Generator().manual_seed(spec.seed))
-    # held apart from calibration: another seed and another prompt
-    return generate_windows(lm.model, lm.tokenizer, e.windows, e.seq_len, seed=spec.seed + 7919,
-                            prompt="Once upon a time", device=device,
-                            progress=lambda f: progress("evaluation-data", f))
-
-
 def _attempt(recipe: Recipe, lm: LoadedModel, original: torch.nn.Module, ctx: StepContext,
-             windows: torch.Tensor | None, spec: LocalJobSpec,
+             evals: EvalSession, spec: LocalJobSpec,
              gate: Gate | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     model = copy.deepcopy(original)
     after_step = None
-    if windows is not None and len(recipe.steps) > 1:
+    exact_only = lossless_only(recipe)
+    t_c = time.perf_counter()
+    if evals.enabled and len(recipe.steps) > 1 and not exact_only:
         # each step's own effect: quality after every step of a chain (latency only at the end)
         def after_step(_i: int, m: torch.nn.Module) -> dict[str, Any]:
-            return evaluate(original, m, lm.kind, windows, ctx.device, latency=False)
+            return evals.measure(original, m, time.perf_counter() - t_c, latency=False, stage=None)
 
     report = compress(model, recipe, ctx, after_step=after_step)
-    ctx.progress("evaluate", 0.0)
-    quality = evaluate(original, model, lm.kind, windows, ctx.device, latency=spec.evaluation.latency)
-    verdict = gate_verdict(quality, gate if gate is not None else spec.evaluation.gate)
+    if exact_only:  # the weights are unchanged: bit-exactness is checked on the written artifact (_write)
+        quality: dict[str, Any] = {}
+        verdict: dict[str, Any] = {"passed": True, "gate_failures": []}
+    else:
+        ctx.progress("evaluate", 0.0)
+        quality = evals.measure(original, model, float(report["seconds"]), latency=spec.evaluation.latency)
+        verdict = gate_verdict(quality, gate if gate is not None else spec.evaluation.gate)
     return model, {"recipe": recipe.model_dump(mode="json"), "report": report, "quality": quality, **verdict}
 
 
@@ -121,7 +112,7 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
     t = time.perf_counter()
     calib = _calibration(spec, lm, device, spec.target is not None or any(r.needs_calibration for r in recipes),
                          progress)
-    windows = _eval_windows(spec, lm, device, progress)
+    evals = EvalSession(spec, lm, device, progress)  # its data on first use, sized by the first compression
     timings["data"] = time.perf_counter() - t
     ctx = StepContext(calibration=calib, device=device, progress=progress, seed=spec.seed)
     if should_stop is not None:
@@ -137,7 +128,7 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
         def target_attempt(recipe: Recipe, gate: Gate | None) -> tuple[torch.nn.Module, dict[str, Any]]:
             ctx.originals = {}
             t_a = time.perf_counter()
-            model, attempt = _attempt(recipe, lm, lm.model, ctx, windows, spec, gate)
+            model, attempt = _attempt(recipe, lm, lm.model, ctx, evals, spec, gate)
             attempt["seconds"] = time.perf_counter() - t_a
             return model, attempt
 
@@ -149,7 +140,7 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
     for i, recipe in enumerate(recipes):
         ctx.originals = {}
         t = time.perf_counter()
-        model, attempt = _attempt(recipe, lm, lm.model, ctx, windows, spec)
+        model, attempt = _attempt(recipe, lm, lm.model, ctx, evals, spec)
         attempt["seconds"] = time.perf_counter() - t
         attempt["index"] = i
         attempts.append(attempt)
@@ -165,6 +156,8 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
             details={"attempts": [_slim(a) for a in attempts]},
         )
     recipe, model, attempt = chosen
+    if evals.seconds:
+        timings["evaluate"] = evals.seconds  # every attempt's evaluation, its data included
     progress("write", 0.0)
     with staged_output(spec.out_dir, overwrite=spec.overwrite) as stage:
         metrics = _write(spec, stage, recipe, model, lm, attempt, attempts, timings, t0, device, extra)
@@ -183,12 +176,24 @@ def _write(spec: LocalJobSpec, out_dir: Path, recipe: Recipe, model: torch.nn.Mo
     output: dict[str, Any] = {"sparse_format": spec.output.sparse_format, "forms": forms, **artifact_loaders(out_dir)}
     encoding = output_encoding(spec, recipe)
     post = {name: encode(out_dir, name, **opts) for name, opts in encoding.items()}
+    exact: dict[str, Any] = {}
+    exact_seconds = 0.0
+    if lossless_only(recipe):  # instead of perplexity: the decoded weights are the original's, bit for bit
+        t_x = time.perf_counter()
+        exact = bit_exactness(lm.model, out_dir)
+        exact_seconds = time.perf_counter() - t_x
+        timings["evaluate"] = timings.get("evaluate", 0.0) + exact_seconds
+        if not exact["bit_exact"]:
+            raise CodecError("the lossless artifact does not decode to the original weights "
+                             f"(sha256 {exact['decoded_weights_sha256'][:16]} != {exact['weights_sha256'][:16]})",
+                             details=exact)
     output["encoding"] = next(iter(encoding), None)
-    timings["write"] = time.perf_counter() - t
+    timings["write"] = time.perf_counter() - t - exact_seconds
     timings["total"] = time.perf_counter() - t0
     metrics = {
         **size_metrics(lm.model, model, out_dir),
         **attempt["quality"],
+        **exact,
         "timings": {**timings, "compress": attempt["report"]["seconds"]},
         "steps": [{k: v for k, v in s.items() if k != "layers"} for s in attempt["report"]["steps"]],
         "attempts": [_slim(a) for a in attempts],

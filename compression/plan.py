@@ -232,7 +232,7 @@ class JobShape:
             recipes=tuple(tuple(dict(s) for s in r["steps"]) for r in recipes),
             calibration_samples=int(calib.get("samples", 64)), calibration_seq_len=int(calib.get("seq_len", 512)),
             calibration_file=bool(calib.get("uri")), evaluation=bool(ev.get("enabled", True)),
-            eval_windows=int(ev.get("windows", 8)), eval_seq_len=int(ev.get("seq_len", 512)),
+            eval_windows=int(ev.get("windows") or 8), eval_seq_len=int(ev.get("seq_len", 512)),
             eval_file=bool(ev.get("uri")), latency=bool(ev.get("latency", True)),
             output_format=str((body.get("output") or {}).get("format", "compressed")),
             lossless_output=(body.get("output") or {}).get("encoding") == "lossless",

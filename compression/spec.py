@@ -172,6 +172,8 @@ class JobSpec(_Strict):
                 raise ValueError("a target job takes no fallbacks: the search chooses the recipe")
             if self.target.has_floor and not self.evaluation.enabled:
                 raise ValueError("a target's quality floor needs evaluation enabled")
+            if self.target.max_flip_rate is not None and not self.evaluation.tasks:
+                raise ValueError("a target's max_flip_rate needs evaluation.tasks")
             if self.recipe is not None:
                 steps = self.recipe.steps
                 if len(steps) != 1 or steps[0].method not in SEARCH_METHODS or getattr(steps[0], "overrides", None):

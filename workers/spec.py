@@ -41,10 +41,11 @@ def build_spec(
     progress("fetch", 0.5)
     calibration = fetch_file(job.calibration.uri, tmp / "calibration", limits) if job.calibration.uri else None
     evaluation = fetch_file(job.evaluation.uri, tmp / "evaluation", limits) if job.evaluation.uri else None
+    tasks = [fetch_file(t.uri, tmp / f"task{i}", limits) for i, t in enumerate(job.evaluation.tasks)]
     progress("fetch", 1.0)
     out_dir = tmp / "out"
     out_dir.mkdir()
-    return LocalJobSpec.for_run(job, model=model_dir, calibration=calibration, evaluation=evaluation,
+    return LocalJobSpec.for_run(job, model=model_dir, calibration=calibration, evaluation=evaluation, tasks=tasks,
                                 out_dir=out_dir, device=settings.device, max_params=settings.max_model_params)
 
 

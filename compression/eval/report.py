@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,27 +10,49 @@ import torch
 from torch import nn
 
 from presso.compression.eval.encoder import compare_encoders
+from presso.compression.eval.generation import compare_generations
 from presso.compression.eval.latency import forward_latency
 from presso.compression.eval.perplexity import compare
 from presso.compression.eval.size import artifact_bytes, dense_bytes, param_count, weight_stats
+from presso.compression.eval.tasks import Question, compare_tasks
 from presso.compression.io.loading import vocab_size
-from presso.compression.spec import Gate
+from presso.compression.spec import Gate, GenerationSpec
 
 
 def evaluate(original: nn.Module, compressed: nn.Module, kind: str, windows: torch.Tensor | None,
-             device: torch.device, *, latency: bool) -> dict[str, Any]:
+             device: torch.device, *, latency: bool, progress: Callable[[float], None] | None = None,
+             max_seconds: float | None = None, min_windows: int = 1, batch_size: int = 4,
+             generation: GenerationSpec | None = None,
+             tasks: list[tuple[str, list[Question]]] | None = None) -> dict[str, Any]:
+    """Every measure of one attempt against the original: perplexity, KL and top-1 agreement on ``windows``
+    (``max_seconds`` / ``min_windows``: the default-sized evaluation stops there), greedy-generation agreement,
+    multiple-choice tasks (accuracy, flip rate) and latency. ``progress`` gets the fraction done."""
     out: dict[str, Any] = {}
     if windows is None:
         return out
+    report = progress or (lambda f: None)
+
+    def part(lo: float, hi: float) -> Callable[[float], None]:
+        return lambda f: report(lo + (hi - lo) * f)
+
     original.to(device)
     compressed.to(device)
     try:
         if kind == "causal_lm":
-            q = compare(original, compressed, windows, device)
+            q = compare(original, compressed, windows, device, batch_size, progress=part(0.0, 0.7),
+                        max_seconds=max_seconds, min_windows=min_windows)
             q["ppl_increase_pct"] = 100.0 * (q["ppl_after"] / q["ppl_before"] - 1.0)
             out.update(q)
+            if generation is not None and generation.prompts > 0:
+                out.update(compare_generations(original, compressed, windows, device, prompts=generation.prompts,
+                                               prompt_tokens=generation.prompt_tokens,
+                                               new_tokens=generation.new_tokens))
+            report(0.75)
+            if tasks:
+                out.update(compare_tasks(original, compressed, tasks, device, progress=part(0.75, 0.95)))
         else:
             out.update(compare_encoders(original, compressed, windows, device))
+        report(0.95)
         if latency:
             vocab = vocab_size(original.config) or 2
             out["latency"] = {
@@ -39,10 +62,20 @@ def evaluate(original: nn.Module, compressed: nn.Module, kind: str, windows: tor
                 }
                 for b in (1, 8)
             }
+        report(1.0)
     finally:
         original.to("cpu")
         compressed.to("cpu")
     return out
+
+
+def _check(failures: list[str], value: Any, limit: float | None, upper: bool, what: str, fmt: str) -> None:
+    if limit is None:
+        return
+    if value is None:
+        failures.append(f"{what} not measured")
+    elif (value > limit) if upper else (value < limit):
+        failures.append(f"{what} {value:{fmt}} {'>' if upper else '<'} {limit}")
 
 
 def gate_verdict(quality: dict[str, Any], gate: Gate | None) -> dict[str, Any]:
@@ -53,10 +86,11 @@ def gate_verdict(quality: dict[str, Any], gate: Gate | None) -> dict[str, Any]:
             if inc is None or inc > gate.max_ppl_increase_pct:
                 failures.append(f"perplexity +{inc:.2f}% > {gate.max_ppl_increase_pct}%" if inc is not None
                                 else "perplexity not measured")
-        if gate.max_kl is not None:
-            kl = quality.get("kl")
-            if kl is None or kl > gate.max_kl:
-                failures.append(f"KL {kl:.4f} > {gate.max_kl}" if kl is not None else "KL not measured")
+        _check(failures, quality.get("kl"), gate.max_kl, True, "KL", ".4f")
+        _check(failures, quality.get("top1_agreement"), gate.min_top1_agreement, False, "top-1 agreement", ".4f")
+        _check(failures, quality.get("flip_rate"), gate.max_flip_rate, True, "flip rate", ".4f")
+        _check(failures, quality.get("task_accuracy_ratio"), gate.min_task_accuracy_ratio, False,
+               "task accuracy ratio", ".4f")
     return {"passed": not failures, "gate_failures": failures}
 
 

@@ -44,12 +44,14 @@ from presso.compression.search.measure import (
     measure,
     search_layers,
 )
+from presso.compression.search.spec import FLOORS
 from presso.compression.spec import Gate, LocalJobSpec
 
 log = logging.getLogger(__name__)
 
 AttemptFn = Callable[[Recipe, Gate | None], tuple[nn.Module, dict[str, Any]]]
 FRONT_POINTS = 12
+REPORTED = ("ppl_increase_pct", "kl", "ppl_after", "top1_agreement", "generation_agreement", "flip_rate")
 MAX_REPORTED_POINTS = 64
 _STEP_FIELDS = {"method", "bits", "group_size", "overrides", "targets", "ignore"}
 
@@ -93,9 +95,17 @@ def merged_gate(spec: LocalJobSpec) -> Gate | None:
     def tighter(a: float | None, b: float | None) -> float | None:
         return b if a is None else a if b is None else min(a, b)
 
-    ppl = tighter(t.max_ppl_increase_pct, g.max_ppl_increase_pct if g else None)
-    kl = tighter(t.max_kl, g.max_kl if g else None)
-    return Gate(max_ppl_increase_pct=ppl, max_kl=kl) if ppl is not None or kl is not None else None
+    def looser(a: float | None, b: float | None) -> float | None:  # of two minimums, the higher is the stricter
+        return b if a is None else a if b is None else max(a, b)
+
+    limits = {
+        "max_ppl_increase_pct": tighter(t.max_ppl_increase_pct, g.max_ppl_increase_pct if g else None),
+        "max_kl": tighter(t.max_kl, g.max_kl if g else None),
+        "min_top1_agreement": looser(t.min_top1_agreement, g.min_top1_agreement if g else None),
+        "max_flip_rate": tighter(t.max_flip_rate, g.max_flip_rate if g else None),
+        "min_task_accuracy_ratio": g.min_task_accuracy_ratio if g else None,
+    }
+    return Gate(**limits) if any(v is not None for v in limits.values()) else None
 
 
 def _options(method: str, seed: Any, symmetric: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -138,6 +148,10 @@ def _reached(attempt: dict[str, Any], costs: Costs, alloc: tuple[int, ...]) -> s
         parts.append(f"perplexity +{q['ppl_increase_pct']:.2f}%")
     if q.get("kl") is not None:
         parts.append(f"KL {q['kl']:.4f}")
+    if q.get("top1_agreement") is not None:
+        parts.append(f"top-1 agreement {q['top1_agreement']:.4f}")
+    if q.get("flip_rate") is not None:
+        parts.append(f"flip rate {q['flip_rate']:.4f}")
     return f"{', '.join(parts) or 'no measure'} at {costs.bits_per_weight(alloc):.3f} bits/weight " \
         f"({costs.nbytes(alloc)} bytes)"
 
@@ -339,19 +353,18 @@ def run_search(spec: LocalJobSpec, lm: LoadedModel, ctx: StepContext, attempt: A
         "levels": [lv.label for lv in levels],
         "layers": len(layers),
         "budget": {k: getattr(target, k) for k in ("bits_per_weight", "max_bytes") if getattr(target, k) is not None},
-        "floor": {k: getattr(target, k) for k in ("max_ppl_increase_pct", "max_kl") if getattr(target, k) is not None},
+        "floor": {k: getattr(target, k) for k in FLOORS if getattr(target, k) is not None},
         "fitness_evaluations": evaluations,
         "candidates_evaluated": len(attempts),
         "best": {"bits_per_weight": costs.bits_per_weight(alloc), "bytes_estimate": costs.nbytes(alloc),
-                 "fitness_kl": explored.get(alloc), **{k: chosen_attempt["quality"].get(k)
-                                                       for k in ("ppl_increase_pct", "kl", "ppl_after")}},
+                 "fitness_kl": explored.get(alloc), **{k: chosen_attempt["quality"].get(k) for k in REPORTED}},
         "allocation": counts,
         "knapsack": ({"bits_per_weight": costs.bits_per_weight(knapsack_alloc),
                       "fitness_kl": explored.get(knapsack_alloc)} if knapsack_alloc is not None else None),
         "seed": ({"bits_per_weight": costs.bits_per_weight(seed_alloc), "fitness_kl": explored.get(seed_alloc)}
                  if seed_alloc is not None else None),
         "front": _pareto(points, "kl"),
-        "candidates": [{**a["search"], **{k: a["quality"].get(k) for k in ("ppl_increase_pct", "kl")},
+        "candidates": [{**a["search"], **{k: a["quality"].get(k) for k in REPORTED if k != "ppl_after"},
                         "passed": a["passed"]} for a in attempts],
         "seconds": times,
     }

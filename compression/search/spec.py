@@ -23,6 +23,7 @@ MAX_CANDIDATES = 8  # full evaluations (one compression + evaluation each)
 MAX_GENERATIONS = 500
 MAX_OFFSPRING = 32
 MAX_FITNESS_SAMPLES = 256
+FLOORS = ("max_ppl_increase_pct", "max_kl", "min_top1_agreement", "max_flip_rate")  # each is a Gate limit too
 
 
 class _Strict(BaseModel):
@@ -93,6 +94,11 @@ class TargetSpec(_Strict):
                                                description="Quality floor: max perplexity increase, %.")
     max_kl: float | None = Field(default=None, ge=0, le=100,
                                  description="Quality floor: max mean KL(original || compressed), nats/token.")
+    min_top1_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="Quality floor: min top-1 token agreement on the evaluation windows.")
+    max_flip_rate: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Quality floor: max answer-flip rate on the multiple-choice evaluation.tasks.")
     space: SearchSpace = Field(default_factory=SearchSpace)
     candidates: int = Field(default=2, ge=1, le=MAX_CANDIDATES,
                             description="Best allocations fully compressed and evaluated at the end.")
@@ -109,14 +115,14 @@ class TargetSpec(_Strict):
     def _something_to_meet(self) -> TargetSpec:
         if self.bits_per_weight is None and self.max_bytes is None and not self.has_floor:
             raise ValueError("a target needs a budget (bits_per_weight or max_bytes) and/or a quality floor "
-                             "(max_ppl_increase_pct or max_kl)")
+                             "(max_ppl_increase_pct, max_kl, min_top1_agreement or max_flip_rate)")
         if self.bits_per_weight is not None and self.max_bytes is not None:
             raise ValueError("give one budget: bits_per_weight or max_bytes")
         return self
 
     @property
     def has_floor(self) -> bool:
-        return self.max_ppl_increase_pct is not None or self.max_kl is not None
+        return any(getattr(self, k) is not None for k in FLOORS)
 
     @property
     def has_budget(self) -> bool:
