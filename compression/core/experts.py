@@ -153,8 +153,8 @@ def _unfuse(module: nn.Module, names: tuple[str, str, str]) -> UnfusedExperts:
             f"{type(module).__name__}: fused experts with a transposed, interleaved or biased layout are "
             "not supported by Presso's expert view (only concatenated [gate; up] without bias); no expert "
             "would be left uncompressed, so the model is refused")
-    gu: torch.Tensor = module.gate_up_proj.data  # type: ignore[union-attr]
-    down: torch.Tensor = module.down_proj.data  # type: ignore[union-attr]
+    gu: torch.Tensor = getattr(module, "gate_up_proj").data  # noqa: B009 - checked by is_fused_experts
+    down: torch.Tensor = getattr(module, "down_proj").data  # noqa: B009
     n, two_i, hidden = gu.shape
     inter = two_i // 2
     if down.shape != (n, hidden, inter):
@@ -217,6 +217,7 @@ def expert_of(model: nn.Module) -> dict[str, tuple[UnfusedExperts, int]]:
     out: dict[str, tuple[UnfusedExperts, int]] = {}
     for name, m in experts_modules(model):
         for e, ex in enumerate(m):
+            assert isinstance(ex, ExpertMLP)
             for leaf in ex.names:
                 out[f"{name}.{e}.{leaf}"] = (m, e)
     return out
