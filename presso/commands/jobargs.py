@@ -17,8 +17,8 @@ def add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_uri", help="s3://, https://, hf://, file:// or a local path (becomes file://)")
     p.add_argument("--recipe", help="recipe JSON inline or a file (required unless --target is given)")
     p.add_argument("--target", help="target JSON inline or a file: a budget (bits_per_weight, max_bytes) and/or a "
-                   "floor (max_ppl_increase_pct, max_kl); the worker searches per-layer levels (a --recipe beside "
-                   "it seeds the search)")
+                   "floor (max_ppl_increase_pct, max_kl, min_top1_agreement, max_flip_rate); the worker searches "
+                   "per-layer levels (a --recipe beside it seeds the search)")
     p.add_argument("--fallback", action="append", default=[], metavar="RECIPE",
                    help="a recipe tried when the gate is missed (JSON or a file; repeat for several, in order)")
     c = p.add_argument_group("calibration")
@@ -28,13 +28,21 @@ def add_job_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--seed-prompt", help="prompt the model writes its own calibration text from (no --calib)")
     e = p.add_argument_group("evaluation and gate")
     e.add_argument("--eval", dest="eval_uri", help="evaluation text (file://, s3://, https:// or a path)")
-    e.add_argument("--windows", "--eval-windows", dest="windows", type=int, help="evaluation windows (default 8)")
+    e.add_argument("--windows", "--eval-windows", dest="windows", type=int,
+                   help="evaluation windows (default: 2 to 8, as many as fit in the compression's time)")
     e.add_argument("--eval-seq-len", type=int, help="evaluation window length (default: --seq-len)")
     e.add_argument("--no-eval", action="store_true", help="skip evaluation (and the gate)")
     e.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     e.add_argument("--gate-ppl", type=float, metavar="PCT",
                    help="fail (or fall back) above this perplexity increase, %%")
     e.add_argument("--gate-kl", type=float, metavar="NATS", help="fail (or fall back) above this mean KL, nats/token")
+    e.add_argument("--gate-top1", type=float, metavar="FRAC",
+                   help="fail (or fall back) below this top-1 token agreement with the original (0..1)")
+    e.add_argument("--gate-flip-rate", type=float, metavar="FRAC",
+                   help="fail (or fall back) above this answer-flip rate on the --task files (0..1)")
+    e.add_argument("--task", action="append", default=[], metavar="URI",
+                   help="multiple-choice task, JSONL lines {context, choices, gold} (repeat for several): accuracy "
+                   "before/after and flip rate (docs/search.md)")
     o = p.add_argument_group("output")
     o.add_argument("--format", choices=["compressed", "dense"], help="compressed (default) or dense weights")
     o.add_argument("--sparse-format", choices=["dense", "sparse-bitmask"],
@@ -60,8 +68,12 @@ def job_request(args: argparse.Namespace) -> dict[str, Any]:
         body["fallbacks"] = [load_recipe(r) for r in args.fallback]
     calibration = _given(uri=as_uri(args.calib) if args.calib else None, samples=args.samples,
                          seq_len=args.seq_len, seed_prompt=args.seed_prompt)
-    gate = _given(max_ppl_increase_pct=args.gate_ppl, max_kl=args.gate_kl)
+    gate = _given(max_ppl_increase_pct=args.gate_ppl, max_kl=args.gate_kl,
+                  min_top1_agreement=getattr(args, "gate_top1", None),
+                  max_flip_rate=getattr(args, "gate_flip_rate", None))
+    tasks = [{"uri": as_uri(t)} for t in getattr(args, "task", None) or []]
     evaluation = _given(uri=as_uri(args.eval_uri) if args.eval_uri else None, windows=args.windows,
+                        tasks=tasks or None,
                         seq_len=args.eval_seq_len or args.seq_len, gate=gate or None,
                         enabled=False if args.no_eval else None, latency=False if args.no_latency else None)
     output = _given(format=args.format, sparse_format=args.sparse_format, encoding=args.encoding)

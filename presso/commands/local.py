@@ -73,6 +73,16 @@ def _fetch_inputs(job: Any, tmp: Path) -> tuple[Path, Path | None, Path | None]:
     return model, calib, evaluation
 
 
+def _fetch_tasks(job: Any, tmp: Path) -> list[Path]:
+    """The evaluation's multiple-choice task files (docs/search.md), each fetched like the evaluation text."""
+    from presso.app.core.settings import get_settings
+    from presso.fetch.api import fetch_file
+    from presso.fetch.limits import FetchLimits
+
+    limits = FetchLimits.from_settings(get_settings(), allowed_file_roots=(Path("/"),))
+    return [fetch_file(t.uri, tmp / f"task{i}", limits) for i, t in enumerate(job.evaluation.tasks)]
+
+
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -103,7 +113,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="presso-compress-") as tmp:
             model, calib, evaluation = _fetch_inputs(job, Path(tmp))
-            spec = LocalJobSpec.for_run(job, model=model, calibration=calib, evaluation=evaluation,
+            tasks = _fetch_tasks(job, Path(tmp))
+            spec = LocalJobSpec.for_run(job, model=model, calibration=calib, evaluation=evaluation, tasks=tasks,
                                         out_dir=args.out, overwrite=args.overwrite, device=args.device)
             result = run_local(spec, progress=bars, should_stop=lambda: False)
     except CompressionError as exc:
