@@ -38,9 +38,11 @@ def _method_filter(session: Session, method: str) -> ColumnElement[bool]:
 def list_jobs(
     session: Session, tenant_id: str, *, state: str | None = None, method: str | None = None,
     model: str | None = None, created_after: dt.datetime | None = None, created_before: dt.datetime | None = None,
-    limit: int = 50, cursor: str | None = None,
+    limit: int = 50, cursor: str | None = None, labels: dict[str, str] | None = None,
 ) -> tuple[list[Job], str | None]:
     query = select(Job).where(Job.tenant_id == tenant_id)
+    for key, value in (labels or {}).items():  # as GET /v1/jobs?label=key=value
+        query = query.where(Job.labels[key].as_string() == value)
     if state:
         query = query.where(Job.state == state)
     if method:

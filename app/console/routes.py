@@ -111,16 +111,24 @@ def jobs_page(
     ctx: SignedInDep, db: SessionDep, state: str | None = None, method: str | None = None, model: str | None = None,
     created_after: str | None = None, created_before: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None,
+    label: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     assert ctx.tenant is not None
     filters = {"state": state or "", "method": method or "", "model": model or "",
-               "created_after": created_after or "", "created_before": created_before or "", "limit": limit}
+               "created_after": created_after or "", "created_before": created_before or "", "limit": limit,
+               "label": label or ""}
     if state and state not in STATES:
         raise InvalidInput(f"state: one of {', '.join(STATES)}", field="state")
+    labels = None
+    if label:
+        key, sep, value = label.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput("label: give key=value", field="label")
+        labels = {key.strip(): value.strip()}
     rows, next_cursor = queries.list_jobs(
         db, ctx.tenant.id, state=state or None, method=method or None, model=model or None,
         created_after=_when(created_after, "created_after"), created_before=_when(created_before, "created_before"),
-        limit=limit, cursor=cursor or None,
+        limit=limit, cursor=cursor or None, labels=labels,
     )
     return ctx.render("jobs.html", jobs=[views.job_row(j) for j in rows], next_cursor=next_cursor, filters=filters,
                       states=STATES, methods=[m["method"] for m in _catalog()], paged=bool(cursor))
@@ -135,7 +143,9 @@ def job_page(job_id: str, ctx: SignedInDep, db: SessionDep, store: StoreDep) -> 
                             "latency": views.latency_rows(metrics), "steps": views.step_rows(metrics),
                             "attempts": views.attempt_rows(metrics), "timing": views.timing_view(job),
                             "request": views.request_view(job), "position": queries.queue_position(db, job),
-                            "files": None, "report": None, "report_error": None}
+                            "files": None, "report": None, "report_error": None,
+                            "platform": views.platform_view(job),
+                            "log_lines": service.job_logs(session=db, job=job, after=0, limit=200).data}
     if job.state == JobState.succeeded.value:
         try:
             manifest = artifacts.stored_manifest(job, store)

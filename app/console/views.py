@@ -78,7 +78,8 @@ def job_row(job: Job) -> dict[str, Any]:
         "created_at": job.created_at, "elapsed": _elapsed(job), "attempt": job.attempt,
         "ratio": m.get("compression_ratio"), "ppl_increase_pct": m.get("ppl_increase_pct"),
         "bytes_after": m.get("bytes_after"), "error_code": job.error_code,
-        "cancel_requested": job.cancel_requested,
+        "cancel_requested": job.cancel_requested, "name": job.name, "labels": dict(job.labels or {}),
+        "dedup_of": job.dedup_of,
     }
 
 
@@ -305,3 +306,11 @@ def compare_view(jobs: Sequence[Job], metric: str, x_key: str) -> dict[str, Any]
     return {"chart": chart, "rows": rows, "by_id": {r["id"]: r for r in rows}, "models": models,
             "metrics": available, "y_label": y_label,
             "x_label": COMPARE_X.get(x_key, x_key)}
+
+
+def platform_view(job: Job) -> dict[str, Any]:
+    """Name, labels, metadata, the webhook's delivery log (issue 24)."""
+    return {"name": job.name, "labels": sorted((job.labels or {}).items()),
+            "metadata": json.dumps(job.user_metadata, indent=2, sort_keys=True) if job.user_metadata else None,
+            "callback_url": job.callback_url, "webhook_state": job.webhook_state,
+            "webhook_log": list(job.webhook_log or []), "dedup_of": job.dedup_of}
