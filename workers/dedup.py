@@ -1,7 +1,7 @@
 """Dedup: a job whose inputs match a succeeded job of the same tenant gets that job's artifact, not a new run.
 
 The key is the sha256 of (Presso's version, the request without its URIs, the sha256 of every fetched model file,
-of the calibration and of the evaluation data): what the compression reads, by content, so a model overwritten
+of the calibration, the evaluation data and the task files): what the compression reads, by content, so a model overwritten
 under the same URI is a new key and the same model under another URI is the same one. It is known only after
 the fetch (the URI names no revision), so a duplicate costs its fetch and hashing but no compression. Tenants
 never share artifacts. ``force: true`` on the request turns it off.
@@ -41,7 +41,8 @@ def tree_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
-def dedup_key(request: dict[str, Any], model: Path, calibration: Path | None, evaluation: Path | None) -> str:
+def dedup_key(request: dict[str, Any], model: Path, calibration: Path | None, evaluation: Path | None,
+              tasks: list[Path] | None = None) -> str:
     """The content key of a job (see the module docstring)."""
     stripped = json.loads(json.dumps(request))
     for path in URI_FIELDS:
@@ -51,6 +52,9 @@ def dedup_key(request: dict[str, Any], model: Path, calibration: Path | None, ev
         if isinstance(node, dict):
             node.pop(path[-1], None)
     stripped.pop("force", None)
+    for task in (stripped.get("evaluation") or {}).get("tasks") or []:
+        if isinstance(task, dict):
+            task.pop("uri", None)  # read by content below
     parts = {
         "presso": presso_version(),
         "request": stripped,
@@ -58,6 +62,8 @@ def dedup_key(request: dict[str, Any], model: Path, calibration: Path | None, ev
         "calibration": tree_digest(calibration) if calibration else None,
         "evaluation": tree_digest(evaluation) if evaluation else None,
     }
+    if tasks:  # evaluation.tasks files (issue 23), by content; absent otherwise so older keys stay the same
+        parts["tasks"] = [tree_digest(t) for t in tasks]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -81,8 +87,9 @@ def check(factory: sessionmaker[Session], claim: Any, tmp: Path) -> Job | None:
     with factory() as session:
         force = bool(session.scalar(select(Job.force).where(Job.id == claim.job_id)))
     inputs = {name: tmp / name for name in ("calibration", "evaluation") if (tmp / name).exists()}
+    tasks = [tmp / f"task{i}" for i in range(len((claim.request.get("evaluation") or {}).get("tasks") or []))]
     key = dedup_key({**claim.request, "model_uri": claim.model_uri}, tmp / "model", inputs.get("calibration"),
-                    inputs.get("evaluation"))
+                    inputs.get("evaluation"), [t for t in tasks if t.exists()])
     with factory() as session:
         session.execute(update(Job).where(Job.id == claim.job_id, Job.attempt == claim.attempt)
                         .values(dedup_key=key))
