@@ -201,6 +201,20 @@ def experts_modules(model: nn.Module) -> Iterator[tuple[str, UnfusedExperts]]:
             yield name, m
 
 
+def enclosing_expert(block: nn.Module, name: str) -> tuple[str, ExpertMLP] | None:
+    """``(name, module)`` of the expert that holds the module ``name`` (relative to ``block``), if any.
+
+    A fold or a verification inside one expert must be checked on that expert's own function: the block's
+    output on a calibration batch hardly depends on an expert few of its tokens reach."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        sub_name = ".".join(parts[:i])
+        sub = block.get_submodule(sub_name)
+        if isinstance(sub, ExpertMLP):
+            return sub_name, sub
+    return None
+
+
 def reset_counts_(model: nn.Module) -> None:
     for _, m in experts_modules(model):
         m.reset_counts_()

@@ -146,3 +146,18 @@ def test_route_all_keeps_the_output_and_feeds_every_expert(mixtral: torch.nn.Mod
     assert rep["experts"]["fallbacks"] == {} and rep["experts"]["calibration_tokens"] == "all"
     assert {r["tokens_seen"] for r in rep["layers"] if "expert" in r} == {CALIB.numel()}
     assert not any(m.route_all for _, m in experts_modules(model))  # one step only
+
+
+def test_awq_folds_inside_each_expert_only_where_exact(qwen3_moe: torch.nn.Module) -> None:
+    """down_proj's producer is its own expert's up_proj (act(gate) * up is linear in up), never gate_proj,
+    even for an expert the verification batch hardly reaches; gate/up have none (the norm also feeds the router)."""
+    model = copy.deepcopy(qwen3_moe)
+    rep = compress(model, parse_recipe({"steps": [{"method": "awq", "bits": 4, "group_size": 16}]}),
+                   StepContext(calibration=CALIB, batch_size=4))["steps"][0]
+    rows = {r["name"]: r["awq"] for r in rep["layers"] if "expert" in r}
+    assert len(rows) == 24
+    for name, note in rows.items():
+        if name.endswith("down_proj"):
+            assert note["producer"] == name.replace("down_proj", "up_proj")
+        else:
+            assert note["producer"] is None

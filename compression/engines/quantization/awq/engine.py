@@ -26,7 +26,7 @@ from torch import nn
 
 from presso.compression.configs.quantization import AWQConfig, GPTQConfig, QuantArgs
 from presso.compression.core.context import StepContext
-from presso.compression.core.experts import starved_experts
+from presso.compression.core.experts import enclosing_expert, starved_experts
 from presso.compression.core.layout import (
     block_linears,
     get_weight,
@@ -66,16 +66,28 @@ def _rel(names: list[str], prefix: str) -> tuple[str, ...]:
 def find_producer(
     block: nn.Module, members: tuple[str, ...], writers: list[str], inputs: BlockInputs
 ) -> Producer | None:
-    """First candidate (identity writers, then linears of matching width) whose fold is verified exact."""
+    """First candidate (identity writers, then linears of matching width) whose fold is verified exact.
+
+    Linears of one MoE expert: candidates from the same expert only, verified on the expert's own function
+    with random inputs (the block's output on a calibration batch barely depends on a rarely routed expert)."""
     width, _ = in_out(block.get_submodule(members[0]))
     consumers = [m for n, m in block.named_modules() if n and is_linear(m) and n in members]
     others = [n for n, m in block.named_modules() if n and is_linear(m) and in_out(m)[1] == width]
+    scope = enclosing_expert(block, members[0])
+    target, h, kw = block, inputs.hidden[0], inputs.kwargs[0]
+    if scope is not None:
+        sub_name, target = scope
+        gate = target.linears()[0].weight
+        h = torch.randn(64, gate.shape[1], generator=torch.Generator().manual_seed(0)).to(gate.device, gate.dtype)
+        kw = {}
+        writers = [n for n in writers if n.startswith(sub_name + ".")]
+        others = [n for n in others if n.startswith(sub_name + ".")]
     for name in dict.fromkeys([*writers, *others]):
         if name in members:
             continue
         mod = block.get_submodule(name)
         kind = "norm" if norm_like(mod, width) else "linear" if is_linear(mod) and in_out(mod)[1] == width else None
-        if kind and fold_is_exact(block, mod, kind, consumers, inputs.hidden[0], inputs.kwargs[0], width):
+        if kind and fold_is_exact(target, mod, kind, consumers, h, kw, width):
             return Producer(name=name, kind=kind)
     return None
 
