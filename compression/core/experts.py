@@ -260,7 +260,8 @@ def expert_summary(model: nn.Module, records: list[dict[str, Any]]) -> dict[str,
 
     Adds ``expert`` (index) and, for calibrated steps, ``tokens_seen`` to the per-layer records of
     expert linears; the summary counts the experts and expert linears of the model, those this step
-    compressed (a record with an error or sparsity and no ``skipped``) and lists the fallbacks."""
+    compressed (a record with an error, sparsity or rank, neither ``skipped`` nor ``kept_dense``) and lists
+    the fallbacks."""
     where = expert_of(model)
     if not where:
         return {}
@@ -274,7 +275,8 @@ def expert_summary(model: nn.Module, records: list[dict[str, Any]]) -> dict[str,
         rec["expert"] = e
         if e in mod.calibration_tokens:
             rec["tokens_seen"] = mod.calibration_tokens[e]
-        if "skipped" not in rec and any(k in rec for k in ("rel_error", "sparsity", "error")):
+        if not rec.get("skipped") and not rec.get("kept_dense") and any(
+                k in rec for k in ("rel_error", "sparsity", "error", "rank")):
             done += 1
         if "fallback" in rec:
             fallbacks[name] = rec["fallback"]
