@@ -131,6 +131,9 @@ class BlockStream(Protocol):
     def resume(self) -> tuple[int, list[torch.Tensor] | None, list[dict[str, Any]]]:
         """(first block to run, its saved input hidden states or None, the results of the blocks before it)."""
 
+    def captured(self) -> None:
+        """Block 0's inputs are captured (or not needed): what lies outside the blocks may be released."""
+
     def load(self, i: int, block: nn.Module) -> None:
         """Read block ``i``'s weights (it is on the meta device until then)."""
 
@@ -152,6 +155,8 @@ def run_blockwise(model: nn.Module, layout: Layout, ctx: StepContext, process: B
     inputs = capture_inputs(model, layout, ctx) if calibrated else BlockInputs(hidden=[], kwargs=[])
     if saved is not None and calibrated:
         inputs = BlockInputs(hidden=[h.to(ctx.device) for h in saved], kwargs=inputs.kwargs)
+    if stream is not None:
+        stream.captured()
     n = len(layout.blocks)
     for i, block in enumerate(layout.blocks):
         if i < start:

@@ -91,6 +91,29 @@ def _set_tensor_(root: nn.Module, name: str, value: torch.Tensor, is_param: bool
         owner._buffers[leaf] = value
 
 
+def trim_host_memory() -> None:
+    """Give freed heap memory back to the system (glibc's ``malloc_trim``): without it the freed blocks'
+    buffers stay in the process's resident set, fragmented, and it grows block after block."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
+
+
+def read_like(reader: ShardReader, key: str, like: torch.Tensor) -> torch.Tensor:
+    """Tensor ``key`` from the shards, in ``like``'s dtype (floating point), checked against its shape."""
+    return _read(reader, key, like)
+
+
 def _read(reader: ShardReader, key: str, like: torch.Tensor) -> torch.Tensor:
     t = reader.get(key)
     if tuple(t.shape) != tuple(like.shape):

@@ -26,7 +26,7 @@ from presso.compression.eval.size import linear_bits, stats_dict
 from presso.compression.io import artifact
 from presso.compression.io.formats import DENSE, WriteOptions
 from presso.compression.io.formats.quantized import PackQuantized, _scheme_key, pack_quantized_config
-from presso.compression.io.lazy import materialize_, missing_parameters, release_
+from presso.compression.io.lazy import materialize_, missing_parameters, read_like, release_, trim_host_memory
 from presso.compression.io.resume import Checkpoint
 from presso.compression.io.shards import ShardReader, ShardWriter
 
@@ -45,9 +45,11 @@ class StreamedArtifact:
         self.bits = (0, 0.0, 0)
         self.done_blocks: list[int] = []
         self.checkpoint = checkpoint
-        head, self.tail = self._outside()
+        head, tail = self._outside()
         for name, t in head:
             self.writer.add(name, t)
+        # what follows the blocks (final norm, an untied head) is read again from the shards at finish
+        self.tail = [(name, torch.empty_like(t, device="meta")) for name, t in tail]
 
     def _outside(self) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
         """The tensors outside the block list, as compression.io.artifact keeps them (ties dropped), split
@@ -68,6 +70,17 @@ class StreamedArtifact:
             seen.add(key)
             (tail if after else head).append((name, t.detach()))
         return head, tail
+
+    def captured(self) -> None:
+        """Release everything outside the block list (embeddings, head): written already or read again at
+        finish, and not needed by the block loop once block 0's inputs are captured."""
+        blocks = {id(m) for m in self.layout.blocks.modules()}
+        for sub in self.model.modules():
+            if id(sub) not in blocks:
+                for leaf, p in list(sub._parameters.items()):
+                    if p is not None and p.device.type != "meta":
+                        sub._parameters[leaf] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+        trim_host_memory()
 
     def load(self, i: int, block: nn.Module) -> None:
         materialize_(block, self.layout.block_name(i), self.reader)
@@ -123,11 +136,12 @@ class StreamedArtifact:
         self._account(i, groups, bits)
         del state, tensors
         release_(block)
+        trim_host_memory()
 
     def finish(self) -> tuple[list[str], dict[str, Any], list[Path]]:
         """Write what follows the blocks and close the shards; returns (forms, config.json content, files)."""
-        for name, t in self.tail:
-            self.writer.add(name, t)
+        for name, like in self.tail:
+            self.writer.add(name, read_like(self.reader, name, like))
         files = self.writer.finish()
         config = artifact.model_config(self.model)
         forms = [DENSE.name]
