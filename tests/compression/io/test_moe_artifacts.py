@@ -144,3 +144,16 @@ def test_mxfp4_experts_load_in_transformers_in_bfloat16(tmp_path: Path) -> None:
     hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.bfloat16).eval()
     with torch.no_grad():
         torch.testing.assert_close(hf(IDS).logits.float(), ref, rtol=0, atol=0.02)
+
+
+def test_packed_load_keeps_every_expert_packed(tmp_path: Path) -> None:
+    from presso.compression.io.packed_linear import PackedLinear
+    from presso.load import load
+
+    model = _model("mixtral")
+    compress(model, parse_recipe({"steps": [SCHEMES["w4a16"][0]]}), StepContext())
+    write_model(model, None, tmp_path)
+    packed = load(tmp_path, packed=True)
+    assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == 2 * (4 + 3 * 4)
+    with torch.no_grad():
+        torch.testing.assert_close(packed(IDS).logits, model(IDS).logits, rtol=0, atol=1e-4)
