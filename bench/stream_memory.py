@@ -15,8 +15,10 @@
   python3 bench/stream_memory.py --shape 70b --layers 8 --method gptq --device cuda --modes stream   # a GPU host
   python3 bench/stream_memory.py --shape 70b --method gptq --device cuda --modes stream --work /big/disk
 
-Disk: the model (bf16: ~2 bytes per parameter; a full 70B is 141 GB) plus the artifact (~0.3 of it at W4) plus
-one shard in flight (--shard-gb). The script refuses when --work has less free space than that.
+Disk: the model (bf16: ~2 bytes per parameter; a full 70B is 141 GB) plus the artifact (~0.3 of it at W4) per
+mode, plus the streamed run's resume checkpoint (~0.3 again; --no-checkpoint leaves it out) and one shard in
+flight (--shard-gb). The script refuses when --work has less free space than that. The child processes run the
+checkout's code (PYTHONPATH), so a GPU host needs torch, transformers and safetensors installed, not Presso.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def child(args: argparse.Namespace) -> int:
     spec = LocalJobSpec(model_uri=str(args.model), out_dir=args.out, recipe=parse_recipe(RECIPES[args.method]),
                         streaming="on" if args.mode == "stream" else "off", device=args.device,
                         calibration={"uri": str(args.calib), "samples": args.samples, "seq_len": args.seq_len},
-                        evaluation={"enabled": False})
+                        evaluation={"enabled": False}, checkpoint=not args.no_checkpoint)
     res = run_local(spec)
     seconds = time.perf_counter() - t0
     status = Path("/proc/self/status").read_text()
@@ -158,7 +160,8 @@ def measure(args: argparse.Namespace, mode: str, model: Path, calib: Path, work:
     result = work / f"result-{mode}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--mode", mode, "--model", str(model),
            "--out", str(out), "--calib", str(calib), "--method", args.method, "--samples", str(args.samples),
-           "--seq-len", str(args.seq_len), "--result", str(result), "--device", args.device]
+           "--seq-len", str(args.seq_len), "--result", str(result), "--device", args.device,
+           *(["--no-checkpoint"] if args.no_checkpoint else [])]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
     with (work / f"log-{mode}.txt").open("w") as logf:
@@ -188,6 +191,8 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/presso-stream-bench"))
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--keep", action="store_true", help="keep the artifacts")
+    p.add_argument("--no-checkpoint", action="store_true",
+                   help="streamed runs keep no resume checkpoint (it takes about the artifact's size on disk)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--mode", "--model", "--out", "--calib", "--result"):
         p.add_argument(hidden, help=argparse.SUPPRESS)
@@ -207,7 +212,8 @@ def main() -> int:
     blk = block_bytes(config, elt)
     est = blk * config.num_hidden_layers + config.vocab_size * config.hidden_size * elt * (
         1 if config.tie_word_embeddings else 2)
-    need = (0 if (model / "random_model.json").is_file() else est) + int(est * 0.35) * len(args.modes.split(","))
+    runs_disk = int(est * 0.35) * (len(args.modes.split(",")) + (0 if args.no_checkpoint else 1))
+    need = (0 if (model / "random_model.json").is_file() else est) + runs_disk
     free = shutil.disk_usage(args.work).free
     if free < need + (int(args.shard_gb * (1 << 30)) << 1):
         log.error("%s has %.1f GB free; this run needs about %.1f GB (model + artifacts + a shard in flight)",

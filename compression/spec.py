@@ -228,6 +228,11 @@ class LocalJobSpec(JobSpec):
     device: str | None = Field(default=None, description="'cuda', 'cpu' or None (CUDA when present).")
     seed: int = 0
     max_params: int | None = Field(default=None, description="Refuse models declaring more parameters.")
+    checkpoint: bool = Field(
+        default=True,
+        description="A streamed job checkpoints each finished block to resume_dir (disk: about the artifact's size "
+        "until it is published); false: no checkpoint, a killed job starts over.",
+    )
     resume_dir: Path | None = Field(
         default=None,
         description="Where a streamed job checkpoints each finished block and resumes from (compression.io.resume); "

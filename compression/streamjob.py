@@ -135,12 +135,15 @@ def run_streaming(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
     source_dir = spec.model_dir if spec.model_dir.is_dir() else spec.model_dir.parent
     params, before = param_count(lm.model), dense_bytes(lm.model)
     # the checkpoint key: options and the inputs' contents, not where they were fetched to (a temporary directory)
-    options_key = spec.model_dump(mode="json", exclude={"out_dir", "overwrite", "resume_dir", "model_uri"})
+    options_key = spec.model_dump(mode="json",
+                                  exclude={"out_dir", "overwrite", "resume_dir", "checkpoint", "model_uri"})
     for part in ("calibration", "evaluation"):
         options_key[part].pop("uri", None)
     with staged_output(spec.out_dir, overwrite=spec.overwrite) as stage:
-        checkpoint = Checkpoint(spec.resume_dir or spec.out_dir / RESUME_DIR,
-                                job_key(options_key, source_dir, spec.calibration_path), on_saved)
+        checkpoint = None
+        if spec.checkpoint:
+            checkpoint = Checkpoint(spec.resume_dir or spec.out_dir / RESUME_DIR,
+                                    job_key(options_key, source_dir, spec.calibration_path), on_saved)
         stream = StreamedArtifact(lm.model, find_layout(lm.model), reader, stage, options, checkpoint=checkpoint)
         ctx.stream = stream
         try:
@@ -180,6 +183,7 @@ def run_streaming(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
                                   "metrics": metrics, "versions": _versions(), "output_format": spec.output.format,
                                   **output})
         files = publish(stage, spec.out_dir, overwrite=spec.overwrite)
-        checkpoint.clear()
+        if checkpoint is not None:
+            checkpoint.clear()
     progress("write", 1.0)
     return LocalJobResult(metrics=metrics, files=[Path(f) for f in files], attempts=metrics["attempts"])
