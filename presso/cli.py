@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 
-from presso.commands import admin, browse, doctor, local, remote, service
+from presso.commands import admin, browse, doctor, hooks, local, remote, service
 
 EPILOG = """examples:
   presso serve                       start the embedded service (prints a dev API key)
@@ -28,6 +28,7 @@ EPILOG = """examples:
   presso methods gptq                a method's parameters
   presso logs 3f2a... --follow       the worker's log lines of a job
   presso login --server URL          check a key, save it in ~/.config/presso/config.toml
+  presso webhooks secret             the key that signs this tenant's webhooks
   presso download 3f2a... ./out      fetch, verify sha256 and restore the artifact
   presso admin create-tenant acme    (needs PRESSO_ADMIN_KEY)
   presso doctor                      which native paths (codec, CUDA kernels) this install uses
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (service, local, remote, browse, admin, doctor):
+    for module in (service, local, remote, browse, hooks, admin, doctor):
         module.register(sub)
     return parser
 

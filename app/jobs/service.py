@@ -59,14 +59,19 @@ def check_uris(body: JobCreate, settings: Settings) -> None:
     for field, uri in body.uris().items():
         check_uri(uri, settings, field=field)
     if body.callback_url is not None:
-        from presso.fetch.errors import FetchError
-        from presso.fetch.outbound import check_callback_url
+        check_callback(body.callback_url, settings)
 
-        try:
-            check_callback_url(body.callback_url, allow_http=settings.fetch_allow_http,
-                               allow_private_hosts=settings.fetch_allow_private_hosts)
-        except FetchError as exc:
-            raise InvalidCallbackUrl(f"callback_url: {exc.message}", field="callback_url") from exc
+
+def check_callback(url: str, settings: Settings, *, field: str = "callback_url") -> None:
+    """The SSRF guard of model URIs on a webhook URL (https only; private addresses per the allowlist)."""
+    from presso.fetch.errors import FetchError
+    from presso.fetch.outbound import check_callback_url
+
+    try:
+        check_callback_url(url, allow_http=settings.fetch_allow_http,
+                           allow_private_hosts=settings.fetch_allow_private_hosts)
+    except FetchError as exc:
+        raise InvalidCallbackUrl(f"{field}: {exc.message}", field=field) from exc
 
 
 def _by_key(session: Session, tenant_id: str, key: str) -> Job | None:
@@ -106,11 +111,12 @@ def create_job(
             return _replay(existing, digest), False
     check_uris(body, settings)
     _check_capacity(session, tenant, settings)
+    callback = body.callback_url or tenant.default_callback_url  # the default was checked when it was set
     job = Job(
         tenant_id=tenant.id, model_uri=body.model_uri, request=payload, idempotency_key=idempotency_key,
         request_hash=digest, queue=queue_for(body), max_attempts=settings.max_attempts,
         name=body.name, labels=dict(body.labels), user_metadata=body.metadata,
-        callback_url=body.callback_url, webhook_state="waiting" if body.callback_url else None, force=body.force,
+        callback_url=callback, webhook_state="waiting" if callback else None, force=body.force,
     )
     session.add(job)
     try:

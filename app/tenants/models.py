@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, Integer, String
+from sqlalchemy import ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from presso.app.core.db import Base, UTCDateTime, utcnow
@@ -23,6 +23,8 @@ class Tenant(Base):
     max_active_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
     webhook_secret: Mapped[str | None] = mapped_column(
         String(64), nullable=True, comment="HMAC-SHA256 key of this tenant's webhook signatures.")
+    default_callback_url: Mapped[str | None] = mapped_column(
+        Text, nullable=True, comment="callback_url of the tenant's jobs that give none.")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -109,6 +109,16 @@ class AsyncPressoClient:
         secret: str = (await self._json("POST" if rotate else "GET", "/v1/webhooks/secret"))["secret"]
         return secret
 
+    async def default_callback(self) -> str | None:
+        """The tenant's default callback URL (for jobs that give none), or None."""
+        url: str | None = (await self._json("GET", "/v1/webhooks/default"))["url"]
+        return url
+
+    async def set_default_callback(self, url: str | None) -> str | None:
+        """Set (None: clear) the tenant's default callback URL; it passes the SSRF guard (422 otherwise)."""
+        done: str | None = (await self._json("PUT", "/v1/webhooks/default", json={"url": url}))["url"]
+        return done
+
     async def wait(self, job_id: str, *, timeout: float = 3600, poll: float = 1.0,
                    on_update: Callable[[Job], None | Awaitable[None]] | None = None,
                    progress: bool | IO[str] = False) -> Job:

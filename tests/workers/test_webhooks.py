@@ -191,3 +191,26 @@ def test_the_guard_is_checked_again_at_send_time(served: Any, receiver: Receiver
         assert hook is not None and hook.state == "failed"
         assert hook.log[0]["error"].startswith("uri_not_allowed"), hook.log
     assert receiver.got == []
+
+
+def test_tenant_default_callback(served: Any, receiver: Receiver) -> None:
+    url, tenant, settings = served
+    ctx = worker_context(settings)
+    with PressoClient(url, tenant.key) as client:
+        assert client.default_callback() is None
+        with pytest.raises(PressoError) as refused:
+            client.set_default_callback("https://169.254.169.254/latest")
+        assert refused.value.code == "invalid_callback_url" and refused.value.field == "url"
+        assert client.set_default_callback(receiver.url) == receiver.url == client.default_callback()
+        body = {"model_uri": "s3://presso-test-models/none", "recipe": RTN}
+        by_default = client.submit(body)
+        explicit = client.submit({**body, "callback_url": receiver.url + "?explicit=1"})
+        assert by_default.callback_url == receiver.url and explicit.callback_url.endswith("?explicit=1")
+        assert client.set_default_callback(None) is None
+        none = client.submit(body)
+        assert none.callback_url is None and none.webhook is None
+        for job in (by_default, explicit, none):
+            client.cancel(job.id)
+        deliver_due(ctx.session_factory, settings)
+    paths = sorted(h.get("Presso-Delivery", "") for h, _ in receiver.got)
+    assert paths == sorted([f"{by_default.id}.1", f"{explicit.id}.1"])

@@ -25,7 +25,7 @@ FAST_EVAL = {"windows": 2, "seq_len": 32, "latency": False}
 
 
 @pytest.mark.parametrize("command", ["list", "report", "methods", "logs", "login", "submit", "status", "cancel",
-                                     "download"])
+                                     "download", "webhooks"])
 def test_help_has_examples(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([command, "--help"])
@@ -119,6 +119,14 @@ def test_login_submit_wait_list_report_logs(served: Any, s3_endpoint: str, tiny_
     assert gptq.returncode == 0 and "PARAMETER" in gptq.stdout and "bits" in gptq.stdout
     unknown = _cli(["methods", "nope"], env)
     assert unknown.returncode == 2 and "unknown_method" in unknown.stderr
+
+    secret = _cli(["webhooks", "secret"], env)
+    assert secret.returncode == 0 and secret.stdout.startswith("whsec_")
+    rotated = _cli(["webhooks", "secret", "--rotate"], env)
+    assert rotated.stdout.startswith("whsec_") and rotated.stdout != secret.stdout
+    refused = _cli(["webhooks", "default", "https://10.0.0.1/hook"], env)
+    assert refused.returncode == 2 and "invalid_callback_url" in refused.stderr
+    assert _cli(["webhooks", "default"], env).stdout.strip() == "(none)"
 
     # the environment wins over the config file
     env_key = _cli(["list"], {**env, "PRESSO_API_KEY": "presso_sk_wrong"})
