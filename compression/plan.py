@@ -221,6 +221,8 @@ class JobShape:
     latency: bool = True
     output_format: str = "compressed"
     lossless_output: bool = False  # output.encoding "lossless" (the same codec as a final lossless step)
+    streaming: str = "auto"  # JobSpec.streaming (compression/streamjob.py)
+    checkpoint: bool = True  # a streamed job's resume checkpoint (about the artifact's size on disk)
 
     @classmethod
     def from_request(cls, body: dict[str, Any]) -> JobShape:
@@ -236,7 +238,17 @@ class JobShape:
             eval_file=bool(ev.get("uri")), latency=bool(ev.get("latency", True)),
             output_format=str((body.get("output") or {}).get("format", "compressed")),
             lossless_output=(body.get("output") or {}).get("encoding") == "lossless",
+            streaming=str(body.get("streaming", "auto")),
         )
+
+    @property
+    def streamable(self) -> bool:
+        """What compression/streamjob.py streams: one rtn/gptq step, no evaluation, calibration from a file."""
+        if len(self.recipes) != 1 or len(self.recipes[0]) != 1 or self.evaluation or self.streaming == "off":
+            return False
+        method = self.recipes[0][0].get("method")
+        return (method in ("rtn", "gptq") and self.output_format in ("compressed", "dense")
+                and (method == "rtn" or self.calibration_file))
 
     @property
     def needs_calibration(self) -> bool:
@@ -383,6 +395,7 @@ class Estimate:
     fits: bool
     shortfalls: list[str] = field(default_factory=list)
     phases: list[dict[str, Any]] = field(default_factory=list)
+    streamed: bool = False  # planned as a streamed job (docs/streaming.md): host memory of two blocks, not the model
 
 
 def _fmt(n: float) -> str:
@@ -460,6 +473,12 @@ def estimate(model: ModelInfo, job: JobShape, worker: WorkerClass, shape: Shape 
         write.seconds += artifact / (40 * 1e6)  # the codec encodes ~40 MB/s a core (BENCHMARKS §2)
     wall = sum(p.seconds for p in phases) + upload
 
+    streamed = job.streamable and (job.streaming == "on" or bool(
+        worker.host_memory_gb and peak_host > worker.host_memory_gb * GB))
+    if streamed:  # the job will stream: the host holds the outside tensors or two blocks and their work
+        peak_host, disk = _streamed_host(s, job, gpu), disk + (artifact if job.checkpoint else 0.0)
+        for p in phases:
+            p.host_bytes = min(p.host_bytes, peak_host - RUNTIME_HOST_BYTES)
     shortfalls = []
     if gpu and peak_device + CUDA_RESERVE_BYTES > worker.gpu_memory_gb * GB:
         worst = max(phases, key=lambda p: p.device_bytes)
@@ -476,7 +495,20 @@ def estimate(model: ModelInfo, job: JobShape, worker: WorkerClass, shape: Shape 
         fits=not shortfalls, shortfalls=shortfalls,
         phases=[{"name": p.name, "gpu_bytes": int(p.device_bytes), "host_bytes": int(p.host_bytes + RUNTIME_HOST_BYTES),
                  "seconds": round(p.seconds, 1)} for p in phases],
+        streamed=streamed,
     )
+
+
+def _streamed_host(s: Shape, job: JobShape, gpu: bool) -> float:
+    """Peak host bytes of a streamed job: the tensors outside the blocks while block 0's inputs are captured,
+    then two blocks (the one being compressed and its exported tensors), the calibration activations (input
+    and output of a block) and, on a CPU class, the engine's fp32 work on the largest linear."""
+    b = s.dtype_bytes
+    acts = 2.0 * job.calibration_samples * job.calibration_seq_len * s.hidden * b if job.needs_calibration else 0.0
+    largest = max((lin.out_features * lin.in_features for lin in s.block_linears), default=0)
+    work = 0.0 if gpu else 6 * 4 * float(largest)
+    loop = 2.0 * s.block_params * b + acts + work
+    return RUNTIME_HOST_BYTES + max(float(s.outside_params * b), loop)
 
 
 def _lin_numel(lins: Iterable[Linear]) -> int:

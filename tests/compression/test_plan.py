@@ -206,3 +206,27 @@ def test_headers_are_read_without_the_data(tmp_path: Path) -> None:
 def test_plan_module_imports_no_torch() -> None:
     code = "import sys, presso.compression.plan; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_streamable_70b_job_fits_a_128gb_host_streamed() -> None:
+    """docs/streaming.md: one rtn/gptq step, no evaluation, calibration from a file -> planned streamed when the
+    in-memory path does not fit the host: outside tensors, or two blocks + the calibration activations."""
+    big_disk = WorkerClass("h200-disk", gpus=1, gpu_memory_gb=141, host_memory_gb=128, disk_gb=400)
+    job = JobShape(recipes=(GPTQ_W4,), calibration_file=True, evaluation=False)
+    e = estimate(LLAMA_70B, job, big_disk)
+    assert e.streamed and e.fits, e.shortfalls
+    outside, block = (2 * 128256 * 8192 + 8192) * 2, 855_654_400 * 2
+    acts = 2 * 64 * 512 * 8192 * 2
+    assert e.host_memory_bytes == 1_000_000_000 + max(outside, 2 * block + acts) == 5_496_359_424
+    assert e.disk_bytes == estimate(LLAMA_70B, JobShape(recipes=(GPTQ_W4,), calibration_file=True, evaluation=False,
+                                                        streaming="off"), big_disk).disk_bytes + e.artifact_bytes
+    off = estimate(LLAMA_70B, JobShape(recipes=(GPTQ_W4,), calibration_file=True, evaluation=False,
+                                       streaming="off"), big_disk)
+    assert not off.streamed and not off.fits and off.shortfalls[0].startswith("host memory")
+    evaluated = estimate(LLAMA_70B, JobShape(recipes=(GPTQ_W4,), calibration_file=True), big_disk)
+    assert not evaluated.streamed  # evaluation needs both whole models: not streamed
+    small = estimate(LLAMA_8B, job, big_disk)
+    assert not small.streamed  # fits in memory: auto does not stream
+    assert JobShape.from_request({"recipe": {"steps": [dict(GPTQ_W4[0])]}, "streaming": "on",
+                                  "calibration": {"uri": "s3://b/c.txt"},
+                                  "evaluation": {"enabled": False}}).streamable
