@@ -4,6 +4,8 @@ number of workers, API processes or hosts (the job table is the source of truth)
 - ``presso_jobs{state}``: jobs by state (gauge); ``presso_queue_depth{queue}``: queued jobs per queue.
 - ``presso_job_duration_seconds{queue,outcome}`` (started -> finished) and ``presso_job_queue_wait_seconds{queue}``
   (created -> first start): histograms over every finished job; counts only grow while jobs are kept.
+- ``presso_job_stage_seconds{stage}``: the worker's seconds per stage (load, data, compress, evaluate, write, ...)
+  of every succeeded job that really ran (``metrics.timings``; jobs answered by dedup are not counted again).
 - ``presso_job_failures_total{code}``: failed jobs by error code.
 - ``presso_workers`` (registered workers), ``presso_worker_heartbeat_age_seconds{worker}``.
 """
@@ -16,7 +18,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, Float, Text, case, cast, func, literal, select
 from sqlalchemy.orm import Session
 
 from presso.app.jobs.models import Job, JobState, Worker
@@ -45,6 +47,7 @@ class JobsCollector(Collector):
             yield from self._histogram(session, "presso_job_queue_wait_seconds",
                                        "Time from submit to the first start of a job", Job.created_at,
                                        Job.started_at, WAIT_BUCKETS, with_outcome=False)
+            yield from self._stages(session)
             yield from self._failures(session)
             yield from self._workers(session)
 
@@ -79,6 +82,30 @@ class JobsCollector(Collector):
             count, total, *cumulative = row[len(keys):]
             points = [(str(le), float(c or 0)) for le, c in zip(buckets, cumulative, strict=True)]
             family.add_metric(labels, [*points, ("+Inf", float(count))], float(total or 0.0))
+        yield family
+
+    def _stages(self, session: Session) -> Iterator[Metric]:
+        family = HistogramMetricFamily("presso_job_stage_seconds", "Worker seconds per stage of succeeded jobs",
+                                       labels=["stage"])
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            each = func.jsonb_each(Job.metrics["timings"]).table_valued("key", "value").alias("t")
+            numeric = func.jsonb_typeof(each.c.value) == "number"
+            value = cast(cast(each.c.value, Text), Float)
+        elif dialect == "sqlite":
+            each = func.json_each(Job.metrics, "$.timings").table_valued("key", "value", "type").alias("t")
+            numeric = each.c.type.in_(["real", "integer"])
+            value = cast(each.c.value, Float)
+        else:  # pragma: no cover - Postgres and SQLite are the supported databases
+            return
+        columns = [func.count(), func.coalesce(func.sum(value), 0.0),
+                   *(func.sum(case((value <= le, 1), else_=0)) for le in DURATION_BUCKETS)]
+        query = (select(each.c.key, *columns).select_from(Job).join(each, literal(True))
+                 .where(Job.state == JobState.succeeded.value, Job.dedup_of.is_(None), numeric)
+                 .group_by(each.c.key))
+        for key, count, total, *cumulative in session.execute(query):
+            points = [(str(le), float(c or 0)) for le, c in zip(DURATION_BUCKETS, cumulative, strict=True)]
+            family.add_metric([str(key)], [*points, ("+Inf", float(count))], float(total or 0.0))
         yield family
 
     def _failures(self, session: Session) -> Iterator[Metric]:

@@ -9,6 +9,7 @@ same.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -49,4 +50,8 @@ def render(engine: Any) -> bytes:
         own = generate_latest(REGISTRY)
     jobs = CollectorRegistry()
     jobs.register(JobsCollector(engine))
-    return own + generate_latest(jobs)
+    try:
+        return own + generate_latest(jobs)
+    except Exception:  # noqa: BLE001 - a database blip must not hide the process metrics
+        logging.getLogger(__name__).warning("job metrics unavailable", exc_info=True)
+        return own

@@ -120,6 +120,12 @@ def test_job_metrics_from_the_database(make_settings: Any, app_client: Any, s3_e
     assert values == sorted(values) and values[-1] == total(after, f"{name}_count", outcome="succeeded")
     assert total(after, f"{name}_sum", outcome="succeeded") > 0
     assert total(after, "presso_job_queue_wait_seconds_count") >= 2
+    for stage in ("load", "compress", "evaluate", "total"):  # the worker's stage timings of the good job
+        grew = total(after, "presso_job_stage_seconds_count", stage=stage) - total(
+            before, "presso_job_stage_seconds_count", stage=stage)
+        assert grew == 1, stage
+    assert total(after, "presso_job_stage_seconds_sum", stage="total") > total(
+        before, "presso_job_stage_seconds_sum", stage="total")
     assert ("presso_workers", ()) in samples(after)
     del waiting
 

@@ -107,6 +107,8 @@ def test_serve_webhook_dedup_labels_logs_metrics(tmp_path: Path, tiny_llama_dir:
             metrics = httpx.get(f"{url}/metrics").text
             assert 'presso_jobs{state="succeeded"} 2.0' in metrics
             assert "presso_job_duration_seconds_bucket" in metrics
+            # SQLite's json_each: the stage timings of the job that ran, not of the one dedup answered
+            assert 'presso_job_stage_seconds_count{stage="compress"} 1.0' in metrics
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
