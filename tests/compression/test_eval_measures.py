@@ -282,3 +282,19 @@ def test_bit_exactness_sees_one_changed_weight(model_dir: Path, tmp_path: Path) 
     save_file(state, str(out / "model.safetensors"))
     ex = bit_exactness(model, out)
     assert not ex["bit_exact"] and ex["weights_sha256"] != ex["decoded_weights_sha256"]
+
+
+def test_a_top1_floor_alone_finds_an_allocation_that_meets_it(model_dir: Path, tmp_path: Path) -> None:
+    base = {"calibration": {"samples": 4, "seq_len": 32}, "evaluation": {"windows": 2, "seq_len": 32,
+                                                                         "latency": False}}
+    w4 = run_local(LocalJobSpec.model_validate({
+        "model_uri": str(model_dir), "out_dir": str(tmp_path / "w4"), "device": "cpu",
+        "recipe": {"steps": [{"method": "gptq", "bits": 4, "group_size": 32}]}, **base})).metrics
+    floor = w4["top1_agreement"] - 0.02  # what uniform W4 reaches, a little loosened
+    res = run_local(LocalJobSpec.model_validate({
+        "model_uri": str(model_dir), "out_dir": str(tmp_path / "o"), "device": "cpu",
+        "target": {"min_top1_agreement": floor, "space": {"bits": [2, 4, 8], "group_sizes": [32]},
+                   "generations": 1, "offspring": 2, "fitness_samples": 2, "candidates": 4}, **base})).metrics
+    assert res["top1_agreement"] >= floor
+    assert res["search"]["floor"] == {"min_top1_agreement": floor}
+    assert all(c["passed"] or c["top1_agreement"] < floor for c in res["search"]["candidates"])
