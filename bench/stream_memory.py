@@ -177,6 +177,42 @@ def measure(args: argparse.Namespace, mode: str, model: Path, calib: Path, work:
     return got
 
 
+def measure_resume(args: argparse.Namespace, model: Path, calib: Path, work: Path, k: int) -> dict[str, Any]:
+    """A streamed run killed (SIGKILL) once its checkpoint holds ``k`` blocks, then run again to the end: the
+    wall time of both parts against an uninterrupted streamed run, and whether the artifacts are identical."""
+    import signal
+
+    full = measure(args, "stream", model, calib, work)
+    out = work / "out-resumed"
+    shutil.rmtree(out, ignore_errors=True)
+    state = out / ".presso-resume" / "state.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--mode", "stream", "--model", str(model),
+           "--out", str(out), "--calib", str(calib), "--method", args.method, "--samples", str(args.samples),
+           "--seq-len", str(args.seq_len), "--result", str(work / "result-resumed.json"), "--device", args.device]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    with (work / "log-killed.txt").open("w") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+        while proc.poll() is None:
+            try:
+                if len(json.loads(state.read_text())["blocks"]) >= k:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.01)
+        proc.wait()
+    killed_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    with (work / "log-resumed.txt").open("w") as logf:
+        rerun = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+    resumed_s = time.perf_counter() - t1
+    same = rerun.returncode == 0 and full.get("digests") == digests(out)
+    return {"kill_at_block": k, "killed_exit": proc.returncode, "killed_s": killed_s, "resumed_s": resumed_s,
+            "uninterrupted_s": full["wall_s"], "ratio": (killed_s + resumed_s) / full["wall_s"],
+            "identical": same, "rerun_exit": rerun.returncode}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=sorted(SHAPES), default="3b")
@@ -193,6 +229,9 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the artifacts")
     p.add_argument("--no-checkpoint", action="store_true",
                    help="streamed runs keep no resume checkpoint (it takes about the artifact's size on disk)")
+    p.add_argument("--kill-at-block", type=int, metavar="K",
+                   help="resume test instead: kill a streamed run (SIGKILL) at block K, rerun it, compare wall time "
+                   "and bytes with an uninterrupted streamed run")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--mode", "--model", "--out", "--calib", "--result"):
         p.add_argument(hidden, help=argparse.SUPPRESS)
@@ -227,6 +266,14 @@ def main() -> int:
     info = json.loads((model / "random_model.json").read_text())
     calib = args.work / f"calib-{args.samples}x{args.seq_len}.npy"
     np.save(calib, np.random.default_rng(0).integers(0, config.vocab_size, args.samples * args.seq_len))
+    if args.kill_at_block is not None:
+        r = measure_resume(args, model, calib, args.work, args.kill_at_block)
+        print(f"\n{tag} {args.method}: killed at block {r['kill_at_block']}/{config.num_hidden_layers} "
+              f"after {r['killed_s']:.0f} s, rerun {r['resumed_s']:.0f} s; uninterrupted {r['uninterrupted_s']:.0f} s; "
+              f"ratio {r['ratio']:.2f}; identical artifacts: {r['identical']}")
+        if args.json:
+            args.json.write_text(json.dumps({"model": info, "method": args.method, "resume": r}, indent=2))
+        return 0 if r["identical"] else 1
     runs = []
     for mode in args.modes.split(","):
         log.info("running %s ...", mode)
