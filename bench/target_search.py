@@ -17,6 +17,7 @@ Writes <out>/target_search.json and target_search.md. Examples:
   PYTHONPATH=. .venv/bin/python bench/target_search.py --out /tmp/ts                       # CPU (slow)
   PRESSO_BENCH_DEVICE=cuda PRESSO_BENCH_GGUF=/tmp/persist/smol.gguf PRESSO_BENCH_DATA=<dir> \\
       python3 bench/target_search.py --out $OUT --rows w3g64,w4g128                      # the H200 run
+  ... --rows '' --floor-ppl 5 --candidates 8                                             # the 5% floor row
   ... --smoke                                                                            # plumbing only
 """
 
@@ -97,16 +98,21 @@ def uniform(dense: torch.nn.Module, tokenizer: Any, step: dict[str, Any], calib:
     return out
 
 
-def searched(lm: Any, budget_bytes: int, space: dict[str, Any], calib: torch.Tensor, select: torch.Tensor,
-             evals: torch.Tensor, source: Path, args: argparse.Namespace) -> dict[str, Any]:
+def searched(lm: Any, budget_bytes: int | None, space: dict[str, Any], calib: torch.Tensor, select: torch.Tensor,
+             evals: torch.Tensor, source: Path, args: argparse.Namespace,
+             floor_pct: float | None = None) -> dict[str, Any]:
     from presso.compression.core.context import StepContext
     from presso.compression.eval.report import evaluate, gate_verdict
     from presso.compression.pipeline import compress
     from presso.compression.search.job import run_search
     from presso.compression.spec import LocalJobSpec
 
-    target = {"max_bytes": budget_bytes, "space": space, "generations": args.generations,
-              "offspring": args.offspring, "fitness_samples": args.fitness_samples, "candidates": args.candidates}
+    target: dict[str, Any] = {"space": space, "generations": args.generations, "offspring": args.offspring,
+                              "fitness_samples": args.fitness_samples, "candidates": args.candidates}
+    if budget_bytes is not None:
+        target["max_bytes"] = budget_bytes
+    if floor_pct is not None:  # judged on the held-out selection windows, like the choice among candidates
+        target["max_ppl_increase_pct"] = floor_pct
     with tempfile.TemporaryDirectory(prefix="presso-ts-spec-") as tmp:
         spec = LocalJobSpec.model_validate({
             "model_uri": str(source), "out_dir": tmp, "device": str(DEVICE), "target": target,
@@ -140,9 +146,55 @@ def searched(lm: Any, budget_bytes: int, space: dict[str, Any], calib: torch.Ten
            "search": {k: m[k] for k in ("levels", "layers", "fitness_evaluations", "candidates_evaluated", "best",
                                        "allocation", "knapsack", "front", "candidates")},
            "selection_ppl": result.attempt["quality"].get("ppl_after")}
-    log.info("search: ppl %.2f, %d bytes (budget %d), %.3f bits/weight, %.1fs (%s)", out["ppl"], out["bytes"],
+    out["selection_quality"] = {k: result.attempt["quality"].get(k)
+                                for k in ("ppl_increase_pct", "kl", "top1_agreement", "eval_windows")}
+    log.info("search: ppl %.2f, %d bytes (budget %s), %.3f bits/weight, %.1fs (%s)", out["ppl"], out["bytes"],
              budget_bytes, out["bits_per_weight"], wall, m["allocation"])
     return out
+
+
+UNIFORM_GRID = [(b, g) for b in (2, 3, 4, 8) for g in (64, 128)]  # the uniform GPTQ recipes a floor row compares
+
+
+def floor_row(lm: Any, pct: float, space: dict[str, Any], calib: torch.Tensor, select: torch.Tensor,
+              evals: torch.Tensor, source: Path, args: argparse.Namespace, dense_ppl: float,
+              grid: list[tuple[int, int]]) -> dict[str, Any]:
+    """``max_ppl_increase_pct: pct`` alone: the smallest artifact the search finds (the floor judged on the held-out
+    selection windows) vs the smallest uniform GPTQ recipe of ``grid`` whose *test* perplexity meets it."""
+    uniforms = []
+    for bits, group in grid:
+        u = uniform(lm.model, lm.tokenizer, {"method": "gptq", "bits": bits, "group_size": group, **Q}, calib,
+                    evals, source)
+        u["ppl_increase_pct"] = 100.0 * (u["ppl"] / dense_ppl - 1.0)
+        uniforms.append(u)
+    meeting = [u for u in uniforms if u["ppl_increase_pct"] <= pct]
+    smallest = min(meeting, key=lambda u: u["bytes"]) if meeting else None
+    s = searched(lm, None, space, calib, select, evals, source, args, floor_pct=pct)
+    s["ppl_increase_pct"] = 100.0 * (s["ppl"] / dense_ppl - 1.0)
+    return {"floor_pct": pct, "uniform": uniforms, "smallest_uniform": smallest, "searched": s,
+            "meets_on_test": s["ppl_increase_pct"] <= pct,
+            "bytes_vs_smallest_uniform": s["bytes"] / smallest["bytes"] if smallest else None}
+
+
+def _md_floor(f: dict[str, Any]) -> list[str]:
+    s, u = f["searched"], f["smallest_uniform"]
+    lines = ["", f"## max_ppl_increase_pct: {f['floor_pct']:g}", "",
+             "| recipe | test ppl | increase % | artifact weight bytes | bits/weight | seconds |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in f["uniform"]:
+        mark = " (smallest meeting the floor)" if u is not None and r is u else ""
+        lines.append(f"| uniform GPTQ W{r['recipe']['bits']} g{r['recipe']['group_size']}{mark} | {r['ppl']:.2f} | "
+                     f"{r['ppl_increase_pct']:+.2f} | {r['bytes']} | {r['bits_per_weight']:.3f} | {r['seconds']:.1f} |")
+    sec = s["seconds"]
+    lines.append(f"| **searched** ({s['search']['allocation']}) | **{s['ppl']:.2f}** | {s['ppl_increase_pct']:+.2f} | "
+                 f"**{s['bytes']}** | {s['bits_per_weight']:.3f} | {s['wall_seconds']:.1f} "
+                 f"(measure {sec['measure']:.1f}, search {sec['search']:.1f}, candidates {sec['evaluate']:.1f}) |")
+    ratio = f["bytes_vs_smallest_uniform"]
+    lines += ["", f"searched / smallest uniform meeting the floor: {ratio:.3f} of the bytes" if ratio else
+              "no uniform recipe of the grid meets the floor on test",
+              f"floor met on test: {f['meets_on_test']} (the search judged it on the held-out selection windows: "
+              f"{s['selection_quality']})"]
+    return lines
 
 
 def _md(results: dict[str, Any]) -> str:
@@ -165,6 +217,8 @@ def _md(results: dict[str, Any]) -> str:
     for name, r in results["rows"].items():
         lines.append(f"{name}: allocation {r['searched']['search']['allocation']}; "
                      f"{r['searched']['search']['fitness_evaluations']} fitness evaluations")
+    if results.get("floor"):
+        lines += _md_floor(results["floor"])
     return "\n".join(lines) + "\n"
 
 
@@ -214,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--offspring", type=int, default=8)
     p.add_argument("--fitness-samples", type=int, default=8)
     p.add_argument("--candidates", type=int, default=3)
+    p.add_argument("--floor-ppl", type=float, metavar="PCT",
+                   help="also the floor row: target max_ppl_increase_pct PCT alone vs the uniform GPTQ grid")
     p.add_argument("--smoke", action="store_true", help="8 calibration, 2 test windows of 128 tokens (plumbing)")
     p.add_argument("--plot-only", type=Path, metavar="JSON", help="redraw <JSON>'s plot beside it, nothing else")
     args = p.parse_args(argv)
@@ -241,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     dense_ppl = perplexity(lm.model, evals)
     results["dense_ppl"] = dense_ppl
     log.info("dense ppl %.2f", dense_ppl)
-    for name in args.rows.split(","):
+    grid = [(3, 64), (4, 64)] if args.smoke else UNIFORM_GRID
+    space = {"methods": ["gptq"], "bits": [3, 4] if args.smoke else [2, 3, 4, 8], "group_sizes": [64, 128]}
+    for name in [r for r in args.rows.split(",") if r]:
         row = ROWS[name]
         up = uniform(lm.model, lm.tokenizer, row["up"], calib, evals, source)  # first: warms kernels up
         ref = uniform(lm.model, lm.tokenizer, row["ref"], calib, evals, source)
@@ -252,8 +310,14 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "target_search.json").write_text(json.dumps(results, indent=2, default=str))
         (args.out / "target_search.md").write_text(_md(results))
+    if args.floor_ppl is not None:
+        results["floor"] = floor_row(lm, args.floor_ppl, space, calib, select, evals, source, args, dense_ppl, grid)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "target_search.json").write_text(json.dumps(results, indent=2, default=str))
+        (args.out / "target_search.md").write_text(_md(results))
     try:
-        plot(results, args.out / "target_search.png")
+        if results["rows"]:
+            plot(results, args.out / "target_search.png")
     except ImportError:
         log.info("matplotlib missing: no plot (--plot-only redraws it from the JSON)")
     print(_md(results))
