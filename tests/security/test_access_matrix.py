@@ -30,6 +30,8 @@ JOB_ROUTES = [
     ("GET", "/v1/jobs/{id}/artifact", 200, None),
     ("GET", "/v1/jobs/{id}/report", 200, None),
     ("GET", "/v1/jobs/{id}/files/config.json", 307, None),
+    ("GET", "/v1/jobs/{id}/logs", 200, None),
+    ("GET", "/v1/jobs/{id}/plan", 200, None),
 ]
 ADMIN_ROUTES = [
     ("GET", "/v1/admin/tenants"),

@@ -214,3 +214,17 @@ def test_tenant_default_callback(served: Any, receiver: Receiver) -> None:
         deliver_due(ctx.session_factory, settings)
     paths = sorted(h.get("Presso-Delivery", "") for h, _ in receiver.got)
     assert paths == sorted([f"{by_default.id}.1", f"{explicit.id}.1"])
+
+
+def test_webhook_routes_are_per_tenant(served: Any) -> None:
+    url, tenant, _ = served
+    with httpx.Client(base_url=url) as admin:
+        other = new_tenant(admin)
+        for method, path in (("GET", "/v1/webhooks/secret"), ("POST", "/v1/webhooks/secret"),
+                             ("GET", "/v1/webhooks/default"), ("PUT", "/v1/webhooks/default")):
+            resp = admin.request(method, path, json={"url": None} if method == "PUT" else None)
+            assert resp.status_code == 401 and resp.json()["error"]["code"] == "unauthorized", path
+    with PressoClient(url, tenant.key) as mine, PressoClient(url, other.key) as theirs:
+        assert mine.webhook_secret() != theirs.webhook_secret()
+        mine.set_default_callback("https://hooks.example.com/a")
+        assert theirs.default_callback() is None
