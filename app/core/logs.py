@@ -102,3 +102,20 @@ async def request_context(request: Any, call_next: Any) -> Any:
     job_id = parts[2] if len(parts) >= 3 and parts[:2] == ["v1", "jobs"] else None
     with bind(job_id=job_id):
         return await call_next(request)
+
+
+def uvicorn_log_config() -> dict[str, Any] | None:
+    """uvicorn's logging config in JSON mode (its own loggers, access lines included, as JSON lines); None in
+    text mode (uvicorn's default)."""
+    if (os.environ.get("PRESSO_LOG_FORMAT") or "text").lower() != "json":
+        return None
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "filters": ["context"],
+               "stream": "ext://sys.stderr"}
+    return {
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "presso.app.core.logs.JsonFormatter"}},
+        "filters": {"context": {"()": "presso.app.core.logs.ContextFilter"}},
+        "handlers": {"default": handler},
+        "loggers": {name: {"handlers": ["default"], "level": "INFO", "propagate": False}
+                    for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
+    }

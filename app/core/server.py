@@ -45,8 +45,12 @@ def run(host: str, port: int, workers: int, log_level: str = "info", access_log:
 
     if workers > 1:
         multiprocess_metrics_dir()
+    from presso.app.core.logs import uvicorn_log_config
+
+    config = uvicorn_log_config()  # PRESSO_LOG_FORMAT=json: uvicorn's lines as JSON too
+    extra = {"log_config": config} if config else {}
     uvicorn.run(APP, factory=True, host=host, port=port, workers=workers, http=NoDelayH11Protocol,
-                log_level=log_level, access_log=access_log)
+                log_level=log_level, access_log=access_log, **extra)
 
 
 def multiprocess_metrics_dir() -> str:

@@ -47,11 +47,11 @@ def test_http_metrics_are_aggregated_across_api_processes(pg_url: str, redis_url
                 "PRESSO_BROKER_KEY_PREFIX": f"presso-obs-{uuid.uuid4().hex[:8]}:",
                 "PRESSO_STORE_URL": f"s3://{ARTIFACT_BUCKET}/obs", "PRESSO_S3_ENDPOINT_URL": s3_endpoint,
                 "PRESSO_ADMIN_KEY": ADMIN_KEY, "PRESSO_DATA_DIR": str(tmp_path / "data"),
-                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "OMP_NUM_THREADS": "1"})
+                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "OMP_NUM_THREADS": "1",
+                "PRESSO_LOG_FORMAT": "json"})
     log = open(tmp_path / "api.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "presso.cli", "api", "--port", str(port), "--workers", "2",
-                             "--no-access-log"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "presso.cli", "api", "--port", str(port), "--workers", "2"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -81,6 +81,10 @@ def test_http_metrics_are_aggregated_across_api_processes(pg_url: str, redis_url
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+    # PRESSO_LOG_FORMAT=json: every line uvicorn wrote, access lines included, is one JSON object
+    lines = [line for line in (tmp_path / "api.log").read_text().splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines]
+    assert sum(1 for x in parsed if x["logger"] == "uvicorn.access") >= n
 
 
 def test_job_metrics_from_the_database(make_settings: Any, app_client: Any, s3_endpoint: str,
