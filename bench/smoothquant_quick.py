@@ -39,10 +39,13 @@ ROWS = {
     "fp8_dynamic_rtn": [{"method": "fp8"}],
     "int8_w8a8_rtn_kv_fp8": {"steps": [{"method": "int8"}], "kv_cache": {"format": "fp8"}},
     # rotation (QuaRot R1) before W4A4 / W4A16
+    "rotate+int8_w8a8_rtn": [{"method": "rotate"}, {"method": "int8"}],
     "mxfp4_w4a4": [{"method": "mxfp4"}],
     "rotate+mxfp4_w4a4": [{"method": "rotate"}, {"method": "mxfp4"}],
     "nvfp4_w4a4": [{"method": "nvfp4"}],
     "rotate+nvfp4_w4a4": [{"method": "rotate"}, {"method": "nvfp4"}],
+    "rtn_w4a16_g128": [{"method": "rtn", "bits": 4, "group_size": 128}],
+    "rotate+rtn_w4a16_g128": [{"method": "rotate"}, {"method": "rtn", "bits": 4, "group_size": 128}],
     "gptq_w4a16_g128": [{"method": "gptq", "bits": 4, "group_size": 128}],
     "rotate+gptq_w4a16_g128": [{"method": "rotate"}, {"method": "gptq", "bits": 4, "group_size": 128}],
 }
