@@ -24,6 +24,7 @@ activation) raise :class:`UnsupportedModel` rather than being left uncompressed.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections.abc import Iterator
@@ -153,6 +154,10 @@ def _unfuse(module: nn.Module, names: tuple[str, str, str]) -> UnfusedExperts:
             f"{type(module).__name__}: fused experts with a transposed, interleaved or biased layout are "
             "not supported by Presso's expert view (only concatenated [gate; up] without bias); no expert "
             "would be left uncompressed, so the model is refused")
+    params = list(inspect.signature(module.forward).parameters)
+    if len(params) != 3:  # (hidden_states, top_k_index, top_k_weights): the routing happens outside
+        raise UnsupportedModel(f"{type(module).__name__}: fused experts called as forward({', '.join(params)}); "
+                               "Presso's expert view replaces experts called with (hidden_states, indices, weights)")
     gu: torch.Tensor = getattr(module, "gate_up_proj").data  # noqa: B009 - checked by is_fused_experts
     down: torch.Tensor = getattr(module, "down_proj").data  # noqa: B009
     n, two_i, hidden = gu.shape

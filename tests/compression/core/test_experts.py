@@ -161,3 +161,14 @@ def test_awq_folds_inside_each_expert_only_where_exact(qwen3_moe: torch.nn.Modul
             assert note["producer"] == name.replace("down_proj", "up_proj")
         else:
             assert note["producer"] is None
+
+
+def test_llama4_experts_are_refused_not_skipped() -> None:
+    """Llama 4's experts take pre-sorted tokens (forward(hidden_states)) in a transposed layout."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model("llama4_text", hidden_size=64, intermediate_size=32, intermediate_size_mlp=128,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                               vocab_size=128, num_local_experts=4, num_experts_per_tok=1)
+    with pytest.raises(UnsupportedModel, match="Llama4TextExperts"):
+        unfuse_experts_(AutoModelForCausalLM.from_config(cfg))
