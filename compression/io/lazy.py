@@ -205,7 +205,7 @@ def load_lazy(path: Path, *, max_params: int | None = None
                        notes=notes), reader
 
 
-def _tie_outside_(model: nn.Module) -> None:
+def _tie_outside_(model: Any) -> None:
     """Re-tie weights that from_config tied (lm_head <- embed_tokens) after the twin was read."""
     if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "get_output_embeddings"):
         out, inp = model.get_output_embeddings(), model.get_input_embeddings()
@@ -213,7 +213,7 @@ def _tie_outside_(model: nn.Module) -> None:
             out.weight = inp.weight
 
 
-def _generation_config_(model: nn.Module, path: Path) -> None:
+def _generation_config_(model: Any, path: Path) -> None:
     """The generation config ``from_pretrained`` would set (its file, else one from config.json's keys)."""
     from transformers import GenerationConfig
 

@@ -161,7 +161,7 @@ class ShardWriter:
             self._data = self._part(len(self.shards)).open("wb")
         self._offsets[name] = self._data.tell()
         if n:
-            self._data.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            self._data.write(t.reshape(-1).view(torch.uint8).numpy().data)
         self._entries[name] = (t.dtype, list(t.shape), n)
         self.weight_map[name] = len(self.shards)
         self._size += n
