@@ -55,6 +55,7 @@ def test_presso_serve_runs_a_job(tmp_path: Path, tiny_llama_dir: Path) -> None:
             files = client.download(job["id"], tmp_path / "out")
             assert (tmp_path / "out" / "config.json") in files
             _lossless_job(client, url, body, tmp_path)
+            _deployment_transforms_job(client, body, models, tmp_path)
             with pytest.raises(PressoError) as refused:
                 client.submit({**body, "model_uri": "file:///etc"})
             assert refused.value.status == 422 and refused.value.code == "invalid_model_uri"
@@ -87,3 +88,26 @@ def _lossless_job(client: PressoClient, url: str, body: dict, tmp_path: Path) ->
     files = client.download(job["id"], tmp_path / "out-lossless")  # restores *.pzst locally
     restored = tmp_path / "out-lossless" / "model.safetensors"
     assert restored in files and hashlib.sha256(restored.read_bytes()).hexdigest() == decoded["sha256"]
+
+
+def _deployment_transforms_job(client: PressoClient, body: dict, models: Path, tmp_path: Path) -> None:
+    """Issue 19 over the API: rotate + smoothquant + FP8 with GPTQ rounding + an FP8 KV cache in one job; the
+    artifact holds the float-quantized weights and the KV scales and presso.load runs it."""
+    import json
+
+    (models / "calib.txt").write_text(" ".join(["the cat sat on a mat and the dog ran far away"] * 120))
+    recipe = {"steps": [{"method": "rotate"}, {"method": "smoothquant"}, {"method": "fp8", "rounding": "gptq"}],
+              "kv_cache": {"format": "fp8"}}
+    job = client.submit({**body, "recipe": recipe,
+                         "calibration": {"uri": (models / "calib.txt").as_uri(), "samples": 4, "seq_len": 32}})
+    job = client.wait(job["id"], timeout=240, poll=0.5)
+    assert job["state"] == "succeeded", job
+    assert [s["method"] for s in job["metrics"]["steps"]] == ["rotate", "smoothquant", "fp8", "kv_cache"]
+    client.download(job["id"], tmp_path / "out-issue19")
+    qcfg = json.loads((tmp_path / "out-issue19" / "config.json").read_text())["quantization_config"]
+    assert qcfg["format"] == "float-quantized" and qcfg["kv_cache_scheme"]["type"] == "float"
+    from presso.compression.core import kvquant
+    from presso.load import load
+
+    assert len(kvquant.quantizers(load(tmp_path / "out-issue19"))) == 2
+
