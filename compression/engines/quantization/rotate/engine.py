@@ -170,7 +170,9 @@ class RotateEngine:
         model.to(home)  # capture_inputs moved what is outside the blocks to the step's device
         after = hf(input_ids=probe.to(home), use_cache=False).logits.float()
         change = float((after - before).norm() / before.norm().clamp_min(1e-12))
-        tol = 1e-3 if emb.weight.dtype == torch.float32 else 3e-2
+        # float32: rounding only; 16-bit: every rotated weight is re-rounded (SmolLM2 in bfloat16: 2.5e-2); a wrong
+        # structure changes real models' logits by O(1)
+        tol = 1e-3 if emb.weight.dtype == torch.float32 else 1e-1
         if not change < tol:
             raise UnsupportedModel(f"rotate: the rotated {type(model).__name__} is not equivalent to the original "
                                    f"(relative logit change {change:.2e} on a probe batch); its norms or embeddings "
