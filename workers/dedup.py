@@ -1,8 +1,8 @@
 """Dedup: a job whose inputs match a succeeded job of the same tenant gets that job's artifact, not a new run.
 
 The key is the sha256 of (Presso's version, the request without its URIs, the sha256 of every fetched model file,
-of the calibration, the evaluation data and the task files): what the compression reads, by content, so a model overwritten
-under the same URI is a new key and the same model under another URI is the same one. It is known only after
+of the calibration, the evaluation data and the task files): what the compression reads, by content, so a model
+overwritten under the same URI is a new key and the same model under another URI is the same one. It is known only after
 the fetch (the URI names no revision), so a duplicate costs its fetch and hashing but no compression. Tenants
 never share artifacts. ``force: true`` on the request turns it off.
 """
