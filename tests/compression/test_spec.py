@@ -39,8 +39,15 @@ def test_older_stored_requests_with_nulls_still_parse() -> None:
     assert job.calibration.samples == 64 and job.evaluation.enabled and job.output.format == "compressed"
 
 
+SERVICE_ONLY = {"name", "labels", "metadata", "callback_url", "force"}  # the job record's, not the compression's
+
+
 def test_api_fields_are_the_spec_fields() -> None:
+    """The API body is the library's JobSpec plus only the service's own record fields (docs/architecture.md):
+    every compression option is defined once, in JobSpec."""
     from presso.app.jobs.schemas import JobCreate
 
-    assert JobCreate.model_fields.keys() == JobSpec.model_fields.keys()
+    assert issubclass(JobCreate, JobSpec)
+    assert JobCreate.model_fields.keys() - JobSpec.model_fields.keys() == SERVICE_ONLY
+    assert JobSpec.model_fields.keys() <= JobCreate.model_fields.keys()
     assert not {"out_dir", "device", "max_params", "overwrite"} & JobCreate.model_fields.keys()
