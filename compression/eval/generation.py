@@ -52,10 +52,15 @@ def prefix_agreement(a: torch.Tensor, b: torch.Tensor) -> dict[str, Any]:
 
 
 def compare_generations(original: nn.Module, compressed: nn.Module, windows: torch.Tensor, device: torch.device,
-                        *, prompts: int, prompt_tokens: int, new_tokens: int) -> dict[str, Any]:
+                        *, prompts: int, prompt_tokens: int, new_tokens: int,
+                        reference: dict[Any, torch.Tensor] | None = None) -> dict[str, Any]:
+    """``reference``: the original's continuations, used when present and filled when not."""
     n = min(prompts, windows.shape[0])
     if n == 0:
         return {}
     batch = windows[:n, : min(prompt_tokens, windows.shape[1])]
-    return prefix_agreement(greedy(original, batch, new_tokens, device),
-                            greedy(compressed, batch, new_tokens, device))
+    reference = {} if reference is None else reference
+    key = (tuple(batch.shape), int(batch.sum()), new_tokens)
+    if key not in reference:
+        reference[key] = greedy(original, batch, new_tokens, device)
+    return prefix_agreement(reference[key], greedy(compressed, batch, new_tokens, device))

@@ -23,10 +23,12 @@ def evaluate(original: nn.Module, compressed: nn.Module, kind: str, windows: tor
              device: torch.device, *, latency: bool, progress: Callable[[float], None] | None = None,
              max_seconds: float | None = None, min_windows: int = 1, batch_size: int = 4,
              generation: GenerationSpec | None = None,
-             tasks: list[tuple[str, list[Question]]] | None = None) -> dict[str, Any]:
+             tasks: list[tuple[str, list[Question]]] | None = None,
+             reference: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every measure of one attempt against the original: perplexity, KL and top-1 agreement on ``windows``
     (``max_seconds`` / ``min_windows``: the default-sized evaluation stops there), greedy-generation agreement,
-    multiple-choice tasks (accuracy, flip rate) and latency. ``progress`` gets the fraction done."""
+    multiple-choice tasks (accuracy, flip rate) and latency. ``progress`` gets the fraction done. ``reference``
+    keeps the original's generations and task answers between calls with the same original and data."""
     out: dict[str, Any] = {}
     if windows is None:
         return out
@@ -44,12 +46,16 @@ def evaluate(original: nn.Module, compressed: nn.Module, kind: str, windows: tor
             q["ppl_increase_pct"] = 100.0 * (q["ppl_after"] / q["ppl_before"] - 1.0)
             out.update(q)
             if generation is not None and generation.prompts > 0:
-                out.update(compare_generations(original, compressed, windows, device, prompts=generation.prompts,
+                scored = windows[: q["eval_windows"]]  # what later attempts of a default-sized evaluation keep
+                out.update(compare_generations(original, compressed, scored, device, prompts=generation.prompts,
                                                prompt_tokens=generation.prompt_tokens,
-                                               new_tokens=generation.new_tokens))
+                                               new_tokens=generation.new_tokens,
+                                               reference=None if reference is None else
+                                               reference.setdefault("generation", {})))
             report(0.75)
             if tasks:
-                out.update(compare_tasks(original, compressed, tasks, device, progress=part(0.75, 0.95)))
+                out.update(compare_tasks(original, compressed, tasks, device, progress=part(0.75, 0.95),
+                                         reference=None if reference is None else reference.setdefault("tasks", {})))
         else:
             out.update(compare_encoders(original, compressed, windows, device))
         report(0.95)

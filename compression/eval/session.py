@@ -55,6 +55,8 @@ class EvalSession:
         self.tasks: list[tuple[str, list[Question]]] = []
         self.sized = False  # the first attempt has fixed the windows every later one scores
         self.seconds = 0.0  # every evaluation of the job, its data included
+        self.reference: dict[str, Any] = {}  # the original's generations and task answers (report.evaluate)
+        self.reference_of: int | None = None  # id() of the original they belong to
         self.data_seconds = 0.0
 
     @property
@@ -106,10 +108,12 @@ class EvalSession:
         if self.auto and not self.sized:
             max_seconds = max(compress_seconds - (time.perf_counter() - t0), 0.0)
         report = (lambda f: self.progress(stage, f)) if stage is not None else None
+        if self.reference_of != id(original):
+            self.reference, self.reference_of = {}, id(original)
         q = evaluate(original, compressed, self.lm.kind, self.windows, self.device, latency=latency,
                      progress=report, max_seconds=max_seconds, min_windows=AUTO_MIN_WINDOWS,
                      batch_size=AUTO_MIN_WINDOWS if max_seconds is not None else 4,
-                     generation=self.spec.evaluation.generation, tasks=self.tasks)
+                     generation=self.spec.evaluation.generation, tasks=self.tasks, reference=self.reference)
         if max_seconds is not None:
             scored = int(q.get("eval_windows", self.windows.shape[0]))
             if scored < self.windows.shape[0]:

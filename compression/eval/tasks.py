@@ -115,10 +115,14 @@ def _acc(chosen: list[int], questions: list[Question]) -> float:
 
 
 def compare_tasks(original: nn.Module, compressed: nn.Module, tasks: list[tuple[str, list[Question]]],
-                  device: torch.device, progress: Callable[[float], None] | None = None) -> dict[str, Any]:
+                  device: torch.device, progress: Callable[[float], None] | None = None,
+                  reference: dict[str, tuple[list[int], list[int]]] | None = None) -> dict[str, Any]:
     """Per task: accuracy (acc, acc_norm) before and after and the flip rate; over all questions: ``flip_rate``
-    and ``task_accuracy_ratio`` (acc after / before; None when no question was right before)."""
-    total = 2 * sum(len(qs) for _, qs in tasks)
+    and ``task_accuracy_ratio`` (acc after / before; None when no question was right before). ``reference``:
+    the original's answers by task name, used when present and filled when not (one job's attempts share the
+    original, so it answers once)."""
+    reference = {} if reference is None else reference
+    total = sum(len(qs) * (1 if name in reference else 2) for name, qs in tasks)
     done = 0
 
     def tick(_n: int) -> None:
@@ -130,7 +134,9 @@ def compare_tasks(original: nn.Module, compressed: nn.Module, tasks: list[tuple[
     per: dict[str, Any] = {}
     flips = right_before = right_after = n_all = 0
     for name, qs in tasks:
-        a_plain, a_norm = answers(original, qs, device, tick)
+        if name not in reference:
+            reference[name] = answers(original, qs, device, tick)
+        a_plain, a_norm = reference[name]
         b_plain, b_norm = answers(compressed, qs, device, tick)
         n_flip = sum(int(x != y) for x, y in zip(a_plain, b_plain, strict=True))
         per[name] = {"questions": len(qs), "accuracy_before": _acc(a_plain, qs), "accuracy_after": _acc(b_plain, qs),

@@ -298,3 +298,36 @@ def test_a_top1_floor_alone_finds_an_allocation_that_meets_it(model_dir: Path, t
     assert res["top1_agreement"] >= floor
     assert res["search"]["floor"] == {"min_top1_agreement": floor}
     assert all(c["passed"] or c["top1_agreement"] < floor for c in res["search"]["candidates"])
+
+
+def test_the_original_answers_once_per_job_and_results_do_not_change(model_dir: Path, tmp_path: Path) -> None:
+    from presso.compression.eval.session import EvalSession
+    from presso.compression.io.loading import load_model
+
+    task = write_task(tmp_path / "mc.jsonl", n=6)
+    spec = LocalJobSpec.model_validate({"model_uri": str(model_dir), "out_dir": str(tmp_path / "o"), "recipe": RTN4,
+                                        "evaluation": {"windows": 2, "seq_len": 32, "latency": False,
+                                                       "tasks": [{"uri": str(task), "name": "mc"}]}})
+    lm = load_model(model_dir)
+    calls = {"n": 0}
+    forward = lm.model.forward
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        calls["n"] += 1
+        return forward(*a, **kw)
+
+    session = EvalSession(spec, lm, CPU, lambda s, f: None)
+    noisy = _noisy(lm.model, 1.0)
+    lm.model.forward = counting  # type: ignore[method-assign]
+    first = session.measure(lm.model, noisy, 1.0, latency=False)
+    n_first = calls["n"]
+    second = session.measure(lm.model, noisy, 1.0, latency=False)
+    lm.model.forward = forward  # type: ignore[method-assign]
+    n_second = calls["n"] - n_first
+    # first: 32 steps writing the evaluation text, 1 batch of windows, 16 greedy steps, 6 questions; then the
+    # original runs on the windows only
+    assert n_first == 32 + 1 + 16 + 6 and n_second == 1
+    for k in ("flip_rate", "generation_agreement", "top1_agreement", "kl"):
+        assert first[k] == second[k], k
+    fresh = EvalSession(spec, lm, CPU, lambda s, f: None).measure(lm.model, noisy, 1.0, latency=False)
+    assert fresh["flip_rate"] == first["flip_rate"] and fresh["tasks"] == first["tasks"]
