@@ -27,12 +27,16 @@ def greedy(model: nn.Module, prompts: torch.Tensor, new_tokens: int, device: tor
     key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     ids = prompts.to(device)
     out = model(input_ids=ids, use_cache=True)
-    past = out[key]
+    past = out.get(key)
     nxt = out.logits[:, -1].float().argmax(-1)
     made = [nxt]
     for _ in range(new_tokens - 1):
-        out = model(input_ids=nxt[:, None], use_cache=True, **{key: past})
-        past = out[key]
+        if past is None:  # a model that returns no cache: the whole sequence again
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            out = model(input_ids=ids, use_cache=False)
+        else:
+            out = model(input_ids=nxt[:, None], use_cache=True, **{key: past})
+            past = out.get(key)
         nxt = out.logits[:, -1].float().argmax(-1)
         made.append(nxt)
     return torch.stack(made, dim=1).cpu()

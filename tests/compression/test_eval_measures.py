@@ -331,3 +331,22 @@ def test_the_original_answers_once_per_job_and_results_do_not_change(model_dir: 
         assert first[k] == second[k], k
     fresh = EvalSession(spec, lm, CPU, lambda s, f: None).measure(lm.model, noisy, 1.0, latency=False)
     assert fresh["flip_rate"] == first["flip_rate"] and fresh["tasks"] == first["tasks"]
+
+
+def test_greedy_without_a_cache_writes_the_same(model_dir: Path) -> None:
+    from presso.compression.eval.generation import greedy
+
+    m = _model(model_dir)
+    prompts = torch.randint(0, 200, (2, 8), generator=torch.Generator().manual_seed(4))
+
+    class NoCache(torch.nn.Module):  # a causal LM whose outputs carry no cache
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = m
+
+        def forward(self, input_ids: torch.Tensor, **kw: Any) -> Any:
+            from transformers.modeling_outputs import CausalLMOutput
+
+            return CausalLMOutput(logits=self.inner(input_ids=input_ids, use_cache=False).logits)
+
+    assert torch.equal(greedy(NoCache(), prompts, 5, CPU), greedy(m, prompts, 5, CPU))
