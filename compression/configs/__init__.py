@@ -4,7 +4,7 @@ Each module here defines ``StepConfig`` subclasses; importing this package regis
 them all in :data:`presso.compression.configs.base.CONFIGS`.
 """
 
-from presso.compression.configs import formats, lossless, lowrank, pruning, quantization, transforms  # noqa: F401
+from presso.compression.configs import experts, formats, lossless, lowrank, pruning, quantization, transforms  # noqa: F401
 from presso.compression.configs.base import CONFIGS, StepConfig
 
 __all__ = ["CONFIGS", "StepConfig"]
