@@ -41,7 +41,7 @@ def check_calibration(recipe: Recipe, ctx: StepContext) -> None:
 
 
 # Steps after which layer shapes or names differ from the loaded model's: later steps are checked when they run.
-_RESHAPING = frozenset({"svd", "svd_llm", "prune_structured", "eora", "expert_prune"})
+_RESHAPING = frozenset({"svd", "svd_llm", "prune_structured", "eora", "expert_prune", "expert_merge"})
 
 
 def _check_step(model: nn.Module, step: Any) -> None:
@@ -96,7 +96,7 @@ def preflight(model: nn.Module, recipe: Recipe) -> None:
     pattern that does not divide a width, drop_blocks >= the block count, a rank above a layer's, targets that
     match nothing. Raises what the engine would (``invalid_recipe``, ``no_target_modules``) when it starts,
     which for a later step or a fallback recipe could be an hour later. Steps after one that reshapes layers
-    (svd, svd_llm, prune_structured, eora, expert_prune) are checked only when they run.
+    (svd, svd_llm, prune_structured, eora, expert_prune, expert_merge) are checked only when they run.
     """
     for step in recipe.steps:
         engine = engine_for(step)  # a missing engine, too

@@ -66,7 +66,8 @@ SHARED_INPUT = {  # linears that read the same tensor share one Hessian (gptq/ob
     "q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "qkv_proj": "attn_in",
     "gate_proj": "mlp_in", "up_proj": "mlp_in", "gate_up_proj": "mlp_in", "w1": "mlp_in", "w3": "mlp_in",
 }  # fmt: skip
-CALIBRATED = {"gptq", "awq", "wanda", "sparsegpt", "svd_llm", "eora", "prune_structured", "expert_prune"}
+CALIBRATED = {"gptq", "awq", "wanda", "sparsegpt", "svd_llm", "eora", "prune_structured", "expert_prune",
+              "expert_merge"}
 HESSIAN = {"gptq", "sparsegpt", "svd_llm", "eora"}
 QUANT = {"rtn", "gptq", "awq", "hqq"}
 BLOCK_RE = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h|blocks|block|layer))\.(?P<index>\d+)\.")

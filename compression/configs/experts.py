@@ -1,4 +1,4 @@
-"""Expert-level methods on mixture-of-experts models: expert_prune."""
+"""Expert-level methods on mixture-of-experts models: expert_prune, expert_merge."""
 
 from __future__ import annotations
 
@@ -31,6 +31,29 @@ class ExpertPruneConfig(StepConfig):
 
     @model_validator(mode="after")
     def _one_amount(self) -> ExpertPruneConfig:
+        if self.count is not None:
+            object.__setattr__(self, "ratio", None)
+        elif self.ratio is None:
+            raise ValueError("give ratio or count")
+        return self
+
+
+class ExpertMergeConfig(StepConfig):
+    method: Literal["expert_merge"] = "expert_merge"
+    ratio: float | None = Field(
+        default=0.25, gt=0, lt=1,
+        description="Fraction of the routed experts of every MoE layer merged away (rounded to a whole count).",
+    )
+    count: int | None = Field(
+        default=None, ge=1, le=65536,
+        description="Number of routed experts of every MoE layer merged away; overrides ratio.",
+    )
+    needs_calibration: ClassVar[bool] = True
+    summary: ClassVar[str] = ("Merge the experts of every MoE layer into its most used ones by router-logit "
+                              "similarity (MC-SMoE-style, frequency-weighted averages); a smaller checkpoint.")
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> ExpertMergeConfig:
         if self.count is not None:
             object.__setattr__(self, "ratio", None)
         elif self.ratio is None:

@@ -99,19 +99,26 @@ class ExpertStats:
     tokens: torch.Tensor
     gate: torch.Tensor
     contribution: torch.Tensor
+    logit_gram: torch.Tensor | None = None  # [E, E] sum over tokens of router logits' outer products
     handles: list[Any] = field(default_factory=list)
 
     @classmethod
-    def watch(cls, experts: UnfusedExperts) -> ExpertStats:
+    def watch(cls, experts: UnfusedExperts, router_weight: torch.Tensor | None = None) -> ExpertStats:
+        """Hook ``experts``; with ``router_weight`` also accumulate the Gram matrix of the router logits
+        ``hidden @ router_weight.T`` over the tokens (the experts see the router's input)."""
         n = experts.num_experts
         stats = cls(torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.float64),
-                    torch.zeros(n, dtype=torch.float64))
+                    torch.zeros(n, dtype=torch.float64),
+                    torch.zeros(n, n, dtype=torch.float64) if router_weight is not None else None)
 
         def hook(module: UnfusedExperts, args: tuple[Any, ...], kwargs: dict[str, Any], _out: Any) -> None:
             values = list(args) + [kwargs[k] for k in ("hidden_states", "top_k_index", "top_k_weights")
                                    if k in kwargs]
             hidden, index, weights = values[:3]
             with torch.no_grad():
+                if router_weight is not None and stats.logit_gram is not None:
+                    logits = (hidden.float() @ router_weight.to(hidden.device).float().T).double()
+                    stats.logit_gram += (logits.T @ logits).cpu()
                 for e in range(n):
                     tok, pos = torch.where(index == e)
                     if tok.numel() == 0:
@@ -129,6 +136,12 @@ class ExpertStats:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+
+    def similarity(self) -> torch.Tensor:
+        """[E, E] cosine similarity of the experts' router-logit columns over the calibration tokens."""
+        assert self.logit_gram is not None
+        d = self.logit_gram.diagonal().clamp(min=1e-30).sqrt()
+        return self.logit_gram / (d[:, None] * d[None, :])
 
     def scores(self, criterion: str) -> torch.Tensor:
         if criterion == "frequency":

@@ -1,4 +1,4 @@
-"""expert_prune (issue 20): tiny random Qwen3-MoE / Mixtral models with planted experts.
+"""expert_prune and expert_merge (issue 20): tiny random Qwen3-MoE / Mixtral models with planted experts.
 
 Every MoE layer has 8 experts, top-2. Router rows 0..3 are u, -u, v, -v and row 4 is zero, so the two largest
 logits are always |x.u| and |x.v| >= 0 and expert 4 is never routed; expert 6's down projection is scaled by
@@ -218,6 +218,9 @@ def compare(arch: str, ratio: float, seeds: int = 8, spread: float = 3.0) -> dic
             keep_experts_(model, m, sorted(rng.sample(range(n), n - removed)))
         update_config_(model, n, n - removed)
         errors.append(_rel_error(model, ref))
+    model = copy.deepcopy(base)
+    compress(model, _recipe({"method": "expert_merge", "ratio": ratio}), _ctx())
+    out["merge"] = _rel_error(model, ref)
     out["random_mean"] = sum(errors) / len(errors)
     out["random_best"] = min(errors)
     return out
@@ -225,9 +228,10 @@ def compare(arch: str, ratio: float, seeds: int = 8, spread: float = 3.0) -> dic
 
 @pytest.mark.parametrize("ratio", [0.25, 0.5])
 @pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
-def test_reap_beats_random_dropping(arch: str, ratio: float) -> None:
+def test_reap_and_merge_beat_random_dropping(arch: str, ratio: float) -> None:
     got = compare(arch, ratio)
     assert got["reap"] <= got["random_mean"], got
+    assert got["merge"] <= got["random_mean"], got
 
 
 # -- `presso compress` on a saved tiny MoE model: expert_prune then rtn ---------------------------------------
@@ -273,3 +277,89 @@ def test_cli_chain_expert_prune_then_rtn(tmp_path: Path) -> None:
         by_transformers = AutoModelForCausalLM.from_pretrained(str(out)).eval()(IDS).logits
     torch.testing.assert_close(by_transformers, by_presso, rtol=0, atol=1e-5)
     assert sum(p.numel() for n, p in load(out).named_parameters() if ".experts" in n) > 0
+
+
+# -- expert_merge --------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def _plant_merge(model: nn.Module) -> nn.Module:
+    """Router rows 0..3 = u, -u, v, -v and row 4 = 0.01 u: expert 4 is (almost) never routed and its router
+    logits are expert 0's times 0.01 (cosine 1), so merging one expert folds 4 into 0."""
+    for name, mod in model.named_modules():
+        if name.endswith(".experts") and hasattr(mod, "down_proj"):
+            w = model.get_submodule(name.rpartition(".")[0]).gate.weight
+            u, v = w[0].clone(), w[2].clone()
+            w[1], w[3], w[NEVER] = -u, -v, 0.01 * u
+    return model
+
+
+def test_merge_registered() -> None:
+    assert "expert_merge" in registered_methods()
+    with pytest.raises(ValueError):
+        CONFIGS["expert_merge"](ratio=0.25, similarity="weights")
+
+
+def test_merge_folds_the_similar_rare_expert_into_its_twin(tmp_path: Path) -> None:
+    model = _plant_merge(_model("qwen3_moe"))
+    before = {m.name: [[lin.weight.clone() for lin in ex.linears()] for ex in m.experts]
+              for m in moe_layers(model, "check")}
+    report = compress(model, _recipe({"method": "expert_merge", "count": 1}), _ctx())["steps"][0]
+    for layer, m in zip(report["moe_layers"], moe_layers(model, "check"), strict=True):
+        assert layer["merged_into"] == {"0": [NEVER]}, layer
+        t0, t4 = layer["tokens"][0], layer["tokens"][NEVER]
+        assert t0 > 10 * max(t4, 1)
+        old = before[m.name]
+        for k, lin in enumerate(m.experts[0].linears()):
+            expected = (t0 * old[0][k].double() + t4 * old[NEVER][k].double()) / (t0 + t4)
+            torch.testing.assert_close(lin.weight.double(), expected, rtol=0, atol=1e-6)
+        for new_e, old_e in enumerate([0, 1, 2, 3, 5, 6, 7]):
+            if old_e:
+                assert torch.equal(m.experts[new_e].linears()[2].weight, old[old_e][2])
+
+
+@pytest.mark.parametrize(("arch", "ratio", "left"), [("mixtral", 0.25, 6), ("qwen3_moe", 0.5, 4)])
+def test_merge_writes_a_smaller_checkpoint_that_loads(arch: str, ratio: float, left: int, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from presso.load import load
+
+    model = _plant_merge(_model(arch))
+    recipe = _recipe({"method": "expert_merge", "ratio": ratio})
+    preflight(model, recipe)
+    report = compress(model, recipe, _ctx())["steps"][0]
+    assert report["experts_after"] == left
+    assert all(sum(len(v) for v in layer["merged_into"].values()) == 8 - left for layer in report["moe_layers"])
+    with torch.no_grad():
+        ref = model(IDS).logits
+    write_model(model, None, tmp_path / "a")
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert left in {saved.get("num_experts"), saved.get("num_local_experts")}
+    with torch.no_grad():
+        for loaded in (load(tmp_path / "a"), AutoModelForCausalLM.from_pretrained(str(tmp_path / "a")).eval()):
+            torch.testing.assert_close(loaded(IDS).logits, ref, rtol=0, atol=1e-5)
+
+
+def test_merge_on_a_dense_model_is_unsupported() -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    llama = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **BASE)).eval()
+    with pytest.raises(CompressionError) as err:
+        compress(llama, _recipe({"method": "expert_merge", "ratio": 0.5}), _ctx())
+    assert err.value.code == "unsupported_model"
+
+
+def test_merge_then_low_rank(tmp_path: Path) -> None:
+    """expert_merge then svd (MC-SMoE's merge-then-compress): svd factors every kept expert's linears."""
+    from presso.load import load
+
+    model = _plant_merge(_model("mixtral"))
+    recipe = _recipe({"method": "expert_merge", "ratio": 0.25}, {"method": "svd", "ratio": 0.3})
+    preflight(model, recipe)
+    steps = compress(model, recipe, _ctx())["steps"]
+    assert steps[1]["experts"]["experts"] == 2 * 6
+    assert steps[1]["experts"]["expert_linears_compressed"] == 3 * 2 * 6
+    with torch.no_grad():
+        ref = model(IDS).logits
+    write_model(model, None, tmp_path / "a")
+    with torch.no_grad():
+        torch.testing.assert_close(load(tmp_path / "a")(IDS).logits, ref, rtol=0, atol=1e-5)
