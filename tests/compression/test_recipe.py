@@ -5,7 +5,7 @@ from presso.compression.configs.base import matches, selected
 from presso.compression.recipe import methods_catalog, parse_recipe
 
 ALL = {"rtn", "gptq", "awq", "hqq", "magnitude", "wanda", "sparsegpt", "prune_structured", "svd", "svd_llm",
-       "eora", "lossless", "fp8", "int8", "nvfp4", "mxfp4", "smoothquant", "rotate"}
+       "eora", "lossless", "fp8", "int8", "nvfp4", "mxfp4", "smoothquant", "rotate", "expert_prune", "expert_merge"}
 
 
 def test_catalog_lists_every_method_with_schema():
