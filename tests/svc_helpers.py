@@ -204,3 +204,39 @@ def migrated_database(pg_url: str, prefix: str) -> Iterator[str]:
     finally:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def presso_process(args: list[str], env: dict[str, str], log_path: Path, *, ready: str = "/readyz",
+                   timeout: float = 120.0) -> Iterator[tuple[Any, str]]:
+    """``python -m presso.cli <args> --port N`` in its own process group, logging to ``log_path``; yields
+    (process, base URL) once ``ready`` answers 200, and stops the whole group (SIGTERM, then SIGKILL) after."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "presso.cli", *args, "--port", str(port)], cwd=root, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}{ready}", timeout=2).status_code == 200:
+                        break
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-4000:]
+                time.sleep(0.3)
+            yield proc, url
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=20)

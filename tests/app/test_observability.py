@@ -8,17 +8,13 @@ import io
 import json
 import logging
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from svc_helpers import ADMIN_KEY, ARTIFACT_BUCKET, RTN, free_port, new_db_tenant, submit, worker_context
+from svc_helpers import ADMIN_KEY, ARTIFACT_BUCKET, RTN, new_db_tenant, presso_process, submit, worker_context
 
 from presso.app.core import logs
 from presso.app.jobs.models import Job
@@ -41,7 +37,6 @@ def total(text: str, name: str, **labels: str) -> float:
 
 def test_http_metrics_are_aggregated_across_api_processes(pg_url: str, redis_url: str, s3_endpoint: str,
                                                           tmp_path: Path) -> None:
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PRESSO_", "PROMETHEUS_"))}
     env.update({"PRESSO_DATABASE_URL": pg_url, "PRESSO_BROKER_URL": redis_url,
                 "PRESSO_BROKER_KEY_PREFIX": f"presso-obs-{uuid.uuid4().hex[:8]}:",
@@ -49,20 +44,8 @@ def test_http_metrics_are_aggregated_across_api_processes(pg_url: str, redis_url
                 "PRESSO_ADMIN_KEY": ADMIN_KEY, "PRESSO_DATA_DIR": str(tmp_path / "data"),
                 "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "OMP_NUM_THREADS": "1",
                 "PRESSO_LOG_FORMAT": "json"})
-    log = open(tmp_path / "api.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "presso.cli", "api", "--port", str(port), "--workers", "2"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "api.log").read_text()
-            time.sleep(0.3)
+    with presso_process(["api", "--workers", "2"], env, tmp_path / "api.log", ready="/healthz",
+                        timeout=90) as (_proc, url):
         n = 40
         for _ in range(n):  # new connections: the kernel spreads them over both processes
             with httpx.Client(base_url=url) as c:
@@ -74,13 +57,6 @@ def test_http_metrics_are_aggregated_across_api_processes(pg_url: str, redis_url
                 assert got >= n + 1 - 1e-9, got  # every process's requests, whichever process answers
         pids = {p.name for p in (tmp_path / "prom").glob("*.db")}
         assert len({name.rsplit("_", 1)[-1] for name in pids}) >= 2, pids  # two processes wrote samples
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
     # PRESSO_LOG_FORMAT=json: every line uvicorn wrote, access lines included, is one JSON object
     lines = [line for line in (tmp_path / "api.log").read_text().splitlines() if line.strip()]
     parsed = [json.loads(line) for line in lines]

@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from svc_helpers import RTN, free_port
+from svc_helpers import RTN, presso_process
 
 from presso.client import PressoClient
 from presso.client.webhooks import verify
@@ -47,27 +44,13 @@ def test_serve_webhook_dedup_labels_logs_metrics(tmp_path: Path, tiny_llama_dir:
     models = tmp_path / "models"
     shutil.copytree(tiny_llama_dir, models / "tiny")
     data = tmp_path / "data"
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRESSO_")}
     env.update({"PRESSO_DATA_DIR": str(data), "PRESSO_ALLOWED_FILE_ROOTS": str(models),
                 "PRESSO_FETCH_ALLOW_PRIVATE_HOSTS": "127.0.0.0/8", "PRESSO_FETCH_ALLOW_HTTP": "1",
                 "PRESSO_WEBHOOK_POLL_S": "0.5", "PRESSO_LOG_FORMAT": "json", "OMP_NUM_THREADS": "1"})
     receiver, got = _receiver()
     hook = f"http://127.0.0.1:{receiver.server_address[1]}/presso"
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "presso.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.3)
+    with presso_process(["serve"], env, tmp_path / "serve.log") as (_proc, url):
         key = (data / "dev-api-key").read_text().strip()
         body = {"model_uri": (models / "tiny").as_uri(), "recipe": RTN,
                 "evaluation": {"windows": 2, "seq_len": 32, "latency": False},
@@ -109,13 +92,6 @@ def test_serve_webhook_dedup_labels_logs_metrics(tmp_path: Path, tiny_llama_dir:
             assert "presso_job_duration_seconds_bucket" in metrics
             # SQLite's json_each: the stage timings of the job that ran, not of the one dedup answered
             assert 'presso_job_stage_seconds_count{stage="compress"} 1.0' in metrics
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
         receiver.shutdown()
     lines = [json.loads(x) for x in (tmp_path / "serve.log").read_text().splitlines() if x.startswith("{")]
     of_job = [x for x in lines if x.get("job_id") == job.id]

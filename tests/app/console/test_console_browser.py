@@ -15,11 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from svc_helpers import ADMIN_KEY, free_port
+from svc_helpers import ADMIN_KEY, free_port, presso_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -66,36 +62,15 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> It
     models = tmp / "models"
     shutil.copytree(tiny_llama_dir, models / "tiny-llama")
     data = tmp / "data"
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRESSO_")}
     env.update({"PRESSO_DATA_DIR": str(data), "PRESSO_ALLOWED_FILE_ROOTS": str(models),
                 "PRESSO_REAPER_INTERVAL_S": "2", "PRESSO_ADMIN_KEY": ADMIN_KEY,
                 "PRESSO_CONSOLE_POLL_INTERVAL_S": "0.5"})
     log_path = tmp / "serve.log"
-    log = open(log_path, "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "presso.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-4000:]
-            time.sleep(0.3)
+    with presso_process(["serve"], env, log_path) as (_proc, url):
         shots = tmp / "screenshots"
         shots.mkdir()
         yield Served(url, (data / "dev-api-key").read_text().strip(), models, shots, log_path)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture(scope="module")
