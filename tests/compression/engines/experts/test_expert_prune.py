@@ -363,3 +363,54 @@ def test_merge_then_low_rank(tmp_path: Path) -> None:
     write_model(model, None, tmp_path / "a")
     with torch.no_grad():
         torch.testing.assert_close(load(tmp_path / "a")(IDS).logits, ref, rtol=0, atol=1e-5)
+
+
+# -- other MoE families ---------------------------------------------------------------------------------------
+
+FAMILIES = {
+    "qwen2_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+                      shared_expert_intermediate_size=64),
+    "olmoe": dict(num_experts=4, num_experts_per_tok=2),
+    "deepseek_v3": dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, n_shared_experts=1,
+                        first_k_dense_replace=0, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8,
+                        qk_nope_head_dim=8, v_head_dim=16, n_group=1, topk_group=1),
+    "gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2, head_dim=16, layer_types=["full_attention"] * 2),
+}
+
+
+@pytest.mark.parametrize("method", ["expert_prune", "expert_merge"])
+@pytest.mark.parametrize("arch", sorted(FAMILIES))
+def test_other_moe_families(arch: str, method: str, tmp_path: Path) -> None:
+    """Shared experts are kept, DeepSeek-V3's score-correction bias follows the router rows; GPT-OSS's experts
+    (transposed, interleaved, biased) are refused like every other method refuses them."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from presso.load import load
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch, **{**BASE, **FAMILIES[arch]})).eval()
+    recipe = _recipe({"method": method, "count": 1})
+    if arch == "gpt_oss":
+        with pytest.raises(CompressionError) as err:
+            compress(model, recipe, _ctx())
+        assert err.value.code == "unsupported_model"
+        return
+    report = compress(model, recipe, _ctx())["steps"][0]
+    assert report["experts_after"] == 3
+    with torch.no_grad():
+        ref = model(IDS).logits
+    write_model(model, None, tmp_path / "a")
+    with torch.no_grad():
+        for loaded in (load(tmp_path / "a"), AutoModelForCausalLM.from_pretrained(str(tmp_path / "a")).eval()):
+            torch.testing.assert_close(loaded(IDS).logits, ref, rtol=0, atol=1e-5)
+
+
+def test_group_limited_routing_is_unsupported() -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    kw = {**BASE, **FAMILIES["deepseek_v3"], "n_group": 2, "topk_group": 1}
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("deepseek_v3", **kw)).eval()
+    with pytest.raises(CompressionError) as err:
+        preflight(model, _recipe({"method": "expert_prune", "count": 1}))
+    assert err.value.code == "unsupported_model" and "n_group" in str(err.value)
