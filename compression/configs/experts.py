@@ -49,6 +49,8 @@ class ExpertMergeConfig(StepConfig):
         description="Number of routed experts of every MoE layer merged away; overrides ratio.",
     )
     needs_calibration: ClassVar[bool] = True
+    # averaged weights leave a quantization grid or a sparsity pattern: the recipe refuses it after a lossy step
+    precedes_quantization: ClassVar[bool] = True
     summary: ClassVar[str] = ("Merge the experts of every MoE layer into its most used ones by router-logit "
                               "similarity (MC-SMoE-style, frequency-weighted averages); a smaller checkpoint.")
 

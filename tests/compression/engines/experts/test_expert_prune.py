@@ -414,3 +414,10 @@ def test_group_limited_routing_is_unsupported() -> None:
     with pytest.raises(CompressionError) as err:
         preflight(model, _recipe({"method": "expert_prune", "count": 1}))
     assert err.value.code == "unsupported_model" and "n_group" in str(err.value)
+
+
+def test_merge_after_a_lossy_step_is_refused() -> None:
+    """Averaging quantized (or pruned) experts leaves the grid (pattern): the artifact would differ from memory."""
+    with pytest.raises(ValueError, match="before every lossy step"):
+        _recipe({"method": "rtn", "bits": 4}, {"method": "expert_merge", "count": 1})
+    _recipe({"method": "rtn", "bits": 4}, {"method": "expert_prune", "count": 1})  # dropping keeps the grid
