@@ -47,10 +47,11 @@ def run(host: str, port: int, workers: int, log_level: str = "info", access_log:
         multiprocess_metrics_dir()
     from presso.app.core.logs import uvicorn_log_config
 
+    from uvicorn.config import LOGGING_CONFIG
+
     config = uvicorn_log_config()  # PRESSO_LOG_FORMAT=json: uvicorn's lines as JSON too
-    extra = {"log_config": config} if config else {}
     uvicorn.run(APP, factory=True, host=host, port=port, workers=workers, http=NoDelayH11Protocol,
-                log_level=log_level, access_log=access_log, **extra)
+                log_level=log_level, access_log=access_log, log_config=config or LOGGING_CONFIG)
 
 
 def multiprocess_metrics_dir() -> str:

@@ -143,11 +143,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"Presso API on http://{args.host}:{args.port}  (docs: /docs)", flush=True)
         if key:
             print(f"dev API key (also in {settings.dev_key_path}): {key}", flush=True)
+        from uvicorn.config import LOGGING_CONFIG
+
         from presso.app.core.logs import uvicorn_log_config
 
         config = uvicorn_log_config()  # PRESSO_LOG_FORMAT=json: uvicorn's lines as JSON too
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
-                    **({"log_config": config} if config else {}))
+                    log_config=config or LOGGING_CONFIG)
     except _Stopped as stopped:
         return 128 + stopped.signum
     finally:
