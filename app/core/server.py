@@ -45,9 +45,9 @@ def run(host: str, port: int, workers: int, log_level: str = "info", access_log:
 
     if workers > 1:
         multiprocess_metrics_dir()
-    from presso.app.core.logs import uvicorn_log_config
-
     from uvicorn.config import LOGGING_CONFIG
+
+    from presso.app.core.logs import uvicorn_log_config
 
     config = uvicorn_log_config()  # PRESSO_LOG_FORMAT=json: uvicorn's lines as JSON too
     uvicorn.run(APP, factory=True, host=host, port=port, workers=workers, http=NoDelayH11Protocol,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ def _router(model: nn.Module, name: str, experts: UnfusedExperts) -> tuple[str, 
     parent_name = name.rpartition(".")[0]
     parent = model.get_submodule(parent_name) if parent_name else model
     n = experts.num_experts
-    hidden = experts[0].linears()[0].in_features
+    hidden = cast(ExpertMLP, experts[0]).linears()[0].in_features
     found = [(f"{parent_name}.{child_name}", child) for child_name, child in parent.named_children()
              if child is not experts and isinstance(w := getattr(child, "weight", None), torch.Tensor)
              and tuple(w.shape) == (n, hidden)]

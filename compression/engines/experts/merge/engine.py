@@ -12,7 +12,7 @@ members' hidden units are not permutation-aligned before averaging.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -56,8 +56,8 @@ def merge_group_(layer: MoELayer, group: list[int], tokens: torch.Tensor) -> Non
         return
     f = tokens[group].double()
     w = f / f.sum() if float(f.sum()) > 0 else torch.full_like(f, 1.0 / len(group))
-    members = [layer.experts[e] for e in group]
-    assert all(isinstance(m, ExpertMLP) for m in members)
+    assert all(isinstance(layer.experts[e], ExpertMLP) for e in group)
+    members = [cast(ExpertMLP, layer.experts[e]) for e in group]
     for k, target in enumerate(members[0].linears()):
         avg = sum(float(w[i]) * m.linears()[k].weight.double() for i, m in enumerate(members))
         assert isinstance(avg, torch.Tensor)
@@ -86,7 +86,7 @@ class ExpertMergeEngine:
             here = [m for m in layers if m.name.startswith(prefix)]
             if not here:
                 return
-            stats = [ExpertStats.watch(m.experts, m.router.weight) for m in here]
+            stats = [ExpertStats.watch(m.experts, cast(torch.Tensor, m.router.weight)) for m in here]
             try:
                 forward_block(block, inputs)
             finally:
