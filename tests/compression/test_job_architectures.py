@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_models import save_tiny_llava, save_tiny_mixtral
 
 from presso.compression.job import run_local
 from presso.compression.recipe import parse_recipe
@@ -25,15 +26,11 @@ def _spec(model_dir: Path, out: Path, recipe: dict[str, Any]) -> LocalJobSpec:
 
 
 def test_moe_job_compresses_every_expert(tmp_path: Path) -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from presso.load import load
 
-    torch.manual_seed(0)
-    cfg = AutoConfig.for_model("mixtral", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
-                               num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "model")  # block_sparse_moe.experts.N.w1...
+    save_tiny_mixtral(tmp_path / "model")
     spec = _spec(tmp_path / "model", tmp_path / "out",
                  {"steps": [{"method": "gptq", "bits": 4, "group_size": 16, "expert_min_tokens": 8}]})
     res = run_local(spec)
@@ -53,19 +50,9 @@ def test_moe_job_compresses_every_expert(tmp_path: Path) -> None:
 
 
 def test_vlm_job_keeps_vision_and_processor(tmp_path: Path) -> None:
-    from transformers import AutoConfig, AutoModelForImageTextToText, SiglipImageProcessor
+    from transformers import AutoModelForImageTextToText
 
-    torch.manual_seed(0)
-    cfg = AutoConfig.for_model(
-        "llava", text_config={"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
-                              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                              "vocab_size": 320, "max_position_embeddings": 64},
-        vision_config={"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
-                       "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
-        image_token_index=310)
-    model = AutoModelForImageTextToText.from_config(cfg).eval()
-    model.save_pretrained(tmp_path / "model")
-    SiglipImageProcessor(size={"height": 28, "width": 28}).save_pretrained(str(tmp_path / "model"))
+    model = save_tiny_llava(tmp_path / "model")
     spec = _spec(tmp_path / "model", tmp_path / "out", {"steps": [{"method": "rtn", "bits": 4, "group_size": 16}]})
     res = run_local(spec)
     names = [r["name"] for r in json.loads((spec.out_dir / "report.json").read_text())["layers"]]

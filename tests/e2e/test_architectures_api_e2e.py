@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from svc_helpers import presso_process
+from tiny_models import save_tiny_llava, save_tiny_mixtral
 
 from presso.client import PressoClient
 
@@ -16,40 +17,14 @@ EVAL = {"windows": 2, "seq_len": 32, "latency": False}
 CALIB = {"samples": 4, "seq_len": 32}
 
 
-def _mixtral(dest: Path) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    cfg = AutoConfig.for_model("mixtral", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
-                               num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(dest)
-    return dest
-
-
-def _llava(dest: Path) -> Path:
-    from transformers import AutoConfig, AutoModelForImageTextToText, SiglipImageProcessor
-
-    torch.manual_seed(0)
-    cfg = AutoConfig.for_model(
-        "llava", text_config={"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
-                              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                              "vocab_size": 320, "max_position_embeddings": 64},
-        vision_config={"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
-                       "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
-        image_token_index=310)
-    AutoModelForImageTextToText.from_config(cfg).save_pretrained(dest)
-    SiglipImageProcessor(size={"height": 28, "width": 28}).save_pretrained(str(dest))
-    return dest
-
-
 def test_moe_and_vlm_jobs_over_the_api(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     from presso.load import load
 
     models = tmp_path / "models"
-    moe, vlm = _mixtral(models / "mixtral"), _llava(models / "llava")
+    moe, vlm = save_tiny_mixtral(models / "mixtral"), models / "llava"
+    original = save_tiny_llava(vlm)
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRESSO_")}
     env.update({"PRESSO_DATA_DIR": str(data), "PRESSO_ALLOWED_FILE_ROOTS": str(models), "OMP_NUM_THREADS": "1"})
@@ -85,6 +60,5 @@ def test_moe_and_vlm_jobs_over_the_api(tmp_path: Path) -> None:
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     assert (out_b / "preprocessor_config.json").exists()
     vlm_loaded = AutoModelForImageTextToText.from_pretrained(str(out_b)).eval()
-    original = AutoModelForImageTextToText.from_pretrained(str(vlm)).eval()
     tower = {k: v for k, v in original.state_dict().items() if "vision_tower" in k}
     assert tower and all(torch.equal(vlm_loaded.state_dict()[k], v) for k, v in tower.items())
