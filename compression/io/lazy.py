@@ -13,7 +13,6 @@ with ``dtype="auto"`` chooses them: config.json's dtype, else the checkpoint's f
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from presso.compression.io.loading import (
     _refuse_pickles,
     auto_class,
     declared_params,
+    safetensors_header,
     sanitize_config_,
 )
 from presso.compression.io.shards import ShardReader
@@ -58,15 +58,8 @@ def parameters_on_meta() -> Iterator[None]:
 
 def checkpoint_bytes(model_dir: Path) -> int:
     """Bytes of tensor data the safetensors files declare (headers only)."""
-    total = 0
-    for f in Path(model_dir).glob("*.safetensors"):
-        with f.open("rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            if n > 100_000_000:
-                raise ModelLoadError(f"{f.name}: safetensors header of {n} bytes is not credible")
-            header = json.loads(fh.read(n))
-        total += sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
-    return total
+    return sum(v["data_offsets"][1] - v["data_offsets"][0]
+               for f in Path(model_dir).glob("*.safetensors") for v in safetensors_header(f).values())
 
 
 def _auto_dtype(config: Any, reader: ShardReader) -> torch.dtype:

@@ -53,27 +53,26 @@ def sanitize_config_(config_path: Path) -> list[str]:
     return removed
 
 
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """A safetensors file's tensor entries (compression.io.shards.read_header), failing as a load error."""
+    from presso.compression.io.shards import read_header
+
+    try:
+        return read_header(path)[0]
+    except ValueError as exc:  # truncated, an incredible header size, or corrupt JSON
+        raise ModelLoadError(str(exc) if str(exc).startswith(path.name) else f"{path.name}: corrupt safetensors "
+                             "header") from exc
+
+
 def declared_params(model_dir: Path) -> int:
     """Parameters declared by the safetensors headers (no tensor data read)."""
     total = 0
     for f in model_dir.glob("*.safetensors"):
-        with f.open("rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise ModelLoadError(f"{f.name}: truncated safetensors file")
-            n = int.from_bytes(head, "little")
-            if n > 100_000_000:
-                raise ModelLoadError(f"{f.name}: safetensors header of {n} bytes is not credible")
-            try:
-                header = json.loads(fh.read(n))
-            except ValueError as exc:
-                raise ModelLoadError(f"{f.name}: corrupt safetensors header") from exc
-        for k, v in header.items():
-            if k != "__metadata__":
-                numel = 1
-                for d in v["shape"]:
-                    numel *= int(d)
-                total += numel
+        for v in safetensors_header(f).values():
+            numel = 1
+            for d in v["shape"]:
+                numel *= int(d)
+            total += numel
     return total
 
 
