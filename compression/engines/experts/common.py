@@ -92,6 +92,28 @@ def removal_count(num_experts: int, top_k: int, ratio: float | None, count: int 
 
 
 @dataclass
+class Removal:
+    """What a step that removes experts knows before its pass: the MoE layers, the expert count before, how many
+    go from each layer, and the model's parameter count before."""
+
+    layers: list[MoELayer]
+    before: int
+    n_remove: int
+    params_before: int
+
+
+def plan_removal(model: nn.Module, cfg: Any, streamed: bool = False) -> Removal:
+    """The checks ``expert_prune`` / ``expert_merge`` make at preflight and when they start (``cfg`` has
+    ``method``, ``ratio``, ``count``): a MoE model, a removable amount, and not a streamed model."""
+    if streamed:
+        raise InvalidRecipe(f"{cfg.method} changes the model's shape; it does not run on a streamed model")
+    layers = moe_layers(model, cfg.method)
+    before = layers[0].experts.num_experts
+    n_remove = removal_count(before, max(m.top_k for m in layers), cfg.ratio, cfg.count)
+    return Removal(layers, before, n_remove, sum(p.numel() for p in model.parameters()))
+
+
+@dataclass
 class ExpertStats:
     """Per expert, over the calibration tokens routed to it: token count, sum of gate weights, sum of
     gate weight x ||output||."""

@@ -26,11 +26,9 @@ from presso.compression.engines.experts.common import (
     ExpertStats,
     MoELayer,
     keep_experts_,
-    moe_layers,
-    removal_count,
+    plan_removal,
     update_config_,
 )
-from presso.compression.errors import InvalidRecipe
 from presso.compression.registry import register
 
 log = logging.getLogger(__name__)
@@ -67,17 +65,12 @@ def merge_group_(layer: MoELayer, group: list[int], tokens: torch.Tensor) -> Non
 @register(ExpertMergeConfig)
 class ExpertMergeEngine:
     def preflight(self, model: nn.Module, cfg: ExpertMergeConfig) -> None:
-        layers = moe_layers(model, cfg.method)
-        removal_count(layers[0].experts.num_experts, max(m.top_k for m in layers), cfg.ratio, cfg.count)
+        plan_removal(model, cfg)
 
     @torch.no_grad()
     def apply_(self, model: nn.Module, cfg: ExpertMergeConfig, ctx: StepContext) -> dict[str, Any]:
-        if ctx.stream is not None:
-            raise InvalidRecipe("expert_merge changes the model's shape; it does not run on a streamed model")
-        layers = moe_layers(model, cfg.method)
-        before = layers[0].experts.num_experts
-        n_remove = removal_count(before, max(m.top_k for m in layers), cfg.ratio, cfg.count)
-        params_before = sum(p.numel() for p in model.parameters())
+        plan = plan_removal(model, cfg, streamed=ctx.stream is not None)
+        layers, before, n_remove, params_before = plan.layers, plan.before, plan.n_remove, plan.params_before
         layout = find_layout(model)
         records: list[dict[str, Any]] = []
 

@@ -23,11 +23,9 @@ from presso.compression.core.sequential import BlockInputs, forward_block, run_b
 from presso.compression.engines.experts.common import (
     ExpertStats,
     keep_experts_,
-    moe_layers,
-    removal_count,
+    plan_removal,
     update_config_,
 )
-from presso.compression.errors import InvalidRecipe
 from presso.compression.registry import register
 
 log = logging.getLogger(__name__)
@@ -42,17 +40,12 @@ def choose_keep(scores: torch.Tensor, n_remove: int) -> list[int]:
 @register(ExpertPruneConfig)
 class ExpertPruneEngine:
     def preflight(self, model: nn.Module, cfg: ExpertPruneConfig) -> None:
-        layers = moe_layers(model, cfg.method)
-        removal_count(layers[0].experts.num_experts, max(m.top_k for m in layers), cfg.ratio, cfg.count)
+        plan_removal(model, cfg)
 
     @torch.no_grad()
     def apply_(self, model: nn.Module, cfg: ExpertPruneConfig, ctx: StepContext) -> dict[str, Any]:
-        if ctx.stream is not None:
-            raise InvalidRecipe("expert_prune changes the model's shape; it does not run on a streamed model")
-        layers = moe_layers(model, cfg.method)
-        before = layers[0].experts.num_experts
-        n_remove = removal_count(before, max(m.top_k for m in layers), cfg.ratio, cfg.count)
-        params_before = sum(p.numel() for p in model.parameters())
+        plan = plan_removal(model, cfg, streamed=ctx.stream is not None)
+        layers, before, n_remove, params_before = plan.layers, plan.before, plan.n_remove, plan.params_before
         layout = find_layout(model)
         by_name = {m.name: m for m in layers}
         records: list[dict[str, Any]] = []
