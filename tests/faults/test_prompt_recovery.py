@@ -71,10 +71,9 @@ def test_job_whose_process_is_killed_runs_again_within_seconds(cluster: Cluster)
 
 def test_backlog_behind_busy_workers_is_not_republished(cluster: Cluster) -> None:
     cluster.wait_ready(cluster.live_workers())
-    republished = cluster.log_count("republished job")
-    duplicates = cluster.log_count("is not queued; nothing to do")
     ids = [cluster.submit() for _ in range(12)]  # ~4.5 s each (1 s pause per stage), two workers: ~30 s of backlog
     cluster.wait_terminal(ids, timeout=240)
     cluster.check_invariants(ids)
-    assert cluster.log_count("republished job") == republished, cluster.logs_tail()
-    assert cluster.log_count("is not queued; nothing to do") == duplicates
+    # counted per job of this test: a message of the previous test's killed job may still be redelivered now
+    assert sum(cluster.log_count(f"republished job {j}") for j in ids) == 0, cluster.logs_tail()
+    assert sum(cluster.log_count(f"job {j} is not queued; nothing to do") for j in ids) == 0
