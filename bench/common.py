@@ -35,6 +35,9 @@ CACHE = Path(os.environ.get("PRESSO_BENCH_CACHE", REPO / "bench" / ".cache"))
 MODEL_DIR_NAME = "smollm2-f32"
 # where compression and perplexity run: "cpu" here, "cuda" on the GPU machine (see bench/README.md)
 DEVICE = torch.device(os.environ.get("PRESSO_BENCH_DEVICE", "cpu"))
+# the peer's interpreter: its own venv here; on the GPU machine PRESSO_PEER_PYTHON names one whose
+# PYTHONPATH holds the carried llmcompressor wheels (the environment is then passed through as is)
+PEER_PY = Path(os.environ.get("PRESSO_PEER_PYTHON", REPO / ".venv-peer" / "bin" / "python"))
 
 CALIB_SAMPLES, EVAL_SAMPLES, SEQ_LEN = 64, 40, 512
 

@@ -48,6 +48,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `compression`
 
 from bench.common import (  # noqa: E402
     DEVICE,
+    PEER_PY,
     REPO,
     Windows,
     dense_model_dir,
@@ -62,9 +63,6 @@ from bench.common import (  # noqa: E402
 
 log = logging.getLogger("bench.quality")
 
-# the peer's interpreter: its own venv here; on the GPU machine PRESSO_PEER_PYTHON names one whose
-# PYTHONPATH holds the carried llmcompressor wheels (the environment is then passed through as is)
-PEER_PY = Path(os.environ.get("PRESSO_PEER_PYTHON", REPO / ".venv-peer" / "bin" / "python"))
 PEER_SCRIPT = REPO / "bench" / "peer_llmcompressor.py"
 PEER_INSTALL = [  # torch first, so the CPU wheel on this disk satisfies llmcompressor's torch pin
     ["{py}", "-m", "pip", "install", "torch==2.13.0"],

@@ -40,6 +40,7 @@ if __package__ in (None, ""):
 
 from bench.common import (  # noqa: E402
     DEVICE,
+    PEER_PY,
     REPO,
     dense_model_dir,
     dir_bytes,
@@ -52,7 +53,6 @@ from bench.common import (  # noqa: E402
 )
 
 log = logging.getLogger("bench.quality_formats")
-PEER_PY = Path(os.environ.get("PRESSO_PEER_PYTHON", REPO / ".venv-peer" / "bin" / "python"))
 PEER_SCRIPT = REPO / "bench" / "peer_formats.py"
 
 # name -> (label, Presso steps)
