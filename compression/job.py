@@ -89,7 +89,8 @@ def _attempt(recipe: Recipe, lm: LoadedModel, original: torch.nn.Module, ctx: St
 
 def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
               should_stop: Callable[[], bool] | None = None,
-              on_checkpoint: Callable[[Path], None] | None = None) -> LocalJobResult:
+              on_checkpoint: Callable[[Path], None] | None = None,
+              on_shard: Callable[[Path], None] | None = None) -> LocalJobResult:
     """``on_checkpoint(dir)``: called after each block a streamed job checkpoints (compression.io.resume)."""
     t0 = time.perf_counter()
     progress = progress or (lambda s, f: None)
@@ -103,7 +104,7 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
     if decision.stream:
         log.info("streaming the model block by block: %s", decision.reason)
         return run_streaming(spec, progress=progress, should_stop=should_stop,  # type: ignore[no-any-return]
-                             on_saved=on_checkpoint)
+                             on_saved=on_checkpoint, on_shard=on_shard)
     progress("load", 0.0)
     lm = load_model(spec.model_dir, max_params=spec.max_params)
     for r in recipes:  # what needs the model's shapes fails now too, not after calibration or another attempt

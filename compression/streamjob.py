@@ -104,9 +104,12 @@ def stream_decision(spec: LocalJobSpec) -> StreamDecision:
 
 def run_streaming(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
                   should_stop: Callable[[], bool] | None = None,
-                  on_saved: Callable[[Path], None] | None = None) -> Any:
+                  on_saved: Callable[[Path], None] | None = None,
+                  on_shard: Callable[[Path], None] | None = None) -> Any:
     """The streamed ``run_local``: returns the same LocalJobResult (metrics without quality). Each finished
-    block is checkpointed in ``spec.resume_dir`` (``on_saved(dir)`` after each), and a rerun resumes there."""
+    block is checkpointed in ``spec.resume_dir`` (``on_saved(dir)`` after each), and a rerun resumes there.
+    ``on_shard(path)``: each output shard once closed (StreamedArtifact); not called when the artifact is
+    encoded afterwards (the shards are then not its files)."""
     from presso.compression.job import LocalJobResult, _slim, _versions, output_encoding
 
     t0 = time.perf_counter()
@@ -139,12 +142,14 @@ def run_streaming(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
                                   exclude={"out_dir", "overwrite", "resume_dir", "checkpoint", "model_uri"})
     for part in ("calibration", "evaluation"):
         options_key[part].pop("uri", None)
+    encoding = output_encoding(spec, recipe)
     with staged_output(spec.out_dir, overwrite=spec.overwrite) as stage:
         checkpoint = None
         if spec.checkpoint:
             checkpoint = Checkpoint(spec.resume_dir or spec.out_dir / RESUME_DIR,
                                     job_key(options_key, source_dir, spec.calibration_path), on_saved)
-        stream = StreamedArtifact(lm.model, find_layout(lm.model), reader, stage, options, checkpoint=checkpoint)
+        stream = StreamedArtifact(lm.model, find_layout(lm.model), reader, stage, options, checkpoint=checkpoint,
+                                  on_shard=None if encoding else on_shard)
         ctx.stream = stream
         try:
             t = time.perf_counter()
@@ -159,7 +164,6 @@ def run_streaming(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
         write_model_files(lm.model, lm.tokenizer, stage, config, source_dir)
         output: dict[str, Any] = {"sparse_format": spec.output.sparse_format, "forms": forms,
                                   **artifact_loaders(stage)}
-        encoding = output_encoding(spec, recipe)
         post = {name: encode(stage, name, **opts) for name, opts in encoding.items()}
         output["encoding"] = next(iter(encoding), None)
         timings["write"] = time.perf_counter() - t - report["seconds"]

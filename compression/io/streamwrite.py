@@ -9,12 +9,18 @@ outside the block list is written before the first block (what precedes it in th
 embeddings) and at ``finish`` (the final norm, the head). ``finish`` returns config.json's content with the
 ``quantization_config`` collected block by block: the artifact is the one the in-memory writer produces
 (tests/compression/test_streaming.py compares the bytes).
+
+``on_shard(path)`` is called with each output shard once it is closed (complete, never written again): shards
+closed while blocks are still being compressed, and the last one at ``finish``. The file is renamed afterwards
+(its final name needs the shard count, and the directory is published at the end), so a caller that reads it
+later (the worker's background upload) hard-links or copies it inside the callback.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +42,33 @@ STREAM_FORMATS = ("compressed", "dense")
 
 class StreamedArtifact:
     def __init__(self, model: nn.Module, layout: Layout, reader: ShardReader, out_dir: Path,
-                 options: WriteOptions, shard_bytes: int | None = None, checkpoint: Checkpoint | None = None) -> None:
+                 options: WriteOptions, shard_bytes: int | None = None, checkpoint: Checkpoint | None = None,
+                 on_shard: Callable[[Path], None] | None = None) -> None:
         if options.format not in STREAM_FORMATS:
             raise ValueError(f"output format {options.format!r} is not streamed")
         self.model, self.layout, self.reader, self.options = model, layout, reader, options
         self.writer = ShardWriter(out_dir, shard_bytes or artifact.SHARD_BYTES)
+        self.on_shard = on_shard
+        self.announced = 0  # shards handed to on_shard
         self.groups: dict[tuple[int, int, bool], list[str]] = defaultdict(list)
         self.bits = (0, 0.0, 0)
         self.done_blocks: list[int] = []
         self.checkpoint = checkpoint
         head, tail = self._outside()
         for name, t in head:
-            self.writer.add(name, t)
+            self._add(name, t)
         # what follows the blocks (final norm, an untied head) is read again from the shards at finish
         self.tail = [(name, torch.empty_like(t, device="meta")) for name, t in tail]
+
+    def _add(self, name: str, t: torch.Tensor) -> None:
+        self.writer.add(name, t)
+        self._announce(self.writer.shards)
+
+    def _announce(self, shards: list[Path]) -> None:
+        """Hand the shards closed since the last call to ``on_shard`` (``shards``: the writer's, in order)."""
+        while self.on_shard is not None and self.announced < len(shards):
+            self.on_shard(shards[self.announced])
+            self.announced += 1
 
     def _outside(self) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
         """The tensors outside the block list, as compression.io.artifact keeps them (ties dropped), split
@@ -100,7 +119,7 @@ class StreamedArtifact:
         results = []
         for i in range(ck.done):
             for name, t in ck.block_tensors(i):
-                self.writer.add(name, t)
+                self._add(name, t)
             record = ck.block_record(i)
             self._account(i, [(tuple(k), n) for k, n in record["groups"]], record["bits"])
             results.append(record["result"])
@@ -128,7 +147,7 @@ class StreamedArtifact:
             PackQuantized().export(block, state, {}, self.options)
         tensors = [(f"{prefix}.{name}", state[name]) for name in artifact.module_order(list(state), reference)]
         for name, t in tensors:
-            self.writer.add(name, t)
+            self._add(name, t)
         bits = list(linear_bits(block.modules()))
         if self.checkpoint is not None:
             record = {"result": result, "groups": groups, "bits": bits}
@@ -141,8 +160,9 @@ class StreamedArtifact:
     def finish(self) -> tuple[list[str], dict[str, Any], list[Path]]:
         """Write what follows the blocks and close the shards; returns (forms, config.json content, files)."""
         for name, like in self.tail:
-            self.writer.add(name, read_like(self.reader, name, like))
+            self._add(name, read_like(self.reader, name, like))
         files = self.writer.finish()
+        self._announce([f for f in files if f.suffix == ".safetensors"])  # the last shard, under its final name
         config = artifact.model_config(self.model)
         forms = [DENSE.name]
         if self.groups:
