@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     max_model_params: int | None = None
     max_model_files: int = Field(default=256, ge=1)
     fetch_timeout_s: float = Field(default=3600.0, gt=0)
+    fetch_s3_max_concurrency: int = Field(default=8, ge=1, le=64, description="Parallel ranged GETs per S3 object.")
+    fetch_s3_part_mb: int = Field(default=16, ge=1, le=5120,
+                                  description="S3 objects from this size on are fetched in ranged parts of this size.")
+    model_cache_dir: Path | None = Field(
+        default=None, description="A worker's model cache (docs/model-cache.md), best on the filesystem of work_dir "
+        "(jobs get hard links); unset = no cache.")
+    model_cache_gb: float = Field(default=100.0, ge=0, description="The model cache's quota; 0 = no cache.")
+    model_cache_verify: Literal["sample", "sha256"] = Field(
+        default="sample", description="Check of a cache entry on every use: size, mtime and a digest of each file's "
+        "first and last MiB ('sample'), or a full re-hash ('sha256').")
 
     # Webhooks (callback_url): the URL passes the model-URI guard (fetch_allow_private_hosts, fetch_allow_http).
     webhook_max_attempts: int = Field(default=6, ge=1, le=20, description="Deliveries tried per job event.")
