@@ -275,7 +275,8 @@ def quantize_mxfp4(w: torch.Tensor, mode: str = "ct") -> FP4Weight:
 class ActScheme:
     """How a layer's input activations are quantized (compressed-tensors ``input_activations``).
 
-    ``kind``: fp8 | int8 | nvfp4 | mxfp4; ``strategy``: token | tensor | group | tensor_group;
+    ``kind``: fp8 | int8 | nvfp4 | mxfp4; ``strategy``: token | tensor | group | tensor_group | attn_head (the KV
+    cache's static scale per attention head);
     ``dynamic``: True (scales per call), False (a static calibrated scale) or "local" (NVFP4: group scales
     per call under a static calibrated global scale)."""
 
@@ -345,6 +346,10 @@ def fake_quant(x: torch.Tensor, scheme: ActScheme, static_scale: torch.Tensor | 
         if scheme.strategy == "tensor" and not scheme.dynamic:
             assert static_scale is not None, "static activations need their calibrated scale"
             s = static_scale.to(x.dtype).reshape(*([1] * x.dim()))
+            xs = x
+        elif scheme.strategy == "attn_head" and not scheme.dynamic:  # x [batch, heads, seq, head_dim]
+            assert static_scale is not None and x.dim() == 4, "attn_head: a scale per head of [B, H, S, D]"
+            s = static_scale.to(x.dtype).reshape(1, -1, 1, 1)  # compressed-tensors' (H, 1, 1) broadcast
             xs = x
         elif scheme.strategy == "token":
             s = _nonzero(_div(_token_amax(x), qmax), _eps_like(x))

@@ -1,4 +1,5 @@
-"""The recipe's ``kv_cache`` option, run after its steps: calibrate FP8 key/value scales layer by layer.
+"""The recipe's ``kv_cache`` option, run after its steps: calibrate FP8 key/value scales layer by layer
+(per tensor or per KV head).
 
 Per block (compression.core.sequential.run_blockwise, so the block's inputs come from the earlier blocks as
 compressed, their activation and KV quantizers included): the block's attention layers get an observing
@@ -43,7 +44,8 @@ def calibrate_(model: nn.Module, cfg: KVCacheConfig, ctx: StepContext) -> dict[s
         attns = kvquant.attention_modules(block, layout.block_name(i))
         qs = {}
         for name, mod in attns.items():
-            qs[name] = kvquant.KVQuantizer(observing=True, record={"name": name, "format": cfg.format})
+            qs[name] = kvquant.KVQuantizer(observing=True, strategy=cfg.strategy,
+                                            record={"name": name, "format": cfg.format})
             kvquant.install_(mod, qs[name])
         for h, kw in zip(inputs.hidden, inputs.kwargs, strict=True):
             block(h, **kw)
@@ -61,5 +63,5 @@ def calibrate_(model: nn.Module, cfg: KVCacheConfig, ctx: StepContext) -> dict[s
     for q in kvquant.quantizers(model).values():
         q.reset_stats()  # the report keeps what runs after calibration (the evaluation)
     layers = [r for b in blocks for r in b.get("layers", [])]
-    log.info("kv_cache: %d attention layers with FP8 key/value scales", len(layers))
+    log.info("kv_cache: %d attention layers with FP8 key/value scales per %s", len(layers), cfg.strategy)
     return {"format": cfg.format, "strategy": cfg.strategy, "layers": layers}

@@ -11,6 +11,15 @@ strategy tensor -> shape (1,), dtype of the module's parameters); vLLM's weight 
 uses it as the FP8 cache's per-tensor scale. A model with no other compressed-tensors form gets a
 quantization_config of its own (no config groups, format ``dense``).
 
+Per head (``kv_cache: {"strategy": "attn_head"}``): ``kv_cache_scheme.strategy = "attn_head"`` and the scales of
+shape ``[num_key_value_heads, 1, 1]``: compressed-tensors 0.20.1 registers that shape
+(``initialize_qparams``, ``QuantizationStrategy.ATTN_HEAD`` -> ``(observed_shape[-3], 1, 1)`` with the observed
+shape ``(num_kv_heads, None, head_dim)`` of ``initialize_attn_qparams``); vLLM
+(compressed_tensors/compressed_tensors.py, ``CompressedTensorsKVCacheMethod.validate_kv_cache_scheme`` accepts
+``tensor`` and ``attn_head``; ``create_weights`` makes ``k_scale`` / ``v_scale`` of ``layer.num_kv_heads``
+elements when the backend's ``supports_per_head_quant_scales``, and its ``_tp_aware_loader`` flattens the
+``[heads, 1, 1]`` checkpoint tensor and slices this rank's KV heads).
+
 transformers + compressed-tensors: with compressed-tensors 0.20.1 and transformers 5.25 the scales are ignored
 (``is_cached_attention_module`` looks for a ``past_key_value(s)`` argument, which transformers renamed ``cache``),
 so transformers runs the weights with an unquantized cache: a base loader of this form, not a full one.
@@ -47,13 +56,16 @@ class KVCacheScales(Format):
     def export(self, model: nn.Module, state: dict[str, torch.Tensor], config: dict[str, Any],
                options: WriteOptions) -> bool:
         found = False
+        strategies: set[str] = set()
         for name, mod in model.named_modules():
             q = kvquant.quantizer_of(mod)
             if q is None or q.k_scale is None or q.v_scale is None:
                 continue
             dtype = next(mod.parameters()).dtype
-            state[f"{name}.k_scale"] = q.k_scale.reshape(1).to(dtype).clone()
-            state[f"{name}.v_scale"] = q.v_scale.reshape(1).to(dtype).clone()
+            shape = (-1, 1, 1) if q.strategy == "attn_head" else (1,)
+            state[f"{name}.k_scale"] = q.k_scale.reshape(shape).to(dtype).clone()
+            state[f"{name}.v_scale"] = q.v_scale.reshape(shape).to(dtype).clone()
+            strategies.add(q.strategy)
             found = True
         if not found:
             return False
@@ -62,7 +74,9 @@ class KVCacheScales(Format):
             qc = {"quant_method": "compressed-tensors", "format": "dense", "quantization_status": "compressed",
                   "config_groups": {}, "ignore": []}
             config["quantization_config"] = qc
-        qc["kv_cache_scheme"] = dict(KV_CACHE_SCHEME)
+        if len(strategies) > 1:  # one kv_cache_scheme per checkpoint
+            raise ValueError(f"kv_cache: the attention layers mix scale strategies {sorted(strategies)}")
+        qc["kv_cache_scheme"] = {**KV_CACHE_SCHEME, "strategy": strategies.pop()}
         return True
 
     def present(self, ctx: LoadContext) -> bool:
@@ -72,11 +86,15 @@ class KVCacheScales(Format):
         scales: dict[str, dict[str, torch.Tensor]] = {}
         for key in [k for k in state if k.endswith((".k_scale", ".v_scale"))]:
             name, _, which = key.rpartition(".")
-            scales.setdefault(name, {})[which] = state.pop(key).float().reshape(1)
+            scales.setdefault(name, {})[which] = state.pop(key).float().reshape(-1)
         setattr(ctx, _STASH, scales)
 
     def after_load(self, model: nn.Module, ctx: LoadContext) -> None:
+        strategy = (ctx.qcfg.get("kv_cache_scheme") or {}).get("strategy") or "tensor"
+        if strategy not in kvquant.STRATEGIES:
+            raise ValueError(f"kv_cache_scheme strategy {strategy!r}: Presso reads {kvquant.STRATEGIES}")
         for name, s in getattr(ctx, _STASH, {}).items():
             if "k_scale" in s and "v_scale" in s:
                 kvquant.install_(model.get_submodule(name), kvquant.KVQuantizer(
-                    k_scale=s["k_scale"], v_scale=s["v_scale"], record={"name": name, "format": "fp8"}))
+                    k_scale=s["k_scale"], v_scale=s["v_scale"], strategy=strategy,
+                    record={"name": name, "format": "fp8", "strategy": strategy}))

@@ -53,14 +53,15 @@ def vllm_param_name(name: str) -> str:
     return name
 
 
-def _artifact(tmp_path: Path, steps: list[dict], calib: torch.Tensor, dtype: torch.dtype = torch.float32):
+def _artifact(tmp_path: Path, steps: list[dict], calib: torch.Tensor, dtype: torch.dtype = torch.float32,
+              strategy: str = "tensor"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, vocab_size=300, max_position_embeddings=128, tie_word_embeddings=True)
     model = LlamaForCausalLM(cfg).eval().to(dtype)
-    compress(model, parse_recipe({"steps": steps, "kv_cache": {"format": "fp8"}}),
+    compress(model, parse_recipe({"steps": steps, "kv_cache": {"format": "fp8", "strategy": strategy}}),
              StepContext(calibration=calib, batch_size=4))
     forms = write_model(model, None, tmp_path)
     from safetensors.torch import load_file
@@ -101,8 +102,10 @@ def test_bfloat16_scales_in_the_model_dtype(tmp_path, calib_ids):
     assert float(t) == float(kvquant.quantizer_of(model.model.layers[0].self_attn).k_scale)  # simulated = stored
 
 
-def test_loads_in_presso_and_transformers(tmp_path, calib_ids):
-    """presso.load reinstalls the KV quantizers: logits equal the job's model exactly. transformers +
+@pytest.mark.parametrize("strategy", ["tensor", "attn_head"])
+def test_loads_in_presso_and_transformers(tmp_path, calib_ids, strategy):
+    """presso.load reinstalls the KV quantizers (per tensor or per KV head: tests/compression/io/
+    test_kvcache_heads.py): logits equal the job's model exactly. transformers +
     compressed-tensors: compressed-tensors 0.20.1 hooks an attention layer only when its forward takes
     ``past_key_value(s)`` (``is_cached_attention_module``); transformers 5.25 renamed that argument ``cache``, so
     with these versions it loads the weights, reports ``k_scale`` / ``v_scale`` as unexpected keys and runs the
@@ -114,7 +117,7 @@ def test_loads_in_presso_and_transformers(tmp_path, calib_ids):
     from presso.compression.io.formats import artifact_loaders
     from presso.load import load
 
-    model, _, _, _ = _artifact(tmp_path, [{"method": "fp8"}], calib_ids)
+    model, _, _, _ = _artifact(tmp_path, [{"method": "fp8"}], calib_ids, strategy=strategy)
     assert artifact_loaders(tmp_path) == {"loaders": ["presso.load", "vllm"], "base_loaders": ["transformers"]}
     ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -124,6 +127,7 @@ def test_loads_in_presso_and_transformers(tmp_path, calib_ids):
         assert not torch.equal(ours, no_kv)
         loaded = load(tmp_path)
         assert sorted(kvquant.quantizers(loaded)) == ATTNS
+        assert {q.strategy for q in kvquant.quantizers(loaded).values()} == {strategy}
         assert torch.equal(loaded(ids).logits, ours)
         theirs = AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
         hooked = is_cached_attention_module(theirs.model.layers[0].self_attn)
