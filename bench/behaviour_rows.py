@@ -86,7 +86,11 @@ def make_cloze(ids: list[int], tokenizer: Any, path: Path, *, questions: int, co
 
 
 def measure_row(name: str, steps: list[dict[str, Any]] | None, dense: torch.nn.Module, calib: torch.Tensor,
-                evals: torch.Tensor, tasks: list[tuple[str, Any]]) -> dict[str, Any]:
+                evals: torch.Tensor, tasks: list[tuple[str, Any]],
+                reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One row. ``reference``: the dense model's generations and task answers kept between rows (the product's
+    ``evaluate(reference=...)``, as one job's attempts share them): identical measures, half the generation and
+    task forwards."""
     from presso.compression.core.context import StepContext
     from presso.compression.eval.report import evaluate
     from presso.compression.pipeline import compress
@@ -100,7 +104,8 @@ def measure_row(name: str, steps: list[dict[str, Any]] | None, dense: torch.nn.M
         compress(model, Recipe.model_validate({"steps": steps}), StepContext(calibration=calib, device=DEVICE))
         seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    q = evaluate(dense, model, "causal_lm", evals, DEVICE, latency=False, generation=GenerationSpec(), tasks=tasks)
+    q = evaluate(dense, model, "causal_lm", evals, DEVICE, latency=False, generation=GenerationSpec(), tasks=tasks,
+                 reference=reference)
     out = {"recipe": steps, "compress_seconds": seconds, "eval_seconds": time.perf_counter() - t0,
            **{k: q.get(k) for k in MEASURES}, "tasks": q.get("tasks")}
     log.info("%s: %s", name, {k: out[k] for k in MEASURES})
@@ -148,9 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv), "rows": {},
                                "task": {"questions": args.questions, "context_tokens": args.context_tokens,
                                         "choice_tokens": args.choice_tokens, "file": task_path.name}}
+    reference: dict[str, Any] = {}  # the dense model's generations and task answers, computed once
     for name in args.rows.split(","):
         steps = None if name == "dense" else ROWS[name]
-        results["rows"][name] = measure_row(name, steps, lm.model, w.calibration, w.evaluation[: args.windows], tasks)
+        results["rows"][name] = measure_row(name, steps, lm.model, w.calibration, w.evaluation[: args.windows], tasks,
+                                            reference)
         (args.out / "behaviour.json").write_text(json.dumps(results, indent=2, default=str))
         (args.out / "behaviour.md").write_text(_md(results))
     print(_md(results))
