@@ -11,10 +11,12 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from presso.app.core import logs
+from presso.app.core.db import utcnow
 from presso.app.jobs.models import JobState
 from presso.compression.errors import CompressionError
 from presso.workers import dedup, joblog, lease, liveness
@@ -71,6 +73,7 @@ def _attempt(ctx: WorkerContext, claim: lease.Claim, hb: Heartbeat, tmp: Path) -
     from presso.compression.io.outdir import RESUME_DIR
     from presso.compression.job import run_local
     from presso.workers.checkpoints import CheckpointSync
+    from presso.workers.shardupload import ShardUploads
 
     progress = with_stage_delays(hb.progress, claim.job_id, claim.attempt)  # test-only hook; inert by default
     plan_before_fetch(ctx, claim)
@@ -82,15 +85,23 @@ def _attempt(ctx: WorkerContext, claim: lease.Claim, hb: Heartbeat, tmp: Path) -
     progress("compress", 0.0)
     checkpoints = CheckpointSync(ctx.store, claim)  # a streamed job resumes where an earlier attempt stopped
     checkpoints.restore(spec.resume_dir or spec.out_dir / RESUME_DIR)
-    result = run_local(spec, progress=progress, should_stop=hb.should_stop, on_checkpoint=checkpoints)
-    if hb.should_stop():
-        raise Stopped("stopped before upload")
-    hb.beat()
-    manifest_key = upload_artifact(
-        ctx.store, claim, spec.out_dir, listed=result.files, progress=progress,
-        still_owner=lambda: not (hb.lost or hb.cancelled),
-    )
+    still_owner = lambda: not (hb.lost or hb.cancelled)  # noqa: E731
+    # a streamed job's shards are uploaded while later blocks compute (presso.workers.shardupload)
+    with ShardUploads(ctx.store, claim, tmp, still_owner=still_owner) as shards:
+        result = run_local(spec, progress=progress, should_stop=hb.should_stop, on_checkpoint=checkpoints,
+                           on_shard=shards)
+        if hb.should_stop():
+            raise Stopped("stopped before upload")
+        hb.beat()
+        t, compressed_at = time.perf_counter(), utcnow().isoformat()
+        shards.wait()
+        waited = time.perf_counter() - t
+        manifest_key = upload_artifact(ctx.store, claim, spec.out_dir, listed=result.files, progress=progress,
+                                       still_owner=still_owner, uploaded=shards)
     metrics: dict[str, Any] = dict(result.metrics)
+    if shards.futures:
+        metrics["shard_uploads"] = {"compressed_at": compressed_at, "waited_s": round(waited, 3),
+                                    "after_compress_s": round(time.perf_counter() - t, 3), "files": shards.metrics()}
     if getattr(result, "attempts", None):
         metrics.setdefault("attempts", result.attempts)
     hb.stop()
