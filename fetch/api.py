@@ -6,8 +6,9 @@ fetch with it); this module is its public API (the folder is a namespace package
 Public API::
 
     parse_model_uri(uri, *, allowed_file_roots, allow_http=False, ...) -> ParsedURI
-    fetch_model(uri, dest, limits) -> Path            # model dir, or the single weights file
-    fetch_model_report(uri, dest, limits) -> FetchResult
+    fetch_model(uri, dest, limits, cache=None) -> Path    # model dir, or the single weights file
+    fetch_model_report(uri, dest, limits, cache=None) -> FetchResult
+    # cache: a presso.fetch.cache.ModelCache, a worker's model cache (docs/model-cache.md)
     fetch_file(uri, dest, limits) -> Path             # calibration / evaluation data
     safetensors_header_params(path_or_bytes) -> int
 
@@ -22,7 +23,7 @@ import logging
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from presso.fetch.errors import (
     FetchError,
@@ -45,8 +46,11 @@ from presso.fetch.model_files import (
     safetensors_header_params,
     select_model_files,
 )
-from presso.fetch.pipeline import FetchResult, prepare_dest, run_plan
+from presso.fetch.pipeline import FetchResult, precheck_sizes, prepare_dest, run_plan
 from presso.fetch.uri import ParsedURI, parse_model_uri
+
+if TYPE_CHECKING:
+    from presso.fetch.cache import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +125,11 @@ def _open_source(
     return local, ([(single, None)] if single else local.list_dir()), single
 
 
-def fetch_model_report(uri: str, dest: Path, limits: FetchLimits) -> FetchResult:
-    """Fetch a model into the empty directory ``dest``; return what was fetched, skipped and sanitized."""
+def fetch_model_report(uri: str, dest: Path, limits: FetchLimits, cache: ModelCache | None = None) -> FetchResult:
+    """Fetch a model into the empty directory ``dest``; return what was fetched, skipped and sanitized.
+
+    With ``cache``, a source with an immutable identity (s3, http(s) with ETag/Last-Modified) is served from it:
+    the listing and the key are read through the same guarded clients, a miss downloads through the same plan."""
     parsed = _parse(uri, limits)
     dest = prepare_dest(dest)
     budget = Budget(limits)
@@ -135,17 +142,29 @@ def fetch_model_report(uri: str, dest: Path, limits: FetchLimits) -> FetchResult
         else:
             selection = select_model_files(entries, max_files=limits.max_files, peek=_peek(source))
             files, skipped = selection.files, selection.skipped
-        result = run_plan(source, files, dest, limits, budget)
+        key = None
+        if cache is not None:
+            from presso.fetch.cached import cache_key
+
+            precheck_sizes(files, limits)
+            key = cache_key(parsed, source, files, single, limits)
+        if key is not None:
+            from presso.fetch.cached import fetch_cached
+
+            assert cache is not None
+            result = fetch_cached(cache, key, source, files, dest, limits, budget)
+        else:
+            result = run_plan(source, files, dest, limits, budget)
     result.skipped = skipped
     if single is not None:
         result.path = dest / single
-    log.info("fetched model %s into %s", uri, result.path)
+    log.info("fetched model %s into %s%s", uri, result.path, f" (model cache {result.cache})" if result.cache else "")
     return result
 
 
-def fetch_model(uri: str, dest: Path, limits: FetchLimits) -> Path:
+def fetch_model(uri: str, dest: Path, limits: FetchLimits, cache: ModelCache | None = None) -> Path:
     """Fetch a model; return the model directory, or the single .safetensors/.gguf file inside ``dest``."""
-    return fetch_model_report(uri, dest, limits).path
+    return fetch_model_report(uri, dest, limits, cache).path
 
 
 def _data_name(name: str) -> str:

@@ -238,6 +238,17 @@ class SafeHttp:
                 self.budget.remaining_s()
             return bytes(buf[:nbytes]), total
 
+    def identity(self, url: str) -> str | None:
+        """What names this version of ``url``: its strong ETag, else its Last-Modified, with its size (a one-byte
+        ranged GET through the same checks); None when the server sends neither (then nothing is cached)."""
+        with self.open(url, headers={"Range": "bytes=0-0"}) as resp:
+            size = _total_size(resp)
+            etag = resp.headers.get("etag", "")
+            if etag and not etag.startswith("W/"):
+                return f"etag {etag} size {size}"
+            modified = resp.headers.get("last-modified")
+            return f"last-modified {modified} size {size}" if modified else None
+
     def download(self, url: str, name: str, out: Any) -> int:
         """Stream ``url`` into the binary file object ``out`` under the budget; return bytes written."""
         with self.open(url) as resp:

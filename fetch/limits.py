@@ -46,6 +46,8 @@ class FetchLimits:
     max_header_bytes: int = 100 * 2**20
     max_json_bytes: int = 64 * 2**20
     chunk_bytes: int = 1 << 20
+    s3_max_concurrency: int = 8  # parallel ranged GETs of one S3 object (boto3's transfer manager)
+    s3_part_bytes: int = 16 * 2**20  # objects from this size on are fetched in ranged parts of this size
 
     def __post_init__(self) -> None:
         roots = tuple(Path(p).expanduser().resolve() for p in _tuple(self.allowed_file_roots))
@@ -54,6 +56,8 @@ class FetchLimits:
         object.__setattr__(self, "allow_private_hosts", hosts)
         if self.hf_cache_dir is not None:
             object.__setattr__(self, "hf_cache_dir", Path(self.hf_cache_dir))
+        if self.s3_max_concurrency < 1 or self.s3_part_bytes < 1:
+            raise ValueError("s3_max_concurrency and s3_part_bytes must be >= 1")
         for name in ("max_total_bytes", "max_file_bytes", "max_files", "max_redirects"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -73,6 +77,8 @@ class FetchLimits:
             "allowed_file_roots": tuple(getattr(settings, "allowed_file_roots", ()) or ()),
             "s3_endpoint_url": getattr(settings, "s3_endpoint_url", None),
             "s3_region": getattr(settings, "s3_region", None),
+            "s3_max_concurrency": int(getattr(settings, "fetch_s3_max_concurrency", cls.s3_max_concurrency)),
+            "s3_part_bytes": int(getattr(settings, "fetch_s3_part_mb", cls.s3_part_bytes >> 20)) << 20,
         }
         values.update(overrides)
         return cls(**values)

@@ -41,6 +41,7 @@ class FetchResult:
     removed_config_keys: list[str] = field(default_factory=list)
     total_bytes: int = 0
     declared_params: int = 0
+    cache: str | None = None  # "hit" or "miss" through a model cache (fetch/cache.py), None without one
 
 
 def prepare_dest(dest: Path) -> Path:

@@ -29,6 +29,9 @@ class HttpSource:
     def read_prefix(self, name: str, nbytes: int) -> tuple[bytes, int | None]:
         return self.http.read_prefix(self.urls[name], nbytes)
 
+    def identity(self, name: str) -> str | None:
+        return self.http.identity(self.urls[name])
+
     def download(self, name: str, out: BinaryIO, budget: Budget) -> int:
         return self.http.download(self.urls[name], name, out)
 

@@ -27,8 +27,9 @@ class Served:
             self.sent[path] = self.sent.get(path, 0) + n
 
 
-def send_bytes(handler: BaseHTTPRequestHandler, served: Served, data: bytes) -> None:
-    """Serve ``data`` honouring a single ``Range: bytes=a-b`` header."""
+def send_bytes(handler: BaseHTTPRequestHandler, served: Served, data: bytes,
+               headers: dict[str, str] | None = None) -> None:
+    """Serve ``data`` honouring a single ``Range: bytes=a-b`` header (plus ``headers``, e.g. an ETag)."""
     rng = handler.headers.get("Range")
     status, body = 200, data
     if rng and rng.startswith("bytes="):
@@ -39,6 +40,8 @@ def send_bytes(handler: BaseHTTPRequestHandler, served: Served, data: bytes) -> 
     if status == 206:
         handler.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
     handler.send_header("Content-Length", str(len(body)))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
     handler.end_headers()
     served.count(handler.path.split("?")[0], len(body))  # before writing: a test may assert as soon as it has read
     handler.wfile.write(body)

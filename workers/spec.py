@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from presso.app.core.settings import Settings
 from presso.compression.errors import InvalidRecipe
 from presso.compression.spec import JobSpec, LocalJobSpec
 from presso.workers.lease import Claim
+
+log = logging.getLogger(__name__)
 
 
 def fetch_limits(settings: Settings) -> Any:
@@ -24,12 +27,22 @@ def fetch_limits(settings: Settings) -> Any:
     )
 
 
+def model_cache(settings: Settings) -> Any:
+    """The worker's model cache (shared by its processes and jobs), or None when off (docs/model-cache.md)."""
+    if settings.model_cache_dir is None or settings.model_cache_gb <= 0:
+        return None
+    from presso.fetch.cache import ModelCache
+
+    return ModelCache(settings.model_cache_dir, int(settings.model_cache_gb * 2**30),
+                      verify=settings.model_cache_verify)
+
+
 def build_spec(
     claim: Claim, settings: Settings, tmp: Path, *, progress: Callable[[str, float], None]
 ) -> LocalJobSpec:
     """The stored request as a ``JobSpec`` (validated before any fetch: a recipe that cannot run costs no
     download), its URIs fetched into ``tmp``, refined into this run's ``LocalJobSpec``."""
-    from presso.fetch.api import fetch_file, fetch_model
+    from presso.fetch.api import fetch_file, fetch_model_report
 
     try:
         job = JobSpec.model_validate({**claim.request, "model_uri": claim.model_uri})
@@ -37,8 +50,11 @@ def build_spec(
         raise _invalid(exc) from exc
     limits = fetch_limits(settings)
     progress("fetch", 0.0)
-    model_dir = fetch_model(job.model_uri, tmp / "model", limits)
-    progress("fetch", 0.5)
+    fetched = fetch_model_report(job.model_uri, tmp / "model", limits, model_cache(settings))
+    model_dir = fetched.path
+    if fetched.cache:
+        log.info("model %s: model cache %s", job.model_uri, fetched.cache)
+    progress("fetch:cache hit" if fetched.cache == "hit" else "fetch", 0.5)
     calibration = fetch_file(job.calibration.uri, tmp / "calibration", limits) if job.calibration.uri else None
     evaluation = fetch_file(job.evaluation.uri, tmp / "evaluation", limits) if job.evaluation.uri else None
     tasks = [fetch_file(t.uri, tmp / f"task{i}", limits) for i, t in enumerate(job.evaluation.tasks)]
