@@ -7,6 +7,7 @@ every input into local paths, and uploads what ``out_dir`` holds afterwards.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import platform
 import time
@@ -27,6 +28,7 @@ from presso.compression.io.calibration import generate_windows, load_windows
 from presso.compression.io.formats import artifact_loaders
 from presso.compression.io.loading import LoadedModel, load_model, vocab_size
 from presso.compression.io.outdir import check_out_dir, publish, staged_output
+from presso.compression.multirank import RankGroup
 from presso.compression.pipeline import compress, preflight
 from presso.compression.recipe import Recipe
 from presso.compression.registry import engine_for
@@ -68,6 +70,8 @@ def _attempt(recipe: Recipe, lm: LoadedModel, original: torch.nn.Module, ctx: St
              evals: EvalSession, spec: LocalJobSpec,
              gate: Gate | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     model = copy.deepcopy(original)
+    if ctx.announce is not None:  # the other ranks compress their copy with this recipe too
+        ctx.announce(recipe)
     after_step = None
     exact_only = lossless_only(recipe)
     t_c = time.perf_counter()
@@ -100,11 +104,27 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
     for r in recipes:  # a missing engine fails before the hour of work
         for s in r.steps:
             engine_for(s)
-    decision = stream_decision(spec)  # block by block from the shards (compression.streamjob)
-    if decision.stream:
+    world = spec.resources.gpus
+    decision = stream_decision(spec) if world == 1 else None  # block by block from the shards (compression.streamjob)
+    if decision is not None and decision.stream:
         log.info("streaming the model block by block: %s", decision.reason)
         return run_streaming(spec, progress=progress, should_stop=should_stop,  # type: ignore[no-any-return]
                              on_saved=on_checkpoint, on_shard=on_shard)
+    group = RankGroup(spec, world) if world > 1 else None  # the other ranks load the model meanwhile
+    try:
+        result = _run_in_memory(spec, recipes, group, device, progress, should_stop, t0)
+    except BaseException:
+        if group is not None:
+            group.close(ok=False)
+        raise
+    if group is not None:
+        group.close()
+        result.metrics["ranks"] = world  # in the job's metrics, not in the artifact (the same bytes as one rank)
+    return result
+
+
+def _run_in_memory(spec: LocalJobSpec, recipes: list[Recipe], group: RankGroup | None, device: torch.device,
+                   progress: ProgressFn, should_stop: Callable[[], bool] | None, t0: float) -> LocalJobResult:
     progress("load", 0.0)
     lm = load_model(spec.model_dir, max_params=spec.max_params)
     for r in recipes:  # what needs the model's shapes fails now too, not after calibration or another attempt
@@ -116,6 +136,9 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
     evals = EvalSession(spec, lm, device, progress)  # its data on first use, sized by the first compression
     timings["data"] = time.perf_counter() - t
     ctx = StepContext(calibration=calib, device=device, progress=progress, seed=spec.seed)
+    if group is not None:
+        group.share_calibration(calib)
+        ctx.dist, ctx.announce = group.ranks, group.announce
     if should_stop is not None:
         ctx.should_stop = should_stop
     attempts: list[dict[str, Any]] = []
@@ -133,7 +156,7 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
             attempt["seconds"] = time.perf_counter() - t_a
             return model, attempt
 
-        found = run_search(spec, lm, ctx, target_attempt)
+        found = run_search(spec, lm, dataclasses.replace(ctx, dist=None), target_attempt)  # candidates: all ranks
         timings["search"] = time.perf_counter() - t
         attempts, extra["search"] = found.attempts, found.metrics
         chosen = (found.recipe, found.model, found.attempt)

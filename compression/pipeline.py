@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -111,6 +112,15 @@ def preflight(model: nn.Module, recipe: Recipe) -> None:
         kv_preflight(model)
 
 
+def for_engine(ctx: StepContext, engine: Any) -> StepContext:
+    """The context an engine runs with: several ranks (``ctx.dist``) only for an engine that splits its work
+    across them (``distributed = True``); any other runs whole on every rank, which gives every rank the
+    same model (its inputs are the same everywhere) with no communication."""
+    if ctx.dist is None or getattr(engine, "distributed", False):
+        return ctx
+    return dataclasses.replace(ctx, dist=None)
+
+
 def compress(model: nn.Module, recipe: Recipe, ctx: StepContext, after_step: AfterStep | None = None) -> dict[str, Any]:
     """Apply ``recipe`` to ``model`` in place. Returns {"steps": [...], "seconds": total}."""
     check_calibration(recipe, ctx)
@@ -124,7 +134,7 @@ def compress(model: nn.Module, recipe: Recipe, ctx: StepContext, after_step: Aft
         ctx.stage = f"compress:{i + 1}/{len(recipe.steps)}:{step.method}"
         ctx.report(0.0)
         t0 = time.perf_counter()
-        result = engine.apply_(model, step, ctx) or {}
+        result = engine.apply_(model, step, for_engine(ctx, engine)) or {}
         seconds = time.perf_counter() - t0
         entry: dict[str, Any] = {"method": step.method, "seconds": seconds, **result}
         if after_step is not None:
@@ -136,7 +146,7 @@ def compress(model: nn.Module, recipe: Recipe, ctx: StepContext, after_step: Aft
 
         ctx.stage = "compress:kv_cache"
         t0 = time.perf_counter()
-        kv = calibrate_(model, recipe.kv_cache, ctx)
+        kv = calibrate_(model, recipe.kv_cache, for_engine(ctx, None))
         steps.append({"method": "kv_cache", "seconds": time.perf_counter() - t0, **kv})
     if ctx.stream is None:  # a streamed model's blocks are written and released already (on the meta device)
         model.to("cpu")

@@ -171,6 +171,7 @@ class WorkerClass:
 
     name: str
     gpus: int = 0
+    cpu_ranks: int = 1  # a CPU class: how many CPU ranks (gloo processes) one job may run as
     gpu_memory_gb: float = 0.0
     host_memory_gb: float = 0.0
     disk_gb: float = 0.0
@@ -223,6 +224,7 @@ class JobShape:
     output_format: str = "compressed"
     lossless_output: bool = False  # output.encoding "lossless" (the same codec as a final lossless step)
     streaming: str = "auto"  # JobSpec.streaming (compression/streamjob.py)
+    ranks: int = 1  # resources.gpus (compression/multirank.py): each rank holds the model and its working copy
     checkpoint: bool = True  # a streamed job's resume checkpoint (about the artifact's size on disk)
 
     @classmethod
@@ -240,12 +242,14 @@ class JobShape:
             output_format=str((body.get("output") or {}).get("format", "compressed")),
             lossless_output=(body.get("output") or {}).get("encoding") == "lossless",
             streaming=str(body.get("streaming", "auto")),
+            ranks=int((body.get("resources") or {}).get("gpus", 1)),
         )
 
     @property
     def streamable(self) -> bool:
         """What compression/streamjob.py streams: one rtn/gptq step, no evaluation, calibration from a file."""
-        if len(self.recipes) != 1 or len(self.recipes[0]) != 1 or self.evaluation or self.streaming == "off":
+        if (len(self.recipes) != 1 or len(self.recipes[0]) != 1 or self.evaluation or self.streaming == "off"
+                or self.ranks > 1):
             return False
         method = self.recipes[0][0].get("method")
         return (method in ("rtn", "gptq") and self.output_format in ("compressed", "dense")
@@ -480,7 +484,12 @@ def estimate(model: ModelInfo, job: JobShape, worker: WorkerClass, shape: Shape 
         peak_host, disk = _streamed_host(s, job, gpu), disk + (artifact if job.checkpoint else 0.0)
         for p in phases:
             p.host_bytes = min(p.host_bytes, peak_host - RUNTIME_HOST_BYTES)
+    if job.ranks > 1:  # every other rank loads the model and compresses a copy of it in a process of its own
+        peak_host += (job.ranks - 1) * (RUNTIME_HOST_BYTES + 2 * M)
     shortfalls = []
+    slots = worker.gpus if gpu else worker.cpu_ranks
+    if job.ranks > max(slots, 1):
+        shortfalls.append(f"ranks: needs {job.ranks} ({'GPUs' if gpu else 'CPU ranks'}), has {max(slots, 1)}")
     if gpu and peak_device + CUDA_RESERVE_BYTES > worker.gpu_memory_gb * GB:
         worst = max(phases, key=lambda p: p.device_bytes)
         shortfalls.append(f"GPU memory: needs {_fmt(peak_device + CUDA_RESERVE_BYTES)} on one GPU in {worst.name}, "
@@ -562,7 +571,10 @@ def _attempt(steps: Sequence[dict[str, Any]], s: Shape, job: JobShape, worker: W
                 groups = hessian_groups(in_block)
                 solve = max(T * (g[0].in_features + sum(x.out_features for x in g)) * b for g in groups.values())
                 f += int(step.get("grid", 20)) * 2 * _lin_numel(chosen) * T
-            work_peak = max(work_peak, A + fwd + stats + acc, A + stats + solve, 2 * A + fwd)
+            # GPTQ sums its statistics segment by segment (compression.core.distributed): while observing, a
+            # segment's sums sit beside the fold of the earlier ones
+            observing = 2 * stats if method == "gptq" else stats
+            work_peak = max(work_peak, A + fwd + observing + acc, A + stats + solve, 2 * A + fwd)
             weights_on_device = max(weights_on_device, (s.outside_params + s.block_params) * b)
             seconds += (f / flops + f_fp32 / fp32_flops + f_solve / solve_flops
                         + (2 * M / (worker.h2d_gbs * GB) if gpu else 0.0))

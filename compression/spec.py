@@ -101,6 +101,19 @@ class EvaluationSpec(_Strict):
         return self
 
 
+MAX_RANKS = 8  # compression.core.distributed.MAX_SEGMENTS: the most ranks a calibrated step can use
+
+
+class ResourcesSpec(_Strict):
+    gpus: int = Field(
+        default=1, ge=1, le=MAX_RANKS,
+        description="Ranks the job's compression runs as (torch.distributed: one per GPU with NCCL; on a worker "
+        "without CUDA, CPU processes with gloo). GPTQ splits its calibration batches and per-layer solves across "
+        "them; other steps run whole on every rank. The artifact is byte-identical to one rank's. Jobs with "
+        "gpus > 1 go to the queue gpu-x2, gpu-x4 or gpu-x8 (the next size up), served by workers that have as many.",
+    )
+
+
 class OutputSpec(_Strict):
     format: Literal["compressed", "dense"] = "compressed"
     sparse_format: Literal["dense", "sparse-bitmask"] = Field(
@@ -141,6 +154,7 @@ class JobSpec(_Strict):
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     streaming: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="Compress block by block from the model's shards into the artifact's (docs/streaming.md): "
@@ -148,7 +162,7 @@ class JobSpec(_Strict):
         "never. A job that cannot be streamed (evaluation, chains, methods other than rtn/gptq) runs in memory.",
     )
 
-    @field_validator("calibration", "evaluation", "output", mode="before")
+    @field_validator("calibration", "evaluation", "output", "resources", mode="before")
     @classmethod
     def _null_is_default(cls, value: Any) -> Any:
         return {} if value is None else value  # older stored requests and clients send null
@@ -167,6 +181,9 @@ class JobSpec(_Strict):
     def _recipe_or_target(self) -> JobSpec:
         if self.recipe is None and self.target is None:
             raise ValueError("give a recipe, a target, or both (the recipe then seeds the search)")
+        if self.resources.gpus > 1 and self.streaming == "on":
+            raise ValueError("streaming with resources.gpus > 1 is not supported: several ranks run in memory "
+                             "(docs/distributed.md)")
         if self.target is not None:
             if self.fallbacks:
                 raise ValueError("a target job takes no fallbacks: the search chooses the recipe")

@@ -13,7 +13,13 @@ from presso.app.core.settings import Settings
 log = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "presso.run_job"
-QUEUES = ("gpu", "cpu")
+RANK_SIZES = (2, 4, 8)  # queues of multi-rank jobs: workers with at least that many GPUs consume gpu-x<N>
+QUEUES = ("gpu", "cpu", *(f"gpu-x{n}" for n in RANK_SIZES))
+
+
+def multi_gpu_queue(ranks: int) -> str:
+    """The queue of a job of ``ranks`` > 1 ranks (JobSpec.resources.gpus, at most the largest size)."""
+    return f"gpu-x{next(n for n in RANK_SIZES if n >= ranks)}"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

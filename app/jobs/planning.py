@@ -42,7 +42,8 @@ def _local_class(work_dir: str, device: str | None) -> WorkerClass:
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
     disk = shutil.disk_usage(work_dir).free / GB
     gpus = [] if device == "cpu" else _gpu_memory_gb()
-    return WorkerClass(name="local", gpus=len(gpus), gpu_memory_gb=round(min(gpus), 1) if gpus else 0.0,
+    return WorkerClass(name="local", gpus=len(gpus), cpu_ranks=os.cpu_count() or 1,
+                       gpu_memory_gb=round(min(gpus), 1) if gpus else 0.0,
                        host_memory_gb=round(host, 1), disk_gb=round(disk, 1))
 
 

@@ -22,7 +22,7 @@ from presso.app.core.errors import (
     NotFound,
     TooManyJobs,
 )
-from presso.app.core.queue import Publisher
+from presso.app.core.queue import Publisher, multi_gpu_queue
 from presso.app.core.settings import Settings
 from presso.app.jobs.models import Job, JobLog, JobState
 from presso.app.jobs.schemas import (
@@ -48,7 +48,10 @@ def request_hash(body: dict[str, Any]) -> str:
 
 
 def queue_for(body: JobCreate) -> str:
-    """Lossless-only recipes need no accelerator; a target job searches on one."""
+    """Lossless-only recipes need no accelerator; a target job searches on one; a job of several ranks goes to the
+    queue of workers with at least that many GPUs (gpu-x2, gpu-x4, gpu-x8: the next size up)."""
+    if body.resources.gpus > 1:
+        return multi_gpu_queue(body.resources.gpus)
     if body.recipe is None:
         return "gpu"
     methods = {cast(StepConfig, s).method for s in body.recipe.steps}

@@ -37,6 +37,11 @@ class StepContext:
     # Streaming (compression.io.streamwrite): blocks start on the meta device; run_blockwise asks it to read
     # each block before its work and hands it each finished block to write and release. None: in memory.
     stream: Any = None
+    # Several ranks (compression.core.distributed.Ranks): set by the pipeline only for an engine that splits its
+    # work (``distributed = True``); run_blockwise then captures and forwards this rank's batches only.
+    dist: Any = None
+    # Rank 0 of several: tells the other ranks which recipe the next compress() runs (compression.multirank).
+    announce: Callable[[Any], None] | None = None
 
     def report(self, fraction: float) -> None:
         if self.should_stop():

@@ -32,8 +32,19 @@ class _StopForward(Exception):
 
 @dataclass
 class BlockInputs:
-    hidden: list[torch.Tensor]  # one [b, seq, d] tensor per calibration batch
+    hidden: list[torch.Tensor]  # one [b, seq, d] tensor per calibration batch (of this rank's, under ctx.dist)
     kwargs: list[dict[str, Any]]
+    batch_ids: list[int] | None = None  # which calibration batches these are; None: all of them, in order
+    n_batches: int | None = None  # how many batches the calibration has in all
+
+    def ids(self) -> tuple[list[int], int]:
+        """(the calibration batch index of each entry, the number of batches in all)."""
+        if self.batch_ids is None:
+            return list(range(len(self.hidden))), len(self.hidden)
+        return self.batch_ids, self.n_batches if self.n_batches is not None else len(self.hidden)
+
+    def with_hidden(self, hidden: list[torch.Tensor]) -> BlockInputs:
+        return BlockInputs(hidden, self.kwargs, self.batch_ids, self.n_batches)
 
 
 def _move_outside_blocks_(model: nn.Module, layout: Layout, device: torch.device) -> None:
@@ -71,7 +82,10 @@ def capture_inputs(model: nn.Module, layout: Layout, ctx: StepContext) -> BlockI
     streamed = home.type == "meta"  # a streamed block 0 is not read for this: the hook stops before it runs
     if not streamed:
         first.to(ctx.device)
-    captured = BlockInputs(hidden=[], kwargs=[])
+    batches = list(ctx.calibration.split(ctx.batch_size))
+    ranks = ctx.dist if ctx.dist is not None and ctx.dist.splits(len(batches)) else None
+    mine = ranks.my_batches(len(batches)) if ranks is not None else list(range(len(batches)))
+    captured = BlockInputs(hidden=[], kwargs=[], batch_ids=mine, n_batches=len(batches))
 
     def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs.pop("hidden_states")
@@ -81,9 +95,9 @@ def capture_inputs(model: nn.Module, layout: Layout, ctx: StepContext) -> BlockI
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        for batch in ctx.calibration.split(ctx.batch_size):
+        for b in mine:
             try:
-                model(input_ids=batch.to(ctx.device), use_cache=False)
+                model(input_ids=batches[b].to(ctx.device), use_cache=False)
             except _StopForward:
                 pass
     finally:
@@ -154,7 +168,7 @@ def run_blockwise(model: nn.Module, layout: Layout, ctx: StepContext, process: B
     start, saved, results = stream.resume() if stream is not None else (0, None, [])
     inputs = capture_inputs(model, layout, ctx) if calibrated else BlockInputs(hidden=[], kwargs=[])
     if saved is not None and calibrated:
-        inputs = BlockInputs(hidden=[h.to(ctx.device) for h in saved], kwargs=inputs.kwargs)
+        inputs = inputs.with_hidden([h.to(ctx.device) for h in saved])
     if stream is not None:
         stream.captured()
     n = len(layout.blocks)
@@ -171,7 +185,7 @@ def run_blockwise(model: nn.Module, layout: Layout, ctx: StepContext, process: B
         t1 = time.perf_counter()
         results.append(res or {})
         if calibrated:
-            inputs = BlockInputs(hidden=forward_block(block, inputs), kwargs=inputs.kwargs)
+            inputs = inputs.with_hidden(forward_block(block, inputs))
             block.to(home)
         if stream is not None:
             stream.done(i, block, results[-1], inputs.hidden if calibrated else None)

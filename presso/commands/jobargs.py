@@ -51,6 +51,9 @@ def add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--streaming", choices=["auto", "on", "off"],
                    help="compress block by block from the model's shards (docs/streaming.md); default auto: when the "
                    "weights exceed the host-memory budget")
+    p.add_argument("--gpus", type=int, metavar="N",
+                   help="run the compression as N ranks with torch.distributed (one per GPU; CPU processes with gloo "
+                   "where there is no CUDA); GPTQ splits its work across them, the artifact is the same bytes")
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -79,6 +82,8 @@ def job_request(args: argparse.Namespace) -> dict[str, Any]:
     output = _given(format=args.format, sparse_format=args.sparse_format, encoding=args.encoding)
     if getattr(args, "streaming", None) is not None:
         body["streaming"] = args.streaming
+    if getattr(args, "gpus", None) is not None:
+        body["resources"] = {"gpus": args.gpus}
     for name, part in (("calibration", calibration), ("evaluation", evaluation), ("output", output)):
         if part:
             body[name] = part

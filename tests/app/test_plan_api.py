@@ -111,3 +111,33 @@ def test_worker_refuses_before_the_fetch(client_for: Any, make_settings: Any, s3
         assert job is not None and job.error_code == "insufficient_resources" and job.attempt == 1
         assert job.plan is not None and job.plan["refusal"] == job.error_message
         assert job.progress_stage == "starting"  # failed before the fetch began
+
+
+def test_a_job_of_more_ranks_than_any_class_has_is_refused(client_for: Any, model_dir: Path) -> None:
+    """resources.gpus (compression/multirank.py) against the classes' GPUs; each extra rank holds the model."""
+    four = {"name": "four", "gpus": 4, "gpu_memory_gb": 80, "host_memory_gb": 512, "disk_gb": 1000}
+    api = client_for(worker_classes=BIG_CLASS + [four])
+    body = {**_body(model_dir.as_uri()), "resources": {"gpus": 8}}
+    resp = api.post("/v1/jobs", json=body)
+    assert resp.status_code == 422, resp.text
+    message = resp.json()["error"]["message"]
+    assert "big: ranks: needs 8 (GPUs), has 1" in message and "four: ranks: needs 8 (GPUs), has 4" in message
+    body["resources"] = {"gpus": 3}
+    plan = api.post("/v1/plan", json=body).json()
+    assert plan["runnable_on"] == ["four"]
+    one = api.post("/v1/plan", json=_body(model_dir.as_uri())).json()
+    three, single = plan["estimates"][1], one["estimates"][1]
+    assert three["host_memory_bytes"] > single["host_memory_bytes"] + 2 * 1e9  # two more processes, 1 GB runtime each
+    assert api.post("/v1/jobs", json=body).status_code == 202
+
+
+def test_multi_rank_jobs_go_to_the_queue_of_the_next_size_up() -> None:
+    from presso.app.core.queue import QUEUES, multi_gpu_queue
+    from presso.app.jobs.schemas import JobCreate
+    from presso.app.jobs.service import queue_for
+
+    assert [multi_gpu_queue(n) for n in (2, 3, 4, 5, 8)] == ["gpu-x2", "gpu-x4", "gpu-x4", "gpu-x8", "gpu-x8"]
+    assert {"gpu-x2", "gpu-x4", "gpu-x8"} <= set(QUEUES)
+    body = {"model_uri": "s3://m/x", "recipe": RTN}
+    assert queue_for(JobCreate.model_validate(body)) == "gpu"
+    assert queue_for(JobCreate.model_validate({**body, "resources": {"gpus": 3}})) == "gpu-x4"

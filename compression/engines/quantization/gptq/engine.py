@@ -17,6 +17,7 @@ from torch import nn
 
 from presso.compression.configs.quantization import GPTQConfig, QuantArgs
 from presso.compression.core.context import StepContext
+from presso.compression.core.distributed import share_expert_counts
 from presso.compression.core.experts import starved_experts
 from presso.compression.core.layout import get_weight, set_quantized_
 from presso.compression.core.quant import QuantizedWeight, quantize_rtn, relative_error
@@ -52,18 +53,19 @@ def _by_scheme(names: list[str], schemes: dict[str, QuantArgs | None]) -> list[t
     return list(buckets.items())
 
 
-def solve_shared(
+Solved = list[tuple[str, QuantizedWeight, dict[str, Any]]]
+
+
+def solve_group(
     mods: dict[str, nn.Module],
     schemes: dict[str, QuantArgs | None],
     h: torch.Tensor,
     device: torch.device,
     gptq: GPTQConfig | None,
-) -> list[dict[str, Any]]:
-    """Quantize linears that share one input (Hessian ``h``) with GPTQ, or RTN when ``gptq`` is None.
-
-    Returns one report record per module (with ``rel_error`` and ``output_error``).
-    """
-    records = []
+) -> Solved:
+    """Quantize linears that share one input (Hessian ``h``) with GPTQ, or RTN when ``gptq`` is None, without
+    touching the modules: (name, codes, report record with ``rel_error`` and ``output_error``) per module."""
+    out: Solved = []
     for scheme, names in _by_scheme(list(mods), schemes):
         ws = [get_weight(mods[n], device) for n in names]
         w = torch.cat(ws) if len(ws) > 1 else ws[0]
@@ -73,13 +75,31 @@ def solve_shared(
             qw, _ = quantize_weight(w, h, scheme, damp_percent=gptq.damp_percent, block_size=gptq.block_size,
                                     act_order=gptq.act_order, static_groups=gptq.groups_static())
         for name, w_i, q_i in zip(names, ws, split_rows(qw, [x.shape[0] for x in ws]), strict=True):
-            w_hat = set_quantized_(mods[name], q_i, device)
+            w_hat = q_i.dequantize(device)
             rec = layer_record(name, scheme, relative_error(w_i, w_hat))
             rec["output_error"] = output_error(w_i, w_hat, h)
             if len(names) > 1:
                 rec["solved_with"] = names[0]
-            records.append(rec)
-    return records
+            out.append((name, q_i, rec))
+    return out
+
+
+def apply_solved(mods: dict[str, nn.Module], solved: Solved, device: torch.device) -> list[dict[str, Any]]:
+    """Store each module's codes (``set_quantized_``); returns the records."""
+    for name, qw, _ in solved:
+        set_quantized_(mods[name], qw, device)
+    return [rec for _, _, rec in solved]
+
+
+def solve_shared(
+    mods: dict[str, nn.Module],
+    schemes: dict[str, QuantArgs | None],
+    h: torch.Tensor,
+    device: torch.device,
+    gptq: GPTQConfig | None,
+) -> list[dict[str, Any]]:
+    """:func:`solve_group`, then the codes stored in the modules. Returns one report record per module."""
+    return apply_solved(mods, solve_group(mods, schemes, h, device, gptq), device)
 
 
 def uncalled(lins: dict[str, nn.Module], seen: dict[str, str], schemes: dict[str, QuantArgs | None],
@@ -113,6 +133,8 @@ def check_act_order(cfg: GPTQConfig, schemes: dict[str, QuantArgs | None]) -> No
 
 @register(GPTQConfig)
 class GPTQEngine:
+    distributed = True  # calibration batches and solves split across ranks (compression.core.distributed)
+
     @torch.no_grad()
     def apply_(self, model: nn.Module, cfg: GPTQConfig, ctx: StepContext) -> dict[str, Any]:
         layout, chosen = targeted_linears(model, cfg)
@@ -123,12 +145,18 @@ class GPTQEngine:
             lins = {n: m for n, m in chosen[i].items() if schemes[n] is not None}
             records = [layer_record(n, None, None) for n in chosen[i] if schemes[n] is None]
             if lins:
-                groups = observe_block(block, inputs, lins, ctx.device)
+                ranks = ctx.dist if ctx.dist is not None and ctx.dist.splits(inputs.ids()[1]) else None
+                with share_expert_counts(model, lins, ranks):
+                    groups = observe_block(block, inputs, lins, ctx.device, ranks)
                 starved = starved_experts(model, lins, cfg.expert_min_tokens)
-                for leader, members in groups.groups().items():
-                    mods = {n: lins[n] for n in members if n not in starved}
-                    if mods:
-                        records += solve_shared(mods, schemes, groups.hessian(leader), ctx.device, cfg)
+                work = [{n: lins[n] for n in members if n not in starved} for members in groups.groups().values()]
+                work = [mods for mods in work if mods]
+                solved = {k: solve_group(mods, schemes, groups.hessian(next(iter(mods))), ctx.device, cfg)
+                          for k, mods in enumerate(work) if ranks is None or ranks.owns(k)}
+                if ranks is not None:  # every rank's solves on every rank, applied in the same order
+                    solved = ranks.gather(solved)
+                for k, mods in enumerate(work):
+                    records += apply_solved(mods, solved[k], ctx.device)
                 records += uncalled(lins, groups.leader_of, schemes, ctx.device, starved)
             return {"layers": sorted(records, key=lambda r: list(chosen[i]).index(r["name"]))}
 

@@ -35,22 +35,87 @@ from presso.kernels.obs import obs_block
 
 
 class HessianAccumulator:
-    """Running mean of ``2 x x^T`` over all rows seen (fp32, numerically stable across batches)."""
+    """``2/n sum x x^T`` and the mean ``|x|`` per channel over all rows seen, summed in a fixed order.
 
-    def __init__(self, k: int, device: torch.device) -> None:
-        self.h = torch.zeros(k, k, dtype=torch.float32, device=device)
-        self.abs_mean = torch.zeros(k, dtype=torch.float32, device=device)  # mean |x| per channel (AWQ)
+    Rows are summed in batch order within a calibration segment (``start_segment``), and the segments' sums
+    are added left to right onto zeros: the order compression.core.distributed keeps across ranks, so one
+    rank and several give bit-identical statistics. A rank after the first keeps its segment sums
+    (``keep=True``) until the fold of the segments before them arrives (``finish``). Memory: the fold and
+    the open segment's sum.
+    """
+
+    def __init__(self, k: int, device: torch.device, *, keep: bool = False) -> None:
+        self.k, self.device, self.keep = k, device, keep
         self.n = 0
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # (sum x^T x, sum |x|) per closed segment
+        self._fold: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._open: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._segment: int | None = None
+        self._result: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def start_segment(self, segment: int) -> None:
+        if segment != self._segment:
+            self._close()
+            self._segment = segment
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1])
-        m = x.shape[0]
-        if m == 0:
+        if x.shape[0] == 0:
             return
-        total = self.n + m
-        self.abs_mean.mul_(self.n / total).add_(x.to(self.h.device).abs().float().sum(0), alpha=1.0 / total)
-        gram_(self.h, x, alpha=2.0 / total, beta=self.n / total)
-        self.n = total
+        if self._open is None:
+            self._open = (torch.zeros(self.k, self.k, dtype=torch.float32, device=self.device),
+                          torch.zeros(self.k, dtype=torch.float32, device=self.device))
+        gram_(self._open[0], x)
+        self._open[1].add_(x.to(self.device).abs().float().sum(0))
+        self.n += x.shape[0]
+
+    def _close(self) -> None:
+        if self._open is None:
+            return
+        if self.keep:
+            self.kept.append(self._open)
+        else:
+            self._fold = fold_(self._fold, self._open)
+        self._open = None
+
+    def local_fold(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This rank's fold of its closed segments (rank 0's part of the chain)."""
+        self._close()
+        return self._fold
+
+    def finish(self, total: tuple[torch.Tensor, torch.Tensor] | None = None, n: int | None = None) -> None:
+        """Scale the sums (or ``total``, the fold over every rank, and ``n`` rows) into the statistics."""
+        self._close()
+        s = total if total is not None else self._fold
+        n = self.n if n is None else n
+        if s is None or n == 0:
+            s = (torch.zeros(self.k, self.k, device=self.device), torch.zeros(self.k, device=self.device))
+            n = max(n, 1)
+        self._result = (s[0].to(self.device).mul_(2.0 / n), s[1].to(self.device).mul_(1.0 / n))
+        self._fold, self.kept = None, []
+
+    @property
+    def h(self) -> torch.Tensor:
+        if self._result is None:
+            self.finish()
+        assert self._result is not None
+        return self._result[0]
+
+    @property
+    def abs_mean(self) -> torch.Tensor:
+        if self._result is None:
+            self.finish()
+        assert self._result is not None
+        return self._result[1]
+
+
+def fold_(acc: tuple[torch.Tensor, torch.Tensor] | None,
+          s: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``acc + s`` in place, ``acc`` starting from zeros (so a first segment sum's -0.0 becomes +0.0 as in
+    ``0 + s``, on every rank)."""
+    if acc is None:
+        return s[0].add_(0.0), s[1].add_(0.0)
+    return acc[0].add_(s[0]), acc[1].add_(s[1])
 
 
 @dataclass

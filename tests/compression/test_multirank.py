@@ -1,0 +1,75 @@
+"""Several ranks (issue 21): `presso compress --gpus 2` on this CPU runs two gloo ranks (rank 0 and a process it
+starts) and writes the same bytes as one rank: GPTQ alone, a chain whose first step runs whole on every rank,
+and a mixture-of-experts model (routed-token counts summed over ranks)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.tiny_models import save_tiny_mixtral
+
+ROOT = Path(__file__).resolve().parents[2]
+GPTQ = {"steps": [{"method": "gptq", "bits": 4, "group_size": 32}]}
+CHAIN = {"steps": [{"method": "wanda", "sparsity": 0.5}, {"method": "gptq", "bits": 4, "group_size": 32}]}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    d = tmp_path_factory.mktemp("ranks")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=256, max_position_embeddings=128)
+    LlamaForCausalLM(cfg).save_pretrained(d / "llama")
+    save_tiny_mixtral(d / "mixtral")
+    np.save(d / "calib.npy", np.random.default_rng(0).integers(0, 256, size=40 * 32).astype(np.int64))
+    return d
+
+
+def _compress(inputs: Path, model: str, recipe: dict, out: Path, gpus: int) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "presso.cli", "compress", str(inputs / model), "--recipe", json.dumps(recipe),
+           "--out", str(out), "--calib", str(inputs / "calib.npy"), "--samples", "40", "--seq-len", "32",
+           "--no-eval", "--gpus", str(gpus)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _digests(out: Path) -> dict[str, str]:
+    """Every weight and config file's sha256, and the per-layer report (errors included)."""
+    found = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())
+             if p.is_file() and p.name not in ("presso.json", "report.json")}
+    found["report.json:layers"] = json.dumps(json.loads((out / "report.json").read_text())["layers"])
+    return found
+
+
+@pytest.mark.parametrize(("model", "recipe"), [("llama", GPTQ), ("llama", CHAIN), ("mixtral", GPTQ)],
+                         ids=["gptq", "wanda-then-gptq", "mixtral-gptq"])
+def test_two_ranks_write_the_bytes_of_one(inputs: Path, tmp_path: Path, model: str, recipe: dict) -> None:
+    one = _compress(inputs, model, recipe, tmp_path / "one", 1)
+    two = _compress(inputs, model, recipe, tmp_path / "two", 2)
+    assert "2 ranks started" in two.stderr and "ranks started" not in one.stderr
+    assert "rank1" in two.stderr  # the second rank's own log lines: it really ran
+    a, b = _digests(tmp_path / "one"), _digests(tmp_path / "two")
+    assert any(name.endswith(".safetensors") for name in a)
+    assert a == b
+
+
+def test_streaming_on_with_several_ranks_is_refused(inputs: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "presso.cli", "compress", str(inputs / "llama"), "--recipe", json.dumps(GPTQ),
+           "--out", str(tmp_path / "o"), "--gpus", "2", "--streaming", "on", "--no-eval"]
+    done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert "streaming with resources.gpus > 1 is not supported" in done.stderr
