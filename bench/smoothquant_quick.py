@@ -1,6 +1,7 @@
 """Small CPU comparisons for issue 19 on SmolLM2-135M, activations (and the KV cache) quantized in the evaluation:
 INT8 W8A8 (RTN, per-token activations) without and with smoothquant (alpha 0.5, and the per-group alpha search);
-with --rows, also RTN vs GPTQ rounding for NVFP4 W4A16 / FP8 dynamic, INT8 W8A8 with an FP8 KV cache, and W4A4 /
+with --rows, also RTN vs GPTQ rounding vs AWQ for NVFP4 W4A16 / FP8 dynamic, INT8 W8A8 with an FP8 KV cache (per tensor
+or per KV head), and W4A4 /
 W4A16 without and with the Hadamard rotation.
 
 Fewer windows than the §1 protocol so it fits a shared 2-core CPU: the first ``--calib`` of the 64x512 wikitext-2
@@ -9,6 +10,8 @@ valid calibration windows and the first ``--windows`` of the 40x512 wikitext-2 t
   OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python bench/smoothquant_quick.py --calib 16 --windows 8
   OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python bench/smoothquant_quick.py --calib 16 --windows 8 \
       --rows nvfp4_w4a16_rtn,nvfp4_w4a16_gptq,int8_w8a8_rtn_kv_fp8
+  OMP_NUM_THREADS=1 PYTHONPATH=. nice -n 10 .venv/bin/python bench/smoothquant_quick.py --calib 16 --windows 8 \
+      --rows awq_nvfp4_w4a16,int8_w8a8_rtn_kv_fp8_head,awq_gptq_nvfp4_w4a16
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ ROWS = {
     "fp8_dynamic_gptq": [{"method": "fp8", "rounding": "gptq"}],
     "fp8_dynamic_rtn": [{"method": "fp8"}],
     "int8_w8a8_rtn_kv_fp8": {"steps": [{"method": "int8"}], "kv_cache": {"format": "fp8"}},
+    "int8_w8a8_rtn_kv_fp8_head": {"steps": [{"method": "int8"}],
+                                  "kv_cache": {"format": "fp8", "strategy": "attn_head"}},
+    # AWQ on the float grids
+    "awq_nvfp4_w4a16": [{"method": "awq", "format": "nvfp4", "scheme": "NVFP4A16"}],
+    "awq_gptq_nvfp4_w4a16": [{"method": "awq", "format": "nvfp4", "scheme": "NVFP4A16", "solver": "gptq"}],
     # rotation (QuaRot R1) before W4A4 / W4A16
     "rotate+int8_w8a8_rtn": [{"method": "rotate"}, {"method": "int8"}],
     "mxfp4_w4a4": [{"method": "mxfp4"}],

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from presso.compression.configs.base import StepConfig
+from presso.compression.configs.formats import FP8Config, GPTQRounding, MXFP4Config, NVFP4Config
 
 MIN_GROUP_SIZE = 8
 MAX_GROUP_SIZE = 1 << 16  # wider than any layer: a larger group would only mean "per channel"
@@ -143,8 +144,46 @@ class AWQConfig(QuantStep):
     verify_samples: int = Field(
         default=16, ge=1, le=4096, description="Calibration sequences used for that re-ranking."
     )
+    format: Literal["int", "fp8", "nvfp4", "mxfp4"] = Field(
+        default="int",
+        description="The number format the scales are searched for and the weights written in: 'int' (bits, "
+        "group_size, symmetric, observer: pack-quantized), or a float grid, as the fp8 / nvfp4 / mxfp4 steps write "
+        "it (scheme: that step's preset, e.g. NVFP4A16; the search and AWQ's clipping search measure the error of "
+        "that grid's quantizer; solver gptq = that step's rounding: gptq). docs/formats.md.",
+    )
+    scheme: Literal["FP8_DYNAMIC", "FP8", "FP8_BLOCK", "NVFP4", "NVFP4A16", "MXFP4", "MXFP4A16"] | None = Field(
+        default=None,
+        description="With a float format: its preset (fp8: FP8_DYNAMIC, FP8, FP8_BLOCK; nvfp4: NVFP4, NVFP4A16; "
+        "mxfp4: MXFP4, MXFP4A16); unset = the fp8 / nvfp4 / mxfp4 step's default.",
+    )
     needs_calibration: ClassVar[bool] = True
-    summary: ClassVar[str] = "Activation-aware weight quantization: scale search, then RTN or GPTQ."
+    summary: ClassVar[str] = "Activation-aware weight quantization: scale search, then RTN or GPTQ (int or float grid)."
+
+    @model_validator(mode="after")
+    def _format_fields(self) -> AWQConfig:
+        if self.format == "int":
+            if self.scheme is not None:
+                raise ValueError("scheme applies to a float format (format fp8, nvfp4 or mxfp4)")
+            return self
+        presets = get_args(FLOAT_STEPS[self.format].model_fields["scheme"].annotation)
+        if self.scheme is not None and self.scheme not in presets:
+            raise ValueError(f"format {self.format}: scheme must be one of {', '.join(presets)}")
+        given = sorted({"bits", "group_size", "symmetric", "observer"} & self.model_fields_set)
+        if given or any(not ov.skip for ov in self.overrides):
+            raise ValueError(f"format {self.format} fixes the weights' grid: {', '.join(given) or 'overrides'} "
+                             "apply to format int (overrides may only skip modules)")
+        return self
+
+    def format_step(self) -> GPTQRounding:
+        """The fp8 / nvfp4 / mxfp4 step that writes this step's float format (format != int)."""
+        fields: dict[str, Any] = {k: getattr(self, k) for k in ("targets", "ignore", "expert_min_tokens",
+                                                                 "expert_calibration")}
+        if self.scheme is not None:
+            fields["scheme"] = self.scheme
+        return FLOAT_STEPS[self.format](rounding=self.solver, **fields)
+
+
+FLOAT_STEPS: dict[str, type[GPTQRounding]] = {"fp8": FP8Config, "nvfp4": NVFP4Config, "mxfp4": MXFP4Config}
 
 
 class HQQConfig(QuantStep):

@@ -13,10 +13,16 @@ pseudo-quantizer does, picks exponents that are too large once clipping is appli
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from presso.compression.configs.quantization import QuantArgs
 from presso.compression.core.quant import choose_params, dequantize_codes, quantize_codes
+
+# Quantize-dequantize the weights of one input group together (a float format's fused siblings share a scale):
+# the integer schemes' per-weight quantizer (int_group_quant) or a float grid's (awq/floatgrid.py).
+GroupQuant = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
 
 def awq_scales(x_abs_mean: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -31,27 +37,37 @@ def fake_quant(w: torch.Tensor, scheme: QuantArgs) -> torch.Tensor:
     return dequantize_codes(q, scale, zero, scheme.group_size)
 
 
+def int_group_quant(schemes: list[QuantArgs]) -> GroupQuant:
+    return lambda ws: [fake_quant(w, scheme) for w, scheme in zip(ws, schemes, strict=True)]
+
+
+def as_group_quant(quant: list[QuantArgs] | GroupQuant) -> GroupQuant:
+    return int_group_quant(quant) if isinstance(quant, list) else quant
+
+
 def output_sq_error(dw: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """``tr(dW H dW^T)`` = (n/2)-scaled squared output error of a weight change ``dW`` [N, K]."""
     return ((dw @ h) * dw).sum()
 
 
-def scaled_error(ws: list[torch.Tensor], schemes: list[QuantArgs], h: torch.Tensor, s: torch.Tensor) -> float:
+def scaled_error(ws: list[torch.Tensor], quant: list[QuantArgs] | GroupQuant, h: torch.Tensor,
+                 s: torch.Tensor) -> float:
     """Output error of the group when its weights are quantized with input-channel scales ``s``."""
     total = torch.zeros((), device=h.device)
-    for w, scheme in zip(ws, schemes, strict=True):
-        w_hat = fake_quant(w * s, scheme) / s
-        total += output_sq_error(w_hat - w, h)
+    for w, q in zip(ws, as_group_quant(quant)([w * s for w in ws]), strict=True):
+        total += output_sq_error(q / s - w, h)
     return float(total)
 
 
 def search_scales(
-    ws: list[torch.Tensor], schemes: list[QuantArgs], h: torch.Tensor, x_abs_mean: torch.Tensor, grid: int
+    ws: list[torch.Tensor], quant: list[QuantArgs] | GroupQuant, h: torch.Tensor, x_abs_mean: torch.Tensor,
+    grid: int
 ) -> tuple[torch.Tensor, float, list[float]]:
-    """Best input-channel scales for the group: (s [K], alpha, error per grid point)."""
+    """Best input-channel scales for the group: (s [K], alpha, error per grid point). ``quant``: the weights'
+    integer schemes, or a float grid's group quantizer."""
     ws = [w.float() for w in ws]
     h = h.float()
-    errors = [scaled_error(ws, schemes, h, awq_scales(x_abs_mean, j / grid)) for j in range(grid)]
+    errors = [scaled_error(ws, quant, h, awq_scales(x_abs_mean, j / grid)) for j in range(grid)]
     alpha = ranked_alphas(errors)[0]
     return scales_for(x_abs_mean, alpha), alpha, errors
 

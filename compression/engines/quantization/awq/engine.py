@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from presso.compression.configs.quantization import AWQConfig, GPTQConfig, QuantArgs
+from presso.compression.core import actquant
 from presso.compression.core.context import StepContext
 from presso.compression.core.experts import enclosing_expert, starved_experts
 from presso.compression.core.layout import (
@@ -37,12 +38,14 @@ from presso.compression.core.layout import (
 from presso.compression.core.sequential import BlockInputs, forward_block, run_blockwise
 from presso.compression.core.targets import targeted_linears
 from presso.compression.engines.quantization.awq.awq_math import (
-    fake_quant,
+    GroupQuant,
+    as_group_quant,
     ranked_alphas,
     scale_hessian,
     scales_for,
     search_scales,
 )
+from presso.compression.engines.quantization.awq.floatgrid import process_block
 from presso.compression.engines.quantization.awq.fold import (
     Producer,
     fold_,
@@ -51,6 +54,7 @@ from presso.compression.engines.quantization.awq.fold import (
     norm_like,
 )
 from presso.compression.engines.quantization.common import layer_record, schemes_for
+from presso.compression.engines.quantization.formats.engine import FormatEngine
 from presso.compression.engines.quantization.gptq.engine import solve_shared, uncalled
 from presso.compression.engines.quantization.gptq.observe import InputGroups, observe_block
 from presso.compression.registry import register
@@ -122,16 +126,18 @@ class Verifier:
     inputs: BlockInputs
     target: list[torch.Tensor]  # the block's output before this block's quantization
 
-    def error(self, producer: nn.Module, kind: str, consumers: list[nn.Module], quantized: dict[nn.Module, QuantArgs],
-              s: torch.Tensor) -> float:
-        """Output error with ``s`` folded and the targeted consumers fake-quantized; leaves no trace."""
+    def error(self, producer: nn.Module, kind: str, consumers: list[nn.Module],
+              quantized: dict[nn.Module, QuantArgs] | tuple[list[nn.Module], GroupQuant], s: torch.Tensor) -> float:
+        """Output error with ``s`` folded and the targeted consumers fake-quantized (their integer schemes, or a
+        float grid's group quantizer over the given modules); leaves no trace."""
         params = [t for m in (producer, *consumers) for t in m.parameters(recurse=False)]
         saved = [t.detach().clone() for t in params]
+        mods, quant = quantized if isinstance(quantized, tuple) else (list(quantized), list(quantized.values()))
         try:
             fold_(producer, kind, consumers, s)
-            for mod, scheme in quantized.items():
-                w = get_weight(mod, s.device)
-                set_weight_(mod, fake_quant(w, scheme))
+            ws = [get_weight(mod, s.device) for mod in mods]
+            for mod, w_hat in zip(mods, as_group_quant(quant)(ws), strict=True):
+                set_weight_(mod, w_hat)
             out = forward_block(self.block, self.inputs)
             return sum(float((o.float() - t.float()).pow(2).sum()) for o, t in zip(out, self.target, strict=True))
         finally:
@@ -140,21 +146,24 @@ class Verifier:
 
 
 def _scale_group(block: nn.Module, prefix: str, members: list[str], producer: Producer, groups: InputGroups,
-                 schemes: dict[str, QuantArgs | None], cfg: AWQConfig, verifier: Verifier | None
-                 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Search and fold one group's scales; returns the Hessian of the scaled inputs and the report note."""
+                 schemes: dict[str, QuantArgs | None], cfg: AWQConfig, verifier: Verifier | None,
+                 grid: tuple[list[str], GroupQuant] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Search and fold one group's scales; returns the Hessian of the scaled inputs and the report note. The
+    error is measured with the quantized members' integer ``schemes``, or with ``grid``: (the quantized members, a
+    float grid's group quantizer; floatgrid.py)."""
     leader = members[0]
     h = groups.hessian(leader)
-    quant = [n for n in members if schemes.get(n) is not None]
+    quant = grid[0] if grid else [n for n in members if schemes.get(n) is not None]
+    qfn: list[QuantArgs] | GroupQuant = grid[1] if grid else [schemes[n] for n in quant]  # type: ignore[misc]
     mod = {n: block.get_submodule(n[len(prefix) + 1 :]) for n in members}
     prod = block.get_submodule(producer.name)
     x_abs = groups.abs_mean(leader)
     ws = [get_weight(mod[n], h.device) for n in quant]
-    s, alpha, errors = search_scales(ws, [schemes[n] for n in quant], h, x_abs, cfg.grid)  # type: ignore[misc]
+    s, alpha, errors = search_scales(ws, qfn, h, x_abs, cfg.grid)
     note: dict[str, Any] = {"producer": f"{prefix}.{producer.name}", "alpha_linear": alpha}
     consumers = [mod[n] for n in members]
     if verifier is not None:  # built only when cfg.verify > 0
-        quantized = {mod[n]: schemes[n] for n in quant}
+        quantized = ([mod[n] for n in quant], qfn) if grid else {mod[n]: schemes[n] for n in quant}
         block_err = {a: verifier.error(prod, producer.kind, consumers, quantized, scales_for(x_abs, a))  # type: ignore[arg-type]
                      for a in ranked_alphas(errors)[: cfg.verify]}
         alpha = min(block_err, key=lambda a: block_err[a])
@@ -170,6 +179,10 @@ def _scale_group(block: nn.Module, prefix: str, members: list[str], producer: Pr
 
 @register(AWQConfig)
 class AWQEngine:
+    def preflight(self, model: nn.Module, cfg: AWQConfig) -> None:
+        if cfg.format != "int":  # the layers the float format cannot hold, before any work
+            FormatEngine().preflight(model, cfg.format_step())
+
     @torch.no_grad()
     def apply_(self, model: nn.Module, cfg: AWQConfig, ctx: StepContext) -> dict[str, Any]:
         layout, chosen = targeted_linears(model, cfg)
@@ -183,13 +196,16 @@ class AWQEngine:
             quant = {n: m for n, m in chosen[i].items() if schemes[n] is not None}
             if not quant:
                 return {"layers": records}
-            groups = observe_block(block, inputs, block_linears(block, prefix), ctx.device)
-            starved = starved_experts(model, quant, cfg.expert_min_tokens)  # counts of this one pass
-            plan_block(block, prefix, groups, inputs, plan)
             verifier = None
             if cfg.verify > 0:
                 subset = calibration_subset(inputs, cfg.verify_samples)
                 verifier = Verifier(block, subset, forward_block(block, subset))
+            if cfg.format != "int":  # a float grid: floatgrid.py
+                records += process_block(model, cfg, ctx, prefix, block, inputs, quant, plan, verifier)
+                return {"layers": sorted(records, key=lambda r: list(chosen[i]).index(r["name"]))}
+            groups = observe_block(block, inputs, block_linears(block, prefix), ctx.device)
+            starved = starved_experts(model, quant, cfg.expert_min_tokens)  # counts of this one pass
+            plan_block(block, prefix, groups, inputs, plan)
             pending = []
             for members in groups.groups().values():
                 if not any(n in quant for n in members) or any(n in starved for n in members):
@@ -211,6 +227,11 @@ class AWQEngine:
         blocks = run_blockwise(model, layout, ctx, process)
         layers = [rec for b in blocks for rec in b.get("layers", [])]
         scaled = sum(1 for r in layers if (r.get("awq") or {}).get("alpha", 0) > 0)
-        log.info("awq: %d of %d quantized linears scaled", scaled, sum("rel_error" in r for r in layers))
-        return {"layers": layers, "solver": cfg.solver}
+        log.info("awq: %d of %d quantized linears scaled (%s)", scaled, sum("rel_error" in r for r in layers),
+                 cfg.format)
+        if cfg.format != "int":
+            for lins in chosen.values():  # the report keeps what runs after the step (the evaluation)
+                for q in filter(None, map(actquant.quantizer_of, lins.values())):
+                    q.reset_stats()
+        return {"layers": layers, "solver": cfg.solver, "format": cfg.format}
 

@@ -241,7 +241,10 @@ class FormatEngine:
         return {"layers": layers}
 
     def _block(self, lins: Mapping[str, nn.Module], block: nn.Module, inputs: BlockInputs, plans: dict[str, LayerPlan],
-               cfg: FormatStep, ctx: StepContext, gptq: bool) -> list[dict[str, Any]]:
+               cfg: FormatStep, ctx: StepContext, gptq: bool,
+               global_scales: Mapping[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
+        """Calibrate and quantize one block's linears. ``global_scales``: NVFP4 weight global scales fixed by the
+        caller (AWQ's clipping search holds them while it clips: awq/floatgrid.py), over the fused siblings'."""
         absmax: dict[str, torch.Tensor] = {}
         groups = None
         if gptq:
@@ -262,7 +265,7 @@ class FormatEngine:
                     if groups is not None:
                         groups.end_batch()
         records = []
-        shared = fused_global_scales(lins, plans, ctx.device)
+        shared = {**fused_global_scales(lins, plans, ctx.device), **(global_scales or {})}
         for name, mod in lins.items():
             hessian = groups.hessian(name) if groups is not None and name in groups.leader_of else None
             fw, err = self._quantize(mod, plans[name], cfg, ctx.device, hessian, shared.get(name))
