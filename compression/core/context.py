@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from presso.compression.core.calibrows import CalibrationExtras
+
 ProgressFn = Callable[[str, float], None]
 
 
@@ -26,6 +28,8 @@ def _never() -> bool:
 @dataclass
 class StepContext:
     calibration: torch.Tensor | None = None  # [n, seq_len] token ids
+    # Image+text calibration of a VLM: the processor's other tensors (pixel_values, ...) per row of `calibration`.
+    calibration_extras: CalibrationExtras | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: ProgressFn = _no_progress
     should_stop: Callable[[], bool] = _never
@@ -42,6 +46,13 @@ class StepContext:
     dist: Any = None
     # Rank 0 of several: tells the other ranks which recipe the next compress() runs (compression.multirank).
     announce: Callable[[Any], None] | None = None
+
+    def batch_extras(self, index: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The extra model inputs of calibration batch ``index`` (of ``batch_size`` rows), on ``device``."""
+        x = self.calibration_extras
+        if x is None or self.calibration is None or not x.belongs_to(self.calibration):
+            return {}
+        return x.batch(index * self.batch_size, (index + 1) * self.batch_size, self.device, dtype)
 
     def report(self, fraction: float) -> None:
         if self.should_stop():

@@ -97,7 +97,8 @@ def capture_inputs(model: nn.Module, layout: Layout, ctx: StepContext) -> BlockI
     try:
         for b in mine:
             try:
-                model(input_ids=batches[b].to(ctx.device), use_cache=False)
+                extras = ctx.batch_extras(b, getattr(model, "dtype", torch.float32))  # pixel_values, ...: VLMs
+                model(input_ids=batches[b].to(ctx.device), use_cache=False, **extras)
             except _StopForward:
                 pass
     finally:
