@@ -18,14 +18,17 @@ from typing import Any
 
 import torch
 
+from presso.compression.core.calibrows import CalibrationExtras
 from presso.compression.core.context import StepContext, pick_device
-from presso.compression.errors import AccuracyGateFailed, CodecError
+from presso.compression.errors import AccuracyGateFailed, CalibrationError, CodecError
 from presso.compression.eval.exact import bit_exactness
 from presso.compression.eval.report import gate_verdict, size_metrics
 from presso.compression.eval.session import EvalSession, lossless_only
 from presso.compression.io.artifact import encode, write_model, write_presso_json
 from presso.compression.io.calibration import generate_windows, load_windows
 from presso.compression.io.formats import artifact_loaders
+from presso.compression.io.imagecalib import image_text_windows, load_processor
+from presso.compression.io.imagefile import has_images
 from presso.compression.io.loading import LoadedModel, load_model, vocab_size
 from presso.compression.io.outdir import check_out_dir, publish, staged_output
 from presso.compression.multirank import RankGroup
@@ -54,16 +57,34 @@ def _versions() -> dict[str, str]:
 
 
 def _calibration(spec: LocalJobSpec, lm: LoadedModel, device: torch.device, needed: bool,
-                 progress: ProgressFn) -> torch.Tensor | None:
+                 progress: ProgressFn) -> tuple[torch.Tensor | None, CalibrationExtras | None]:
     c = spec.calibration
     if not needed:
-        return None
+        return None, None
     progress("calibration-data", 0.0)
     vocab = vocab_size(lm.model.config)
-    if spec.calibration_path is not None:
-        return load_windows(spec.calibration_path, lm.tokenizer, c.samples, c.seq_len, vocab)
+    path = spec.calibration_path
+    if path is not None and has_images(path):  # image+text JSONL: the VLM's processor makes the rows
+        processor = load_processor(spec.model_dir) if getattr(lm.model.config, "vision_config", None) else None
+        if processor is None:
+            raise CalibrationError(f"{path.name} has images, but the model is not a vision-language model with a "
+                                   "processor (processor_config.json / preprocessor_config.json): give text only")
+        if spec.resources.gpus > 1:
+            raise CalibrationError("image+text calibration runs on one rank: set resources.gpus to 1")
+        return image_text_windows(path, processor, lm.model.config, c.samples, c.seq_len, vocab)
+    if path is not None:
+        return load_windows(path, lm.tokenizer, c.samples, c.seq_len, vocab), None
     return generate_windows(lm.model, lm.tokenizer, c.samples, c.seq_len, seed=spec.seed, prompt=c.seed_prompt,
-                            device=device, progress=lambda f: progress("calibration-data", f))
+                            device=device, progress=lambda f: progress("calibration-data", f)), None
+
+
+def _calibration_metrics(spec: LocalJobSpec, calib: torch.Tensor | None,
+                         extras: CalibrationExtras | None) -> dict[str, Any]:
+    if calib is None:
+        return {}
+    return {"calibration": {"samples": int(calib.shape[0]), "seq_len": int(calib.shape[1]),
+                            "samples_with_images": extras.with_images if extras is not None else 0,
+                            "source": "file" if spec.calibration_path is not None else "generated"}}
 
 
 def _attempt(recipe: Recipe, lm: LoadedModel, original: torch.nn.Module, ctx: StepContext,
@@ -131,11 +152,12 @@ def _run_in_memory(spec: LocalJobSpec, recipes: list[Recipe], group: RankGroup |
         preflight(lm.model, r)
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     t = time.perf_counter()
-    calib = _calibration(spec, lm, device, spec.target is not None or any(r.needs_calibration for r in recipes),
-                         progress)
+    calib, calib_extras = _calibration(spec, lm, device,
+                                       spec.target is not None or any(r.needs_calibration for r in recipes), progress)
     evals = EvalSession(spec, lm, device, progress)  # its data on first use, sized by the first compression
     timings["data"] = time.perf_counter() - t
-    ctx = StepContext(calibration=calib, device=device, progress=progress, seed=spec.seed)
+    ctx = StepContext(calibration=calib, calibration_extras=calib_extras, device=device, progress=progress,
+                      seed=spec.seed)
     if group is not None:
         group.share_calibration(calib)
         ctx.dist, ctx.announce = group.ranks, group.announce
@@ -143,7 +165,7 @@ def _run_in_memory(spec: LocalJobSpec, recipes: list[Recipe], group: RankGroup |
         ctx.should_stop = should_stop
     attempts: list[dict[str, Any]] = []
     chosen = None
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = _calibration_metrics(spec, calib, calib_extras)
     if spec.target is not None:  # the search chooses the recipe; its candidates are the attempts
         from presso.compression.search.job import run_search
 
