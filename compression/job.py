@@ -178,7 +178,8 @@ def _run_in_memory(spec: LocalJobSpec, recipes: list[Recipe], group: RankGroup |
             attempt["seconds"] = time.perf_counter() - t_a
             return model, attempt
 
-        found = run_search(spec, lm, dataclasses.replace(ctx, dist=None), target_attempt)  # candidates: all ranks
+        # the search measures on rank 0 alone; its candidates (target_attempt) run on every rank
+        found = run_search(spec, lm, dataclasses.replace(ctx, dist=None, announce=None), target_attempt)
         timings["search"] = time.perf_counter() - t
         attempts, extra["search"] = found.attempts, found.metrics
         chosen = (found.recipe, found.model, found.attempt)

@@ -18,6 +18,8 @@ from tests.tiny_models import save_tiny_mixtral
 
 ROOT = Path(__file__).resolve().parents[2]
 GPTQ = {"steps": [{"method": "gptq", "bits": 4, "group_size": 32}]}
+# the search measures on rank 0 alone, its candidates are compressed on every rank
+TARGET = {"target": {"bits_per_weight": 3.5, "generations": 2, "candidates": 1}}
 CHAIN = {"steps": [{"method": "wanda", "sparsity": 0.5}, {"method": "gptq", "bits": 4, "group_size": 32}]}
 
 
@@ -37,8 +39,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _compress(inputs: Path, model: str, recipe: dict, out: Path, gpus: int) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "presso.cli", "compress", str(inputs / model), "--recipe", json.dumps(recipe),
-           "--out", str(out), "--calib", str(inputs / "calib.npy"), "--samples", "40", "--seq-len", "32",
+    what = ["--target", json.dumps(recipe["target"])] if "target" in recipe else ["--recipe", json.dumps(recipe)]
+    cmd = [sys.executable, "-m", "presso.cli", "compress", str(inputs / model), *what, "--out", str(out), "--calib", str(inputs / "calib.npy"), "--samples", "40", "--seq-len", "32",
            "--no-eval", "--gpus", str(gpus)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -54,8 +56,8 @@ def _digests(out: Path) -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize(("model", "recipe"), [("llama", GPTQ), ("llama", CHAIN), ("mixtral", GPTQ)],
-                         ids=["gptq", "wanda-then-gptq", "mixtral-gptq"])
+@pytest.mark.parametrize(("model", "recipe"), [("llama", GPTQ), ("llama", CHAIN), ("mixtral", GPTQ), ("llama", TARGET)],
+                         ids=["gptq", "wanda-then-gptq", "mixtral-gptq", "target-search"])
 def test_two_ranks_write_the_bytes_of_one(inputs: Path, tmp_path: Path, model: str, recipe: dict) -> None:
     one = _compress(inputs, model, recipe, tmp_path / "one", 1)
     two = _compress(inputs, model, recipe, tmp_path / "two", 2)
