@@ -35,3 +35,42 @@ def save_tiny_llava(dest: Path) -> torch.nn.Module:
     model.save_pretrained(dest)
     SiglipImageProcessor(size={"height": 28, "width": 28}).save_pretrained(str(dest))
     return model
+
+
+def save_tiny_llava_with_processor(dest: Path) -> torch.nn.Module:
+    """``save_tiny_llava`` plus a full ``LlavaProcessor``: a byte-level tokenizer whose ``<image>`` is the model's
+    image token (310) and a CLIP image processor (28x28, 4 image tokens a picture). No hub access."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
+
+    model = save_tiny_llava(dest)
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab.update({"<s>": 256, "</s>": 257, "<unk>": 258, "<image>": 310})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    images = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
+                   image_token="<image>", num_additional_image_tokens=1).save_pretrained(dest)
+    return model
+
+
+def png_data_uri(w: int = 40, h: int = 30, color: tuple[int, int, int] = (200, 30, 10)) -> str:
+    """A plain-colour PNG as the data URI an image+text calibration line carries."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), color).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def write_jsonl(path: Path, lines: list[dict]) -> Path:
+    import json
+
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return path
