@@ -71,7 +71,8 @@ class GenerationSpec(_Strict):
 
 class CalibrationSpec(_Strict):
     uri: str | None = Field(default=None, max_length=MAX_URI,
-                            description="Text, JSONL ({'text': ...}) or token-id (.npy/.json) file (s3, https, file).")
+                            description="Text, JSONL ({'text': ...}; for a vision-language model also 'image': "
+                            "a data:image/...;base64 URI) or token-id (.npy/.json) file (s3, https, file).")
     samples: int = Field(default=64, ge=1, le=4096)
     seq_len: int = Field(default=512, ge=16, le=32768)
     seed_prompt: str = Field(default="The", min_length=1, max_length=2000,
