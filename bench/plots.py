@@ -32,7 +32,10 @@ def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return out
 
 
-def pareto(rows: dict[str, dict[str, Any]], path: Path) -> Path:
+def pareto(rows: dict[str, dict[str, Any]], path: Path, *, ymax: float | None = None,
+           xlim: tuple[float, float] | None = None, title: str | None = None) -> Path:
+    """``ymax``: points above it are drawn on the top edge as triangles, their perplexity in the label;
+    ``xlim`` (MB): a zoom (points outside are left out)."""
     fig, ax = plt.subplots(figsize=(11, 7), dpi=110)
     presso_pts: list[tuple[float, float]] = []
     dense_ppl = None
@@ -43,6 +46,13 @@ def pareto(rows: dict[str, dict[str, Any]], path: Path) -> Path:
                 continue
             assert side is not None
             x, y = side["weights_bytes"] / 1e6, side["ppl"]
+            if xlim is not None and not xlim[0] <= x <= xlim[1]:
+                continue
+            if ymax is not None and y > ymax and name != "dense":
+                ax.scatter(x, ymax, c=color, marker="^", s=36, zorder=3)
+                ax.annotate(f"{name}{'' if side_name == 'presso' else ' (llmc)'}: {y:.3g}", (x, ymax), fontsize=7,
+                            color=color, xytext=(4, -9), textcoords="offset points")
+                continue
             if name == "dense":
                 if side_name == "presso":
                     dense_ppl = y
@@ -61,13 +71,17 @@ def pareto(rows: dict[str, dict[str, Any]], path: Path) -> Path:
         fx, fy = zip(*frontier(presso_pts), strict=True)
         ax.step(fx, fy, where="post", color=PRESSO, lw=1, alpha=0.5)
     ax.set_yscale("log")
+    if ymax is not None:
+        ax.set_ylim(top=ymax * 1.05)
+    if xlim is not None:
+        ax.set_xlim(*xlim)
     ax.yaxis.set_minor_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
     fmt = FuncFormatter(lambda v, _: f"{v:g}")
     ax.yaxis.set_major_formatter(fmt)
     ax.yaxis.set_minor_formatter(fmt)
     ax.set_xlabel("artifact weight bytes (MB, *.safetensors)")
     ax.set_ylabel("perplexity, wikitext-2 test 40x512 (log scale)")
-    title = "SmolLM2-135M: perplexity vs artifact size"
+    title = title or "SmolLM2-135M: perplexity vs artifact size"
     if dense_ppl is not None:
         title += f"  (dense f32 ppl {dense_ppl:.2f}, dotted)"
     ax.set_title(title)
