@@ -22,6 +22,8 @@ from presso.compression.errors import CalibrationError
 MAX_IMAGES = 256  # images in one calibration file
 MAX_IMAGE_BYTES = 4 * 1024 * 1024  # one image, decoded from base64 (the encoded file bytes, not the pixels)
 MAX_IMAGE_SIDE = 4096  # width and height, in pixels
+MAX_TEXT_CHARS = 1 << 20  # the text of one line
+MAX_LINE_CHARS = (MAX_IMAGE_BYTES // 3 + 1) * 4 + MAX_TEXT_CHARS + 256  # one line: a full-size image and its text
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP", "gif": "GIF", "bmp": "BMP"}
 _DATA_URI = re.compile(r"data:image/([a-z]+);base64,", re.IGNORECASE)
 
@@ -72,16 +74,20 @@ def read_samples(path: Path, limit: int | None = None) -> list[Sample]:
     samples: list[Sample] = []
     images = 0
     with path.open("r", encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
+        for n, line in enumerate(iter(lambda: f.readline(MAX_LINE_CHARS + 1), ""), 1):
+            where = f"{path.name}:{n}"
+            if len(line) > MAX_LINE_CHARS:  # read no further than the cap: never a whole huge line in memory
+                raise CalibrationError(f"{where}: the line is over {MAX_LINE_CHARS} characters")
             if not line.strip():
                 continue
-            where = f"{path.name}:{n}"
             try:
                 obj = json.loads(line)
             except ValueError as exc:
                 raise CalibrationError(f"{where}: not JSON") from exc
             if not isinstance(obj, dict) or not isinstance(obj.get("text", ""), str):
                 raise CalibrationError(f"{where}: each JSONL line needs a string field 'text'")
+            if len(obj.get("text", "")) > MAX_TEXT_CHARS:
+                raise CalibrationError(f"{where}: the text is over {MAX_TEXT_CHARS} characters")
             if set(obj) - {"text", "image"}:
                 raise CalibrationError(f"{where}: unknown fields {sorted(set(obj) - {'text', 'image'})} "
                                        "(a line is {\"text\": ..., \"image\": \"data:image/...;base64,...\"})")

@@ -98,4 +98,7 @@ def test_caps(tmp_path: Path) -> None:
     wide = write_jsonl(tmp_path / "wide.jsonl", [{"text": "x", "image": png_uri(imagefile.MAX_IMAGE_SIDE + 1, 1)}])
     with pytest.raises(CalibrationError, match="4097x1 pixels"):
         imagefile.decode_image(read_samples(wide)[0], "wide.jsonl")
+    long = write_jsonl(tmp_path / "long.jsonl", [{"text": "x" * (imagefile.MAX_LINE_CHARS + 1)}])
+    with pytest.raises(CalibrationError, match="long.jsonl:1: the line is over"):
+        read_samples(long)
     assert not has_images(write_jsonl(tmp_path / "t.jsonl", [{"text": "no pictures"}]))
