@@ -28,15 +28,20 @@ def read_text(path: Path) -> str:
         for n, line in enumerate(raw.splitlines(), 1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise CalibrationError(f"{path.name}:{n}: not JSON") from exc
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise CalibrationError(f"{path.name}:{n}: each JSONL line needs a string field 'text'")
-            parts.append(obj["text"])
+            parts.append(jsonl_sample(line, f"{path.name}:{n}")["text"])
         return "\n\n".join(parts)
     return raw
+
+
+def jsonl_sample(line: str, where: str) -> dict[str, Any]:
+    """One JSONL calibration line: an object with a string field ``text`` (else ``CalibrationError``)."""
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        raise CalibrationError(f"{where}: not JSON") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+        raise CalibrationError(f"{where}: each JSONL line needs a string field 'text'")
+    return obj
 
 
 def windows_from_ids(ids: torch.Tensor, samples: int, seq_len: int, source: str) -> torch.Tensor:

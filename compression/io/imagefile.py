@@ -3,7 +3,8 @@
 Images are embedded as data URIs, so the calibration file is one fetched file under the fetch's size cap. The
 file is user data: nothing is unpickled, every size is capped before the work it would cost (the base64 length
 before decoding, the image header's width and height before Pillow decodes any pixel), and a bad file is a
-``CalibrationError`` naming the line. ``image`` is optional per line (a text-only sample).
+``CalibrationError`` naming the line. ``text`` is required (it may be empty), ``image`` optional (a line
+without it is a text-only sample).
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from presso.compression.errors import CalibrationError
+from presso.compression.io.calibration import jsonl_sample
 
 MAX_IMAGES = 256  # images in one calibration file
 MAX_IMAGE_BYTES = 4 * 1024 * 1024  # one image, decoded from base64 (the encoded file bytes, not the pixels)
@@ -80,13 +81,8 @@ def read_samples(path: Path, limit: int | None = None) -> list[Sample]:
                 raise CalibrationError(f"{where}: the line is over {MAX_LINE_CHARS} characters")
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise CalibrationError(f"{where}: not JSON") from exc
-            if not isinstance(obj, dict) or not isinstance(obj.get("text", ""), str):
-                raise CalibrationError(f"{where}: each JSONL line needs a string field 'text'")
-            if len(obj.get("text", "")) > MAX_TEXT_CHARS:
+            obj = jsonl_sample(line, where)
+            if len(obj["text"]) > MAX_TEXT_CHARS:
                 raise CalibrationError(f"{where}: the text is over {MAX_TEXT_CHARS} characters")
             if set(obj) - {"text", "image"}:
                 raise CalibrationError(f"{where}: unknown fields {sorted(set(obj) - {'text', 'image'})} "
@@ -99,7 +95,7 @@ def read_samples(path: Path, limit: int | None = None) -> list[Sample]:
                 if limit is None or len(samples) < limit:
                     image, fmt = _image_bytes(obj["image"], where)
             if limit is None or len(samples) < limit:
-                samples.append(Sample(text=obj.get("text", ""), image=image, fmt=fmt, line=n))
+                samples.append(Sample(text=obj["text"], image=image, fmt=fmt, line=n))
     if not samples:
         raise CalibrationError(f"{path.name}: no samples")
     return samples
