@@ -4,8 +4,7 @@ weight bytes, Presso's points and front beside llm-compressor's. Nothing is meas
 two benchmarks wrote (activations quantized in the evaluation for the A8/A4 rows, on both sides).
 
   PYTHONPATH=. .venv/bin/python bench/pareto_all.py                  # the H200 results -> pareto_all_h200.png
-  PYTHONPATH=. .venv/bin/python bench/pareto_all.py \
-      --formats-override bench/results/quality_formats_cpu_nvfp4_fused.json
+  PYTHONPATH=. .venv/bin/python bench/pareto_all.py --formats-override <a later formats JSON, e.g. NVFP4's>
 """
 
 from __future__ import annotations
