@@ -4,7 +4,8 @@
 built normally: rotary tables and the like are small and computed, not stored), then reads from the shards
 only what lies outside the block list (embeddings, final norm, head). ``materialize_(block, prefix, reader)``
 reads one block's tensors (compression.io.shards.ShardReader) and ``release_(block)`` puts it back on
-the meta device, so host memory holds the outside tensors plus the blocks being worked on.
+the meta device, so host memory holds the outside tensors plus the blocks being worked on. A GGUF input is
+read the same way, through compression.io.ggufsource.GgufSource: both are a ``TensorSource``.
 
 The same rules as :func:`compression.io.loading.load_model`: pickles refused, code keys stripped from
 config.json, ``max_params`` from the headers, never ``trust_remote_code``. Dtypes as ``from_pretrained``
@@ -17,7 +18,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ from presso.compression.io.loading import (
     _refuse_pickles,
     auto_class,
     declared_params,
+    gguf_input,
     safetensors_header,
     sanitize_config_,
 )
@@ -36,6 +38,19 @@ from presso.compression.io.shards import ShardReader
 
 log = logging.getLogger(__name__)
 _QUANT_ATTRS = ("presso_quant", "presso_format")
+
+
+class TensorSource(Protocol):
+    """Where a streamed model's tensors come from, one at a time, by parameter name: the safetensors shards
+    (compression.io.shards.ShardReader) or one GGUF file (compression.io.ggufsource.GgufSource)."""
+
+    def __contains__(self, name: str) -> bool: ...
+
+    def names(self) -> list[str]: ...
+
+    def get(self, name: str) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
 
 
 @contextmanager
@@ -102,19 +117,19 @@ def trim_host_memory() -> None:
 _TRIM: Any = None
 
 
-def read_like(reader: ShardReader, key: str, like: torch.Tensor) -> torch.Tensor:
+def read_like(reader: TensorSource, key: str, like: torch.Tensor) -> torch.Tensor:
     """Tensor ``key`` from the shards, in ``like``'s dtype (floating point), checked against its shape."""
     return _read(reader, key, like)
 
 
-def _read(reader: ShardReader, key: str, like: torch.Tensor) -> torch.Tensor:
+def _read(reader: TensorSource, key: str, like: torch.Tensor) -> torch.Tensor:
     t = reader.get(key)
     if tuple(t.shape) != tuple(like.shape):
         raise ModelLoadError(f"{key}: checkpoint shape {tuple(t.shape)} != model shape {tuple(like.shape)}")
     return t.to(like.dtype) if t.is_floating_point() and like.is_floating_point() else t
 
 
-def materialize_(module: nn.Module, prefix: str, reader: ShardReader, *, skip: str | None = None) -> None:
+def materialize_(module: nn.Module, prefix: str, reader: TensorSource, *, skip: str | None = None) -> None:
     """Read ``module``'s parameters (and stored buffers) named ``prefix.<name>`` from the shards, keeping ties;
     names under ``skip`` (the block list, when materializing the rest of the model) stay on the meta device."""
     done: dict[int, nn.Parameter] = {}
@@ -159,14 +174,20 @@ def missing_parameters(module: nn.Module) -> list[str]:
 
 
 def load_lazy(path: Path, *, max_params: int | None = None
-              ) -> tuple[LoadedModel, ShardReader]:
-    """The model with its block list on the meta device (found by compression.core.layout) and the reader of
-    its shards. Everything outside the blocks is read now."""
+              ) -> tuple[LoadedModel, TensorSource]:
+    """The model with its block list on the meta device (found by compression.core.layout) and the source of
+    its tensors (its shards, or its GGUF file as compression.io.loading.load_model picks it). Everything
+    outside the blocks is read now."""
     from transformers import AutoConfig
 
     from presso.compression.core.layout import find_layout
 
     path = Path(path)
+    gguf = gguf_input(path)
+    if gguf is not None:
+        from presso.compression.io.ggufsource import load_lazy_gguf
+
+        return load_lazy_gguf(gguf, max_params=max_params)
     if path.is_file():
         path = path.parent
     _refuse_pickles(path)

@@ -135,18 +135,28 @@ def load_gguf(path: Path, dtype: torch.dtype | None = None) -> LoadedModel:
     return LoadedModel(model=model.eval(), tokenizer=tok, kind="causal_lm", source_format="gguf")
 
 
-def load_model(path: Path, *, max_params: int | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
-    """Load a directory with config.json + *.safetensors, a lone .safetensors file's directory, or a .gguf."""
+def gguf_input(path: Path) -> Path | None:
+    """The GGUF file ``load_model`` reads for ``path``: ``path`` itself, else a directory's first *.gguf
+    when it holds no safetensors; None when the input is not GGUF."""
     path = Path(path)
     if path.is_file() and path.suffix == ".gguf":
-        return load_gguf(path, dtype)
-    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
-        raise UnsafeModel(f"{path.name}: pickle checkpoints are never loaded; use safetensors or GGUF")
+        return path
     if path.is_file():
         path = path.parent
     ggufs = sorted(path.glob("*.gguf"))
-    if ggufs and not any(path.glob("*.safetensors")):
-        return load_gguf(ggufs[0], dtype)
+    return ggufs[0] if ggufs and not any(path.glob("*.safetensors")) else None
+
+
+def load_model(path: Path, *, max_params: int | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load a directory with config.json + *.safetensors, a lone .safetensors file's directory, or a .gguf."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+        raise UnsafeModel(f"{path.name}: pickle checkpoints are never loaded; use safetensors or GGUF")
+    gguf = gguf_input(path)
+    if gguf is not None:
+        return load_gguf(gguf, dtype)
+    if path.is_file():
+        path = path.parent
     _refuse_pickles(path)
     if not any(path.glob("*.safetensors")):
         raise ModelLoadError("no *.safetensors or *.gguf weights found")

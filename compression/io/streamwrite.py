@@ -1,14 +1,14 @@
 """The streamed artifact: read each block from the shards, write it when compressed, release it.
 
-``StreamedArtifact`` is the ``BlockStream`` (compression.core.sequential) of a streamed job. ``load(i)``
-reads block ``i`` from the input shards (compression.io.lazy); ``done(i)`` exports the compressed block as
-the writer would (``PackQuantized``'s tensors, or plain weights for ``output.format = "dense"``), appends its
-tensors to the current output shard (compression.io.shards.ShardWriter) in the order
-``compression.io.artifact.write_model`` stores them, and puts the block back on the meta device. What lies
-outside the block list is written before the first block (what precedes it in the model, e.g. the
-embeddings) and at ``finish`` (the final norm, the head). ``finish`` returns config.json's content with the
-``quantization_config`` collected block by block: the artifact is the one the in-memory writer produces
-(tests/compression/test_streaming.py compares the bytes).
+``StreamedArtifact`` is the ``BlockStream`` (compression.core.sequential) of a streamed job. ``load(i)`` reads
+block ``i`` from the input (a compression.io.lazy.TensorSource: the shards, or a GGUF file); ``done(i)``
+exports the compressed block as the writer would (``PackQuantized``'s tensors, or plain weights for
+``output.format = "dense"``), appends its tensors to the current output shard
+(compression.io.shards.ShardWriter) in the order ``compression.io.artifact.write_model`` stores them, and puts
+the block back on the meta device. What lies outside the block list is written before the first block (what
+precedes it in the model, e.g. the embeddings) and at ``finish`` (the final norm, the head). ``finish``
+returns config.json's content with the ``quantization_config`` collected block by block: the artifact is the
+one the in-memory writer produces (tests/compression/test_streaming.py compares the bytes).
 
 ``on_shard(path)`` is called with each output shard once it is closed (complete, never written again): shards
 closed while blocks are still being compressed, and the last one at ``finish``. The file is renamed afterwards
@@ -32,16 +32,23 @@ from presso.compression.eval.size import linear_bits, stats_dict
 from presso.compression.io import artifact
 from presso.compression.io.formats import DENSE, WriteOptions
 from presso.compression.io.formats.quantized import PackQuantized, _scheme_key, pack_quantized_config
-from presso.compression.io.lazy import materialize_, missing_parameters, read_like, release_, trim_host_memory
+from presso.compression.io.lazy import (
+    TensorSource,
+    materialize_,
+    missing_parameters,
+    read_like,
+    release_,
+    trim_host_memory,
+)
 from presso.compression.io.resume import Checkpoint
-from presso.compression.io.shards import ShardReader, ShardWriter
+from presso.compression.io.shards import ShardWriter
 
 log = logging.getLogger(__name__)
 STREAM_FORMATS = ("compressed", "dense")
 
 
 class StreamedArtifact:
-    def __init__(self, model: nn.Module, layout: Layout, reader: ShardReader, out_dir: Path,
+    def __init__(self, model: nn.Module, layout: Layout, reader: TensorSource, out_dir: Path,
                  options: WriteOptions, shard_bytes: int | None = None, checkpoint: Checkpoint | None = None,
                  on_shard: Callable[[Path], None] | None = None) -> None:
         if options.format not in STREAM_FORMATS:
