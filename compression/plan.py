@@ -70,6 +70,8 @@ CALIBRATED = {"gptq", "awq", "wanda", "sparsegpt", "svd_llm", "eora", "prune_str
               "expert_merge"}
 HESSIAN = {"gptq", "sparsegpt", "svd_llm", "eora"}
 QUANT = {"rtn", "gptq", "awq", "hqq"}
+EXPERT_RE = re.compile(r"^(?P<expert>.*\.experts\.\d+)\.")  # a per-expert linear of a mixture-of-experts block
+EXPERT_STATS_FRACTION = 0.5  # compression.core.expertchunks: automatic chunks use at most this share of the GPU
 BLOCK_RE = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h|blocks|block|layer))\.(?P<index>\d+)\.")
 
 
@@ -366,10 +368,34 @@ def _short(name: str) -> str:
 
 
 def hessian_groups(lins: Sequence[Linear]) -> dict[str, list[Linear]]:
+    """Linears grouped by the input they read (one Hessian each); an expert's gate/up are that expert's group."""
     groups: dict[str, list[Linear]] = {}
     for lin in lins:
-        groups.setdefault(SHARED_INPUT.get(_short(lin.name), lin.name), []).append(lin)
+        shared, expert = SHARED_INPUT.get(_short(lin.name)), EXPERT_RE.match(lin.name)
+        key = (f"{expert['expert']}.{shared}" if expert else shared) if shared else lin.name
+        groups.setdefault(key, []).append(lin)
     return groups
+
+
+def expert_chunk_stats(block: Sequence[Linear], chunk: int | None, budget: float | None) -> float:
+    """fp32 Hessian bytes a calibrated step holds at once for one block's linears ``block``: every non-expert group
+    and one chunk of experts (compression.core.expertchunks). ``chunk``: the step's ``expert_chunk``; unset, the
+    experts whose statistics fit in ``budget`` bytes (automatic on a GPU; the engine's budget, from the free memory,
+    is at most this), or all of them (``budget`` None: a CPU)."""
+    other = 0.0
+    per_expert: dict[str, float] = {}
+    for key, g in hessian_groups(block).items():
+        expert = EXPERT_RE.match(key + ".")
+        if expert:
+            per_expert[expert["expert"]] = per_expert.get(expert["expert"], 0.0) + 4.0 * g[0].in_features ** 2
+        else:
+            other += 4.0 * g[0].in_features ** 2
+    if not per_expert:
+        return other
+    per = max(per_expert.values())
+    if chunk is None and budget is not None:
+        chunk = max(1, int(budget // per))
+    return other + per * min(chunk or len(per_expert), len(per_expert))
 
 
 def _group_size(step: dict[str, Any], in_features: int) -> int:
@@ -558,7 +584,9 @@ def _attempt(steps: Sequence[dict[str, Any]], s: Shape, job: JobShape, worker: W
             f_fp32, f_solve = 0.0, 0.0
             if method in HESSIAN:
                 groups = hessian_groups(in_block)
-                stats = sum(4.0 * g[0].in_features ** 2 for g in groups.values())
+                copies = 2 if method == "gptq" else 1  # see `observing` below
+                budget = EXPERT_STATS_FRACTION * worker.gpu_memory_gb * GB / copies if gpu else None
+                stats = expert_chunk_stats(in_block, step.get("expert_chunk"), budget)
                 acc = 4.0 * CALIB_BATCH * job.calibration_seq_len * max(g[0].in_features for g in groups.values())
                 # fp32 weights (and their stack), H, its damped copy and inverse
                 solve = max(4.0 * (2 * g[0].in_features * sum(x.out_features for x in g) + 3 * g[0].in_features ** 2)

@@ -68,6 +68,8 @@ class _ExpertReport:
             result = self.engine.apply_(model, cfg, ctx) or {}
             if isinstance(result.get("layers"), list) and "experts" not in result:
                 result.update(expert_summary(model, result["layers"]))
+            if "experts" in result and "expert_observation" in result:  # chunked observation (core.expertchunks)
+                result["experts"].update(result.pop("expert_observation"))
         finally:
             route_all_(model, False)  # expert_calibration="all" lasts one step
         return result

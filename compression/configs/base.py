@@ -39,6 +39,14 @@ class StepConfig(BaseModel):
         "router sends it; 'all' sends every token through every expert for statistics (the block's output still "
         "sums only the routed experts), so no expert lacks calibration, at E/k times the experts' compute.",
     )
+    expert_chunk: int | None = Field(
+        default=None, ge=1, le=1_000_000,
+        description="Mixture-of-experts, gptq / sparsegpt / wanda: how many experts of a block have their "
+        "calibration statistics (Hessians) held at once. A block with more experts is observed in "
+        "ceil(experts / expert_chunk) forward passes, each chunk solved before the next pass; the result is "
+        "bit-identical to one pass. Unset: automatic, on a GPU as many experts as fit in half the free device "
+        "memory, on a CPU all of them (one pass). Other steps ignore it.",
+    )
 
     # Class-level facts the pipeline and the API read.
     needs_calibration: ClassVar[bool] = False

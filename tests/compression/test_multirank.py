@@ -40,8 +40,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _compress(inputs: Path, model: str, recipe: dict, out: Path, gpus: int) -> subprocess.CompletedProcess[str]:
     what = ["--target", json.dumps(recipe["target"])] if "target" in recipe else ["--recipe", json.dumps(recipe)]
-    cmd = [sys.executable, "-m", "presso.cli", "compress", str(inputs / model), *what, "--out", str(out), "--calib", str(inputs / "calib.npy"), "--samples", "40", "--seq-len", "32",
-           "--no-eval", "--gpus", str(gpus)]
+    cmd = [sys.executable, "-m", "presso.cli", "compress", str(inputs / model), *what, "--out", str(out),
+           "--calib", str(inputs / "calib.npy"), "--samples", "40", "--seq-len", "32", "--no-eval", "--gpus", str(gpus)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -75,3 +75,15 @@ def test_streaming_on_with_several_ranks_is_refused(inputs: Path, tmp_path: Path
                           timeout=120)
     assert done.returncode == 2
     assert "streaming with resources.gpus > 1 is not supported" in done.stderr
+
+
+def test_two_ranks_with_chunked_experts_write_the_bytes_of_one_pass(inputs: Path, tmp_path: Path) -> None:
+    """Experts observed in chunks (compression.core.expertchunks) on two ranks: each pass's statistics are summed
+    over the ranks in the fixed order, so the artifact is the one-rank, one-pass artifact."""
+    chunked = {"steps": [{**GPTQ["steps"][0], "expert_chunk": 1}]}
+    _compress(inputs, "mixtral", GPTQ, tmp_path / "one", 1)
+    two = _compress(inputs, "mixtral", chunked, tmp_path / "two", 2)
+    assert "2 ranks started" in two.stderr
+    assert _digests(tmp_path / "one") == _digests(tmp_path / "two")
+    experts = json.loads((tmp_path / "two" / "report.json").read_text())["steps"][0]["experts"]
+    assert experts["expert_chunk"] == 1 and experts["observation_passes"] == [4, 4]

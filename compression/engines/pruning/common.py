@@ -77,6 +77,9 @@ class SquaredNorms:
     def norm(self, name: str) -> torch.Tensor:
         return self.sums[name].sqrt()
 
+    def drop(self, name: str) -> None:
+        self.sums.pop(name, None)
+
 
 class Hessians:
     """Per module: H = 2/n * sum x x^T over calibration tokens (the OBS / GPTQ Hessian)."""
@@ -94,6 +97,10 @@ class Hessians:
     def pop(self, name: str) -> torch.Tensor:
         h = self.sums.pop(name)
         return h.mul_(2.0 / max(1, self.counts.pop(name)))
+
+    def drop(self, name: str) -> None:
+        self.sums.pop(name, None)
+        self.counts.pop(name, None)
 
 
 def observe(block: nn.Module, inputs: BlockInputs, lins: Mapping[str, nn.Module], acc: Any) -> None:

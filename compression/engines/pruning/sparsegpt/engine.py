@@ -58,8 +58,9 @@ class SparseGPTEngine:
                 rec.update(bits=qargs.bits, group_size=qargs.group_size)
             return rec
 
-        layers = prune_blockwise(model, p, ctx, Hessians, prune_layer, fallback)
-        out = {"layers": layers, "allocation": cfg.allocation, "block_sparsity": p.sparsities, **summarize(layers)}
+        layers = prune_blockwise(model, p, ctx, Hessians, prune_layer, fallback, stats_bytes=lambda k: 4 * k * k)
+        out = {"layers": layers, "allocation": cfg.allocation, "block_sparsity": p.sparsities, **summarize(layers),
+               **p.expert_observation()}
         if cfg.bits is not None:
             out["bits"] = cfg.bits
         return out

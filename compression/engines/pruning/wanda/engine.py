@@ -36,4 +36,5 @@ class WandaEngine:
             return layer_record(name, mod, sparsity if cfg.nm is None else cfg.effective_sparsity, cfg)
 
         layers = prune_blockwise(model, p, ctx, SquaredNorms, prune_layer)
-        return {"layers": layers, "allocation": cfg.allocation, "block_sparsity": p.sparsities, **summarize(layers)}
+        return {"layers": layers, "allocation": cfg.allocation, "block_sparsity": p.sparsities, **summarize(layers),
+                **p.expert_observation()}

@@ -17,7 +17,8 @@ from torch import nn
 
 from presso.compression.configs.quantization import GPTQConfig, QuantArgs
 from presso.compression.core.context import StepContext
-from presso.compression.core.distributed import share_expert_counts
+from presso.compression.core.distributed import Ranks, share_expert_counts
+from presso.compression.core.expertchunks import counts_kept, passes_summary, plan_passes
 from presso.compression.core.experts import starved_experts
 from presso.compression.core.layout import get_weight, set_quantized_
 from presso.compression.core.quant import QuantizedWeight, quantize_rtn, relative_error
@@ -144,23 +145,49 @@ class GPTQEngine:
         def process(i: int, block: nn.Module, inputs: BlockInputs) -> dict[str, Any]:
             lins = {n: m for n, m in chosen[i].items() if schemes[n] is not None}
             records = [layer_record(n, None, None) for n in chosen[i] if schemes[n] is None]
+            out: dict[str, Any] = {}
             if lins:
                 ranks = ctx.dist if ctx.dist is not None and ctx.dist.splits(inputs.ids()[1]) else None
-                with share_expert_counts(model, lins, ranks):
-                    groups = observe_block(block, inputs, lins, ctx.device, ranks)
-                starved = starved_experts(model, lins, cfg.expert_min_tokens)
-                work = [{n: lins[n] for n in members if n not in starved} for members in groups.groups().values()]
-                work = [mods for mods in work if mods]
-                solved = {k: solve_group(mods, schemes, groups.hessian(next(iter(mods))), ctx.device, cfg)
-                          for k, mods in enumerate(work) if ranks is None or ranks.owns(k)}
-                if ranks is not None:  # every rank's solves on every rank, applied in the same order
-                    solved = ranks.gather(solved)
-                for k, mods in enumerate(work):
-                    records += apply_solved(mods, solved[k], ctx.device)
-                records += uncalled(lins, groups.leader_of, schemes, ctx.device, starved)
-            return {"layers": sorted(records, key=lambda r: list(chosen[i]).index(r["name"]))}
+                records += observe_and_solve(model, block, inputs, lins, schemes, cfg, ctx.device, ranks, out)
+            return {"layers": sorted(records, key=lambda r: list(chosen[i]).index(r["name"])), **out}
 
         blocks = run_blockwise(model, layout, ctx, process)
         layers = [rec for b in blocks for rec in b.get("layers", [])]
         log.info("gptq: %d linears quantized", sum("rel_error" in r for r in layers))
-        return {"layers": layers}
+        moe = [b for b in blocks if b.get("experts_in_block")]
+        chunking = passes_summary([b["expert_chunk"] for b in moe], [b["passes"] for b in moe]) if moe else {}
+        return {"layers": layers, **({"expert_observation": chunking} if chunking else {})}
+
+
+def observe_and_solve(model: nn.Module, block: nn.Module, inputs: BlockInputs, lins: dict[str, nn.Module],
+                      schemes: dict[str, QuantArgs | None], cfg: GPTQConfig, device: torch.device,
+                      ranks: Ranks | None, out: dict[str, Any]) -> list[dict[str, Any]]:
+    """Observe one block (in one pass, or one pass per chunk of experts: compression.core.expertchunks), solve each
+    input group once its statistics are complete, and store every group's codes after the last pass, so every
+    pass sees the block as the first did. ``out`` gets the block's chunking facts. Returns the report records."""
+    agree = (lambda c: min(x for part in ranks.union([c]) for x in part)) if ranks is not None else None
+    plan = plan_passes(model, lins, cfg.expert_chunk, device, lambda k: 8 * (k * k + k), shared_input=True,
+                       agree=agree)
+    out.update(expert_chunk=plan.chunk, passes=len(plan.passes), experts_in_block=plan.experts)
+    solved: dict[int, Solved] = {}
+    work: list[dict[str, nn.Module]] = []
+    seen: dict[str, str] = {}
+    starved: dict[str, str] = {}
+    for p, collect in enumerate(plan.passes):
+        counts = share_expert_counts(model, lins, ranks) if p == 0 else counts_kept(model, lins)
+        with counts:
+            groups = observe_block(block, inputs, lins, device, ranks, collect if plan.chunked else None)
+        if p == 0:  # every group (and every expert's routed tokens) is known after the first pass
+            seen = dict(groups.leader_of)
+            starved = starved_experts(model, lins, cfg.expert_min_tokens)
+            work = [{n: lins[n] for n in members if n not in starved} for members in groups.groups().values()]
+            work = [mods for mods in work if mods]
+        mine = {k: solve_group(mods, schemes, groups.hessian(next(iter(mods))), device, cfg)
+                for k, mods in enumerate(work) if seen[next(iter(mods))] in collect
+                and (ranks is None or ranks.owns(k))}
+        del groups  # this pass's statistics go before the next pass collects its own
+        solved.update(ranks.gather(mine) if ranks is not None else mine)  # every rank's solves, on every rank
+    records: list[dict[str, Any]] = []
+    for k, mods in enumerate(work):  # codes stored in the block's order, after the last pass
+        records += apply_solved(mods, solved[k], device)
+    return records + uncalled(lins, seen, schemes, device, starved)

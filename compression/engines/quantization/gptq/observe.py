@@ -26,27 +26,34 @@ def _key(x: torch.Tensor) -> tuple[Any, ...]:
 class InputGroups:
     """Leader name -> member names (definition order) and the leader's accumulated statistics."""
 
-    def __init__(self, device: torch.device, *, keep: bool = False) -> None:
+    def __init__(self, device: torch.device, *, keep: bool = False, collect: set[str] | None = None) -> None:
         self.device = device
         self.keep = keep  # a rank after the first: segment sums kept for the chain (compression.core.distributed)
+        self.collect = collect  # leaders whose statistics this pass accumulates (None: all); the groups are all
         self.leader_of: dict[str, str] = {}
         self.stats: dict[str, HessianAccumulator] = {}
         self._batch: dict[tuple[Any, ...], tuple[torch.Tensor, str]] = {}
-        self._first_batch = True
         self._segment = 0
 
     def start_batch(self, segment: int) -> None:
         """The calibration segment of the batch about to run (statistics are summed segment by segment)."""
         self._segment = segment
 
-    def on_input(self, name: str, x: torch.Tensor) -> None:
+    def leads(self, name: str, x: torch.Tensor) -> bool:
+        """Record ``name``'s group on its first call (in whichever batch the router first sends an expert
+        tokens); whether ``name`` leads it (a follower's leader has already seen this very tensor)."""
         key = _key(x)
-        if self._first_batch and name not in self.leader_of:
+        if name not in self.leader_of:
             hit = self._batch.get(key)
             self.leader_of[name] = hit[1] if hit is not None else name
         self._batch.setdefault(key, (x, name))
-        if self.leader_of.get(name, name) != name:
-            return  # a follower: its leader has already accumulated this very tensor
+        return self.leader_of[name] == name
+
+    def on_input(self, name: str, x: torch.Tensor) -> None:
+        if not self.leads(name, x):
+            return
+        if self.collect is not None and name not in self.collect:
+            return  # another observation pass collects this group (compression.core.expertchunks)
         if name not in self.stats:
             self.stats[name] = HessianAccumulator(x.shape[-1], self.device, keep=self.keep)
         self.stats[name].start_segment(self._segment)
@@ -54,7 +61,6 @@ class InputGroups:
 
     def end_batch(self) -> None:
         self._batch.clear()
-        self._first_batch = False
 
     def combine(self, ranks: Ranks, order: list[str]) -> None:
         """Sum every rank's statistics in the fixed segment order; afterwards every rank holds the totals, and
@@ -92,11 +98,12 @@ class InputGroups:
 @torch.no_grad()
 def observe_block(
     block: nn.Module, inputs: BlockInputs, modules: dict[str, nn.Module], device: torch.device,
-    ranks: Ranks | None = None,
+    ranks: Ranks | None = None, collect: set[str] | None = None,
 ) -> InputGroups:
     """Run the block once over every calibration batch (of this rank, with ``ranks``) and collect grouped
-    input statistics (over every rank's batches)."""
-    groups = InputGroups(device, keep=ranks is not None and ranks.rank > 0)
+    input statistics (over every rank's batches). ``collect``: only the groups led by these names get
+    statistics (one pass of a chunked observation); every module's group is found either way."""
+    groups = InputGroups(device, keep=ranks is not None and ranks.rank > 0, collect=collect)
     ids, n = inputs.ids()
     with observe_inputs(modules, groups.on_input):
         for b, h, kw in zip(ids, inputs.hidden, inputs.kwargs, strict=True):

@@ -32,7 +32,7 @@ from presso.compression.core.sequential import BlockInputs, observe_inputs, run_
 from presso.compression.core.targets import targeted_linears
 from presso.compression.engines.quantization.awq.engine import Plan, _rel, plan_block
 from presso.compression.engines.quantization.awq.fold import fold_
-from presso.compression.engines.quantization.gptq.observe import InputGroups, _key
+from presso.compression.engines.quantization.gptq.observe import InputGroups
 from presso.compression.engines.quantization.smoothquant.smooth_math import (
     search_alpha,
     smoothing_scales,
@@ -54,12 +54,7 @@ class SmoothStats(InputGroups):
         self.gen = torch.Generator().manual_seed(seed)
 
     def on_input(self, name: str, x: torch.Tensor) -> None:
-        key = _key(x)
-        if self._first_batch and name not in self.leader_of:
-            hit = self._batch.get(key)
-            self.leader_of[name] = hit[1] if hit is not None else name
-        self._batch.setdefault(key, (x, name))
-        if self.leader_of.get(name, name) != name:
+        if not self.leads(name, x):
             return
         x = x.reshape(-1, x.shape[-1]).to(self.device)
         a = x.abs().amax(dim=0).float()
