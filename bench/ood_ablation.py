@@ -50,6 +50,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any] | None, tuple[int, int] | None]] =
     "gptq4_dynamic_damp10": ("GPTQ W4: dynamic, damp 0.10", _g(4, static_groups=False, damp_percent=0.1), None),
     "gptq4_dynamic_mse": ("GPTQ W4: dynamic, MSE clipping observer", _g(4, static_groups=False, observer="mse"),
                           None),
+    "gptq4_mse_damp10": ("GPTQ W4: dynamic, MSE observer, damp 0.10", _g(4, static_groups=False, observer="mse",
+                                                                          damp_percent=0.1), None),
+    "gptq4_mse_damp03": ("GPTQ W4: dynamic, MSE observer, damp 0.03", _g(4, static_groups=False, observer="mse",
+                                                                          damp_percent=0.03), None),
+    # half the calibration windows replaced by text the model writes itself (the product's generate_windows)
+    "gptq4_mse_mix": ("GPTQ W4: dynamic, MSE, 32 wikitext + 32 self-generated windows",
+                      _g(4, static_groups=False, observer="mse"), (-32, 512)),
     "gptq4_static_mse": ("GPTQ W4: static, MSE clipping observer", _g(4, static_groups=True, observer="mse"), None),
     "gptq4_act": ("GPTQ W4: act-order (static groups)", _g(4, act_order=True, static_groups=True), None),
     "gptq4_static_damp10": ("GPTQ W4: static, damp 0.10", _g(4, static_groups=True, damp_percent=0.1), None),
@@ -70,6 +77,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any] | None, tuple[int, int] | None]] =
 }
 
 
+def _generated(dense: torch.nn.Module, n: int, seq_len: int) -> torch.Tensor:
+    from presso.compression.io.calibration import generate_windows
+    from presso.compression.spec import CalibrationSpec
+
+    _, tok = load_dense()
+    return generate_windows(dense, tok, n, seq_len, seed=0, prompt=CalibrationSpec().seed_prompt, device=DEVICE)
+
+
 def run_variant(name: str, dense: torch.nn.Module, windows: Any) -> dict[str, Any]:
     from presso.compression.core.context import StepContext
     from presso.compression.pipeline import compress
@@ -82,7 +97,9 @@ def run_variant(name: str, dense: torch.nn.Module, windows: Any) -> dict[str, An
     if step is not None:
         model = copy.deepcopy(dense)
         cal = windows.calibration
-        if calib is not None:
+        if calib is not None and calib[0] < 0:  # -n: the first 64 - n windows, then n the model writes itself
+            cal = torch.cat([cal[: cal.shape[0] + calib[0]], _generated(dense, -calib[0], calib[1])])
+        elif calib is not None:
             cal = cal.reshape(-1)[: calib[0] * calib[1]].reshape(calib[0], calib[1])
         compress(model, parse_recipe({"steps": [step]}), StepContext(calibration=cal, seed=0, device=DEVICE))
     res["compress_seconds"] = time.perf_counter() - t0
