@@ -403,6 +403,32 @@ def _group_size(step: dict[str, Any], in_features: int) -> int:
     return in_features if g in (-1, None) or g > in_features else int(g)
 
 
+FLOAT_FORMATS = {"fp8", "int8", "nvfp4", "mxfp4"}
+_FP8_WEIGHTS = {"FP8_DYNAMIC": "channel", "FP8": "tensor", "FP8_BLOCK": "block"}  # configs/formats.py presets
+
+
+def stored_layout(step: dict[str, Any], lin: Linear, dtype_bytes: int) -> tuple[int, int, bool, int] | None:
+    """(code bits, weights per scale, zero points, bytes per scale) of a quantizing step's codes in the artifact,
+    or None for a step that writes no codes. Float formats (also ``awq`` with ``format``) store their own scales:
+    FP8/INT8 float32 per channel (FP8 also per tensor, or per 128x128 block), NVFP4 one FP8 byte per 16 weights,
+    MXFP4 one E8M0 byte per 32 (the global scales are a few bytes per layer)."""
+    method = str(step.get("method"))
+    fmt = str(step.get("format") or "int") if method == "awq" else method
+    numel = lin.out_features * lin.in_features
+    if fmt == "nvfp4":
+        return 4, 16, False, 1
+    if fmt == "mxfp4":
+        return 4, 32, False, 1
+    if fmt in ("fp8", "int8"):
+        where = step.get("weights") or _FP8_WEIGHTS.get(str(step.get("scheme") or "FP8_DYNAMIC"), "channel")
+        per = {"tensor": numel, "block": 128 * 128}.get(str(where), lin.in_features) if fmt == "fp8" else 0
+        return 8, min(per or lin.in_features, numel), False, 4
+    if method in QUANT or (method == "sparsegpt" and step.get("bits")):
+        asym = not step.get("symmetric", method != "hqq")
+        return int(step.get("bits", 4)), _group_size(step, lin.in_features), asym, dtype_bytes
+    return None
+
+
 # -- the estimate ---------------------------------------------------------------------------------------
 
 
@@ -567,7 +593,7 @@ def _attempt(steps: Sequence[dict[str, Any]], s: Shape, job: JobShape, worker: W
     weights_on_device = 0.0  # model weights a step moves to the device (outside modules + one block)
     eora = any(st.get("method") == "eora" for st in steps)
     eora_originals = 4.0 * _lin_numel(s.linears) if eora else 0.0  # fp32 copies of every linear (EoRA)
-    quantized: dict[str, tuple[int, int, bool]] = {}  # linear -> (bits, group, asymmetric)
+    quantized: dict[str, tuple[int, int, bool, int]] = {}  # linear -> stored_layout(): bits, group, zeros, scale B
     removed = 0.0  # parameters removed by low-rank or structured steps
     adapter = 0.0
     for step in steps:
@@ -615,10 +641,10 @@ def _attempt(steps: Sequence[dict[str, Any]], s: Shape, job: JobShape, worker: W
             if method == "svd":
                 seconds += sum(4.0 * lin.out_features * lin.in_features * min(lin.out_features, lin.in_features)
                                for lin in chosen) / solve_flops
-        if method in QUANT or (method == "sparsegpt" and step.get("bits")):
-            for lin in chosen:
-                quantized[lin.name] = (int(step.get("bits", 4)), _group_size(step, lin.in_features),
-                                       not step.get("symmetric", method != "hqq"))
+        for lin in chosen:
+            layout = stored_layout(step, lin, b)
+            if layout is not None:
+                quantized[lin.name] = layout
         if method in ("svd", "svd_llm"):
             removed += float(step.get("ratio") or 0.0) * _lin_numel(chosen)
         if method == "prune_structured":
@@ -628,11 +654,11 @@ def _attempt(steps: Sequence[dict[str, Any]], s: Shape, job: JobShape, worker: W
             adapter += float(step.get("rank", 32)) * sum(lin.out_features + lin.in_features for lin in chosen) * b
     by_name = {lin.name: lin for lin in s.linears}
     codes, q_numel, q_bytes = 0.0, 0, 0.0
-    for name, (bits, gs, asym) in quantized.items():
+    for name, (bits, gs, asym, scale_bytes) in quantized.items():
         numel = by_name[name].out_features * by_name[name].in_features
         codes += numel + 4.0 * numel / gs + (numel / gs if asym else 0)  # int8 codes, fp32 scales, int8 zeros
         q_numel += numel
-        q_bytes += numel * bits / 8 + numel / gs * b + (numel / gs * bits / 8 if asym else 0)
+        q_bytes += numel * bits / 8 + numel / gs * scale_bytes + (numel / gs * bits / 8 if asym else 0)
     kept = M - removed * b  # the compressed model in memory: dense (dequantized) weights
     if job.output_format == "dense" or not quantized:
         artifact, packed = kept + adapter, 0.0

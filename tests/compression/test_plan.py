@@ -232,3 +232,29 @@ def test_a_streamable_70b_job_fits_a_128gb_host_streamed() -> None:
     assert JobShape.from_request({"recipe": {"steps": [dict(GPTQ_W4[0])]}, "streaming": "on",
                                   "calibration": {"uri": "s3://b/c.txt"},
                                   "evaluation": {"enabled": False}}).streamable
+
+
+def smollm2() -> ModelInfo:
+    """SmolLM2-135M as its float32 checkpoint declares it (tied head: no lm_head tensor)."""
+    m = llama(576, 1536, 30, 9, 3, vocab=49152)
+    t = tuple(TensorInfo(x.name, "F32", x.shape) for x in m.tensors if x.name != "lm_head.weight")
+    config = {**m.config, "torch_dtype": "float32", "tie_word_embeddings": True}
+    return ModelInfo(config, t, files_bytes=sum(x.nbytes for x in t), largest_file_bytes=sum(x.nbytes for x in t))
+
+
+@pytest.mark.parametrize(("step", "measured"), [
+    ({"method": "fp8"}, 220_232_592),  # FP8_DYNAMIC: per-channel float32 scales
+    ({"method": "fp8", "scheme": "FP8"}, 219_634_416),  # per tensor
+    ({"method": "fp8", "scheme": "FP8_BLOCK"}, 219_640_128),  # 128 x 128 blocks
+    ({"method": "int8"}, 220_231_544),
+    ({"method": "nvfp4", "scheme": "NVFP4A16"}, 173_188_952),  # FP8 scale per 16
+    ({"method": "awq", "format": "nvfp4", "scheme": "NVFP4A16"}, 173_188_952),  # the same artifact as nvfp4
+    ({"method": "mxfp4", "scheme": "MXFP4A16"}, 169_844_504),  # E8M0 scale per 32
+    ({"method": "rtn", "bits": 4, "group_size": 64}, 173_186_776),
+])
+def test_float_format_artifacts_match_the_measured_ones(step: dict, measured: int) -> None:
+    """The artifact weight bytes the formats wrote in BENCHMARKS §1b (SmolLM2-135M float32): the estimate lands
+    within 0.1% (the rest is safetensors headers and per-layer global scales)."""
+    job = JobShape(recipes=((step,),), evaluation=False)
+    e = estimate(smollm2(), job, WorkerClass("cpu", host_memory_gb=64, disk_gb=100))
+    assert e.artifact_bytes == pytest.approx(measured, rel=1e-3)
