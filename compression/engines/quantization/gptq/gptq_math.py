@@ -94,19 +94,19 @@ class HessianAccumulator:
         self._result = (s[0].to(self.device).mul_(2.0 / n), s[1].to(self.device).mul_(1.0 / n))
         self._fold, self.kept = None, []
 
-    @property
-    def h(self) -> torch.Tensor:
+    def _final(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._result is None:
             self.finish()
         assert self._result is not None
-        return self._result[0]
+        return self._result
+
+    @property
+    def h(self) -> torch.Tensor:
+        return self._final()[0]
 
     @property
     def abs_mean(self) -> torch.Tensor:
-        if self._result is None:
-            self.finish()
-        assert self._result is not None
-        return self._result[1]
+        return self._final()[1]
 
 
 def fold_(acc: tuple[torch.Tensor, torch.Tensor] | None,
