@@ -40,13 +40,17 @@ def inverse_cholesky_upper(h: torch.Tensor) -> torch.Tensor:
     of the cost. Retries with more dampening when ``H`` is not positive definite.
     """
     k = h.shape[0]
-    eye = torch.eye(k, device=h.device, dtype=h.dtype)
     mean_diag = torch.mean(torch.diagonal(h))
     extra = 0.0
     for _ in range(6):
-        hd = h if extra == 0.0 else h + (extra * mean_diag) * eye
-        lower, info = torch.linalg.cholesky_ex(hd.flip(0, 1))
+        flipped = h.flip(0, 1)  # a copy: J H J (+ extra dampening on its diagonal, H's reversed)
+        if extra:
+            torch.diagonal(flipped).add_(extra * mean_diag)
+        lower, info = torch.linalg.cholesky_ex(flipped)
+        del flipped  # at most three k x k buffers live at once besides ``h``: large k is the GPU's peak
         if int(info) == 0:
-            return torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1)
+            inv = torch.linalg.solve_triangular(lower, torch.eye(k, device=h.device, dtype=h.dtype), upper=False)
+            del lower
+            return inv.flip(0, 1)
         extra = 0.01 if extra == 0.0 else extra * 10
     raise FloatingPointError("Hessian is not positive definite even after extra dampening")
