@@ -20,7 +20,7 @@ import torch
 
 from presso.compression.core.calibrows import CalibrationExtras
 from presso.compression.core.context import StepContext, pick_device
-from presso.compression.errors import AccuracyGateFailed, CalibrationError, CodecError
+from presso.compression.errors import AccuracyGateFailed, CalibrationError, CodecError, CompressionError
 from presso.compression.eval.exact import bit_exactness
 from presso.compression.eval.report import gate_verdict, size_metrics
 from presso.compression.eval.session import EvalSession, lossless_only
@@ -31,7 +31,7 @@ from presso.compression.io.imagecalib import image_text_windows, load_processor
 from presso.compression.io.imagefile import has_images
 from presso.compression.io.loading import LoadedModel, load_model, vocab_size
 from presso.compression.io.outdir import check_out_dir, publish, staged_output
-from presso.compression.multirank import RankGroup
+from presso.compression.multirank import RankFailed, RankGroup
 from presso.compression.pipeline import compress, preflight
 from presso.compression.recipe import Recipe
 from presso.compression.registry import engine_for
@@ -134,9 +134,12 @@ def run_local(spec: LocalJobSpec, *, progress: ProgressFn | None = None,
     group = RankGroup(spec, world) if world > 1 else None  # the other ranks load the model meanwhile
     try:
         result = _run_in_memory(spec, recipes, group, device, progress, should_stop, t0)
-    except BaseException:
+    except BaseException as exc:
         if group is not None:
+            why = group.failure()
             group.close(ok=False)
+            if why is not None and not isinstance(exc, CompressionError):
+                raise RankFailed(why) from exc
         raise
     if group is not None:
         group.close()

@@ -92,6 +92,20 @@ class RankGroup:
         """Every rank compresses a fresh copy of the model with ``recipe`` next (rank 0 too, after this)."""
         self.ranks.broadcast({"recipe": recipe.model_dump(mode="json")})
 
+    def failure(self, wait_s: float = 1.0) -> str | None:
+        """Why the group broke, when a rank has exited with an error (rank 0 sees only a closed connection, maybe
+        a moment before the rank's exit status is there: waits up to ``wait_s`` for it)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            for r, proc in enumerate(self._procs, start=1):
+                code = proc.poll()
+                if code not in (None, 0):
+                    how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                    return f"compression rank {r} of {self.world} died ({how}; out of memory?), so the job stopped"
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+
     def close(self, *, ok: bool = True) -> None:
         """``ok``: tell the ranks to finish and wait for them (a rank that failed raises here); otherwise kill."""
         try:
@@ -105,6 +119,10 @@ class RankGroup:
             shutil.rmtree(self._dir, ignore_errors=True)
         if ok and any(codes):
             raise RuntimeError(f"a compression rank failed (exit codes {codes}); see the worker log")
+
+
+class RankFailed(RuntimeError):
+    """A rank other than rank 0 died: an infrastructure failure (the worker retries the job), with the reason."""
 
 
 def _kill(p: subprocess.Popen[Any]) -> int:

@@ -87,3 +87,48 @@ def test_two_ranks_with_chunked_experts_write_the_bytes_of_one_pass(inputs: Path
     assert _digests(tmp_path / "one") == _digests(tmp_path / "two")
     experts = json.loads((tmp_path / "two" / "report.json").read_text())["steps"][0]["experts"]
     assert experts["expert_chunk"] == 1 and experts["observation_passes"] == [4, 4]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_a_rank_that_dies_fails_the_job_with_the_reason(tmp_path: Path) -> None:
+    """SIGKILL of rank 1 mid-job: rank 0 stops at its next collective (not at a timeout) and says which rank died."""
+    import time
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=8, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=256, max_position_embeddings=256)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).integers(0, 256, size=64 * 128).astype(np.int64))
+    cmd = [sys.executable, "-m", "presso.cli", "compress", str(tmp_path / "llama"), "--recipe", json.dumps(GPTQ),
+           "--out", str(tmp_path / "out"), "--calib", str(tmp_path / "calib.npy"), "--samples", "64", "--seq-len",
+           "128", "--no-eval", "--gpus", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    log = tmp_path / "log"
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while "rank 1 of 2 up" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ranks = _children(proc.pid)
+    assert len(ranks) == 1, log.read_text()[-2000:]
+    os.kill(ranks[0], 9)
+    killed_at = time.monotonic()
+    assert proc.wait(timeout=120) != 0
+    assert time.monotonic() - killed_at < 60
+    text = log.read_text()
+    assert "compression rank 1 of 2 died (killed by signal 9" in text, text[-3000:]
+    assert not (tmp_path / "out" / "presso.json").exists()  # nothing published
