@@ -28,7 +28,9 @@ def gram_(acc: torch.Tensor, x: torch.Tensor, *, alpha: float = 1.0, beta: float
     exact_tf32 = x.dtype in (torch.bfloat16, torch.float16) and acc.is_cuda
     xf = x.to(acc.device, torch.float32)
     with _tf32(exact_tf32):
-        acc.mul_(beta).addmm_(xf.t(), xf, alpha=alpha)
+        if beta != 1.0:  # a plain sum (HessianAccumulator) skips a pass over the k x k accumulator per batch
+            acc.mul_(beta)
+        acc.addmm_(xf.t(), xf, alpha=alpha)
     return acc
 
 
