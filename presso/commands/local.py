@@ -18,7 +18,9 @@ def register(sub: Any) -> None:
                        formatter_class=help_formatter(), epilog="""examples:
   presso compress ./tiny-llama --recipe '{"steps":[{"method":"rtn","bits":4,"group_size":64}]}' --out ./out
   presso compress s3://models/llama --recipe gptq.json --calib file:///data/valid.txt --out ./out
-  presso compress hf://HuggingFaceTB/SmolLM2-135M --recipe recipe.json --eval ./test.txt --out ./out""")
+  presso compress hf://HuggingFaceTB/SmolLM2-135M --recipe recipe.json --eval ./test.txt --out ./out
+  presso compress ./llama-8b --recipe gptq.json --calib valid.txt --gpus 4 --no-eval --out ./out   # 4 ranks
+  presso compress ./model.gguf --recipe rtn.json --streaming on --no-eval --out ./out       # block by block""")
     add_job_options(p)
     p.add_argument("--out", required=True, type=Path,
                    help="artifact directory to write: new or empty, or a previous artifact with --overwrite")
