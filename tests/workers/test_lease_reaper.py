@@ -119,7 +119,7 @@ def test_running_job_cancelled_by_runner(ctx: Any, monkeypatch: pytest.MonkeyPat
     import presso.workers.runner as runner_mod
     from presso.workers import spec as spec_mod
 
-    def slow_run_local(spec: Any, *, progress: Any, should_stop: Any, on_checkpoint: Any = None) -> Any:
+    def slow_run_local(spec: Any, *, progress: Any, should_stop: Any, **_hooks: Any) -> Any:  # on_checkpoint, on_shard
         while not should_stop():
             progress("compress", 0.5)
             time.sleep(0.05)
