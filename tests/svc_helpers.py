@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -211,7 +213,6 @@ def presso_process(args: list[str], env: dict[str, str], log_path: Path, *, read
                    timeout: float = 120.0) -> Iterator[tuple[Any, str]]:
     """``python -m presso.cli <args> --port N`` in its own process group, logging to ``log_path``; yields
     (process, base URL) once ``ready`` answers 200, and stops the whole group (SIGTERM, then SIGKILL) after."""
-    import signal
     import subprocess
     import sys
     import time
@@ -234,9 +235,14 @@ def presso_process(args: list[str], env: dict[str, str], log_path: Path, *, read
                 time.sleep(0.3)
             yield proc, url
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=20)
+            stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    """SIGTERM a process started with ``start_new_session=True`` and its children; SIGKILL after 20 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from svc_helpers import RTN, free_port
+from svc_helpers import RTN, free_port, stop_group
 
 from presso.client import PressoClient, PressoError
 
@@ -63,11 +62,7 @@ def test_presso_serve_runs_a_job(tmp_path: Path, tiny_llama_dir: Path) -> None:
         print((tmp_path / "serve.log").read_text()[-4000:])
         raise
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
         log.close()
 
 

@@ -8,7 +8,6 @@ result with transformers.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -27,6 +26,7 @@ from svc_helpers import (
     drop_redis_keys,
     migrated_database,
     serve_api,
+    stop_group,
     upload_dir,
 )
 
@@ -75,11 +75,7 @@ def _stack(pg_url: str, redis_url: str, s3_endpoint: str, tmp: Path) -> Iterator
             key = admin.post(f"/v1/admin/tenants/{tenant['id']}/keys", json={"name": "e2e"}).json()["secret"]
             yield {"url": url, "key": key, "worker": worker, "log": tmp / "worker.log", "tmp": tmp}
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+        stop_group(worker)
         log.close()
         drop_redis_keys(redis_url, broker_prefix)
         for k, v in saved.items():
