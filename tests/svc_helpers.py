@@ -213,7 +213,6 @@ def presso_process(args: list[str], env: dict[str, str], log_path: Path, *, read
                    timeout: float = 120.0) -> Iterator[tuple[Any, str]]:
     """``python -m presso.cli <args> --port N`` in its own process group, logging to ``log_path``; yields
     (process, base URL) once ``ready`` answers 200, and stops the whole group (SIGTERM, then SIGKILL) after."""
-    import subprocess
     import sys
     import time
 
