@@ -36,6 +36,8 @@ def send_bytes(handler: BaseHTTPRequestHandler, served: Served, data: bytes,
         a, _, b = rng[6:].partition("-")
         start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
         status, body = 206, data[start : end + 1]
+    # counted before anything is sent: a client may return as soon as it has the headers (an identity probe does)
+    served.count(handler.path.split("?")[0], len(body))
     handler.send_response(status)
     if status == 206:
         handler.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
@@ -43,7 +45,6 @@ def send_bytes(handler: BaseHTTPRequestHandler, served: Served, data: bytes,
     for name, value in (headers or {}).items():
         handler.send_header(name, value)
     handler.end_headers()
-    served.count(handler.path.split("?")[0], len(body))  # before writing: a test may assert as soon as it has read
     handler.wfile.write(body)
 
 
