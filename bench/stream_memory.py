@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))  # presso from the checkout (a GPU machine may hav
 log = logging.getLogger("stream_memory")
 
 SHAPES: dict[str, dict[str, Any]] = {  # Llama-3.x shapes
-    "tiny": {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4, "num_attention_heads": 8,
+    "tiny": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 8,
              "num_key_value_heads": 2, "vocab_size": 4096, "tie_word_embeddings": True},
     "3b": {"hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28, "num_attention_heads": 24,
            "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": True},
@@ -52,6 +52,8 @@ SHAPES: dict[str, dict[str, Any]] = {  # Llama-3.x shapes
 RECIPES = {
     "rtn": {"steps": [{"method": "rtn", "bits": 4, "group_size": 128}]},
     "gptq": {"steps": [{"method": "gptq", "bits": 4, "group_size": 128}]},
+    # min-max group ranges, as llm-compressor's GPTQModifier (the --modes peer run) and §3's 8B rows
+    "gptq-minmax": {"steps": [{"method": "gptq", "bits": 4, "group_size": 128, "observer": "minmax"}]},
 }
 
 
@@ -116,8 +118,44 @@ def block_bytes(config: Any, dtype_bytes: int) -> int:
     return (2 * h * h + 2 * h * kv + 3 * h * i + 2 * h) * dtype_bytes
 
 
+def _vmhwm() -> int | None:
+    status = Path("/proc/self/status").read_text()
+    return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM")), None)
+
+
+def peer_child(args: argparse.Namespace) -> int:
+    """llm-compressor 0.14's GPTQModifier (W4A16, min-max, lm_head kept) on the same model and calibration ids:
+    from_pretrained on the host (its sequential pipeline moves one block at a time to the GPU), oneshot, and
+    save_pretrained(save_compressed=True); writes {seconds, vmhwm, gpu peak} to --result."""
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import GPTQModifier
+    from tokenizers import Tokenizer, models
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    t0 = time.perf_counter()
+    ids = torch.from_numpy(np.load(args.calib)).long().reshape(args.samples, args.seq_len)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, device_map=None)
+    load_s = time.perf_counter() - t0
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0}, unk_token="a")))
+    ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
+    oneshot(model=model, dataset=ds, recipe=GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"]),
+            processor=tok, max_seq_length=args.seq_len, num_calibration_samples=args.samples)
+    compress_s = time.perf_counter() - t0 - load_s
+    model.save_pretrained(args.out, save_compressed=True)
+    extra = {"gpu_peak_bytes": torch.cuda.max_memory_allocated()} if torch.cuda.is_available() else {}
+    Path(args.result).write_text(json.dumps({"seconds": time.perf_counter() - t0, "vmhwm_bytes": _vmhwm(),
+                                             "load_s": load_s, "compress_s": compress_s, **extra}))
+    return 0
+
+
 def child(args: argparse.Namespace) -> int:
     """One run_local in this process; writes {seconds, vmhwm} to --result."""
+    if args.mode == "peer":
+        return peer_child(args)
     from presso.compression.job import run_local
     from presso.compression.recipe import parse_recipe
     from presso.compression.spec import LocalJobSpec
@@ -130,16 +168,21 @@ def child(args: argparse.Namespace) -> int:
                         evaluation={"enabled": False}, checkpoint=not args.no_checkpoint)
     res = run_local(spec)
     seconds = time.perf_counter() - t0
-    status = Path("/proc/self/status").read_text()
-    hwm = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM")), None)
+    hwm = _vmhwm()
     extra: dict[str, Any] = {}
     if args.device == "cuda":
         import torch
 
         extra["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
-    Path(args.result).write_text(json.dumps({"seconds": seconds, "vmhwm_bytes": hwm,
+    Path(args.result).write_text(json.dumps({"seconds": seconds, "vmhwm_bytes": hwm, "timings": res.metrics["timings"],
                                              "streamed": bool(res.metrics.get("streamed")), **extra}))
     return 0
+
+
+def child_env() -> dict[str, str]:
+    """The checkout first, then whatever PYTHONPATH already holds (a GPU host's carried wheels)."""
+    rest = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), rest) if p)}
 
 
 def digests(out: Path) -> dict[str, str]:
@@ -162,7 +205,7 @@ def measure(args: argparse.Namespace, mode: str, model: Path, calib: Path, work:
            "--out", str(out), "--calib", str(calib), "--method", args.method, "--samples", str(args.samples),
            "--seq-len", str(args.seq_len), "--result", str(result), "--device", args.device,
            *(["--no-checkpoint"] if args.no_checkpoint else [])]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     t0 = time.perf_counter()
     with (work / f"log-{mode}.txt").open("w") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
@@ -189,7 +232,7 @@ def measure_resume(args: argparse.Namespace, model: Path, calib: Path, work: Pat
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--mode", "stream", "--model", str(model),
            "--out", str(out), "--calib", str(calib), "--method", args.method, "--samples", str(args.samples),
            "--seq-len", str(args.seq_len), "--result", str(work / "result-resumed.json"), "--device", args.device]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     t0 = time.perf_counter()
     with (work / "log-killed.txt").open("w") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
@@ -219,7 +262,8 @@ def main() -> int:
     p.add_argument("--layers", type=int, help="blocks (default: the shape's)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--method", choices=sorted(RECIPES), default="rtn")
-    p.add_argument("--modes", default="stream,memory", help="comma list of stream, memory")
+    p.add_argument("--modes", default="stream,memory",
+                   help="comma list of stream, memory, peer (llm-compressor GPTQ on the same model and ids)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
@@ -280,7 +324,7 @@ def main() -> int:
         runs.append(measure(args, mode, model, calib, args.work))
         r = runs[-1]
         log.info("%s: exit %s, peak RSS %.2f GB, %.0f s", mode, r["exit"], r["rss_peak_bytes"] / 1e9, r["wall_s"])
-    ok = [r for r in runs if r["exit"] == 0]
+    ok = [r for r in runs if r["exit"] == 0 and r["mode"] != "peer"]
     same = len(ok) == 2 and ok[0]["digests"] == ok[1]["digests"]
     target = 2 * blk + int(1.5 * (1 << 30))
     report = {"model": info, "method": args.method, "device": args.device, "samples": args.samples,
@@ -289,9 +333,10 @@ def main() -> int:
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(f"\n{tag} {args.method} on {args.device}: model {info['bytes'] / 1e9:.2f} GB, block {blk / 1e9:.3f} GB, "
           f"target (2 blocks + 1.5 GiB) {target / 1e9:.2f} GB")
-    print(f"{'mode':8} {'peak RSS GB':>12} {'wall s':>8}  within target")
+    print(f"{'mode':8} {'peak RSS GB':>12} {'wall s':>8} {'GPU peak GiB':>13}  within target")
     for r in runs:
-        print(f"{r['mode']:8} {r['rss_peak_bytes'] / 1e9:12.2f} {r['wall_s']:8.0f}  "
+        gpu = f"{r['gpu_peak_bytes'] / 2**30:13.1f}" if "gpu_peak_bytes" in r else f"{'-':>13}"
+        print(f"{r['mode']:8} {r['rss_peak_bytes'] / 1e9:12.2f} {r['wall_s']:8.0f} {gpu}  "
               f"{'yes' if r['rss_peak_bytes'] <= target else 'no'}{'' if r['exit'] == 0 else ' (FAILED)'}")
     if len(ok) == 2:
         print(f"artifacts identical (every file but presso.json, report.json): {same}")
@@ -300,7 +345,7 @@ def main() -> int:
     if not args.keep:
         for mode in args.modes.split(","):
             shutil.rmtree(args.work / f"out-{mode}", ignore_errors=True)
-    return 0 if len(ok) == len(runs) else 1
+    return 0 if all(r["exit"] == 0 for r in runs) else 1
 
 
 if __name__ == "__main__":
