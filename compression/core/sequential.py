@@ -187,7 +187,8 @@ def run_blockwise(model: nn.Module, layout: Layout, ctx: StepContext, process: B
         results.append(res or {})
         if calibrated:
             inputs = inputs.with_hidden(forward_block(block, inputs))
-            block.to(home)
+            if stream is None:  # a stream packs the block where it is and releases it (no host copy of it)
+                block.to(home)
         if stream is not None:
             stream.done(i, block, results[-1], inputs.hidden if calibrated else None)
         ctx.report((i + 1) / n)

@@ -7,6 +7,11 @@ position embeddings and masks, are recomputed by the cheap capture pass up to bl
 and writer records. ``state.json`` is replaced last (write to a temporary name, fsync, rename), so a process
 killed at any instant leaves the previous complete state.
 
+The block's own tensors are written before ``save_block`` returns; the activations (128 × 2048 tokens of a
+70B-wide model are 4.3 GB) and ``state.json`` are written by one background thread while the next block
+computes, each activation tensor copied to the host alone (``shards.save_one_at_a_time``). The next
+``save_block``, ``flush`` and ``clear`` wait for it first, and its error, if any, is raised there.
+
 A rerun of the same job (same ``key``: the job's options and the input model's files) reads the state, feeds
 the saved blocks' tensors to the new shard writer in their order (so the shards are the same bytes), and
 continues at the first unfinished block with the saved activations. A different key discards the directory.
@@ -24,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from presso.compression.io.outdir import RESUME_DIR
+from presso.compression.io.shards import save_one_at_a_time
 
 log = logging.getLogger(__name__)
 STATE = "state.json"
@@ -76,6 +83,8 @@ class Checkpoint:
         self.on_saved = on_saved
         self.state: dict[str, Any] = {"version": FORMAT_VERSION, "key": key, "blocks": []}
         self.root.mkdir(parents=True, exist_ok=True)
+        self._pending: threading.Thread | None = None
+        self._error: BaseException | None = None
         found = self._read_state()
         if found is not None and found.get("key") == key and found.get("version") == FORMAT_VERSION:
             self.state = found
@@ -115,26 +124,54 @@ class Checkpoint:
 
     def save_block(self, i: int, tensors: list[tuple[str, torch.Tensor]], record: dict[str, Any],
                    outputs: list[torch.Tensor] | None) -> None:
-        """Block ``i``'s artifact tensors (in writer order), its records and the next block's inputs."""
+        """Block ``i``'s artifact tensors (in writer order, written now), its records and the next block's
+        inputs (written in the background with the new state; ``outputs`` must not change until then)."""
+        self.flush()
         if i != self.done:
             raise ValueError(f"block {i} saved after {self.done} blocks")
         name = f"block-{i:05d}.safetensors"
         save_file({n: t.contiguous() for n, t in tensors}, str(self.root / (name + ".tmp")))
         os.replace(self.root / (name + ".tmp"), self.root / name)
         previous = self.state.get("inputs")
-        inputs = None
-        if outputs is not None:
-            inputs = f"inputs-{i:05d}.safetensors"
-            save_file({f"batch_{j}": h.detach().to("cpu").contiguous() for j, h in enumerate(outputs)},
-                      str(self.root / (inputs + ".tmp")))
-            os.replace(self.root / (inputs + ".tmp"), self.root / inputs)
+        inputs = None if outputs is None else f"inputs-{i:05d}.safetensors"
         self.state["blocks"].append({"file": name, "order": [n for n, _ in tensors], "record": record})
         self.state["inputs"] = inputs
-        _write_atomic(self.root / STATE, json.dumps(self.state).encode())
+        state = json.dumps(self.state).encode()
+        self._pending = threading.Thread(target=self._finish_block, args=(inputs, outputs, state, previous),
+                                         name=f"presso-checkpoint-{i}", daemon=True)
+        self._pending.start()
+
+    def _finish_block(self, inputs: str | None, outputs: list[torch.Tensor] | None, state: bytes,
+                      previous: str | None) -> None:
+        try:
+            self._write_rest(inputs, outputs, state, previous)
+        except BaseException as exc:  # raised in the job's thread by flush()
+            self._error = exc
+
+    def _write_rest(self, inputs: str | None, outputs: list[torch.Tensor] | None, state: bytes,
+                    previous: str | None) -> None:
+        if inputs is not None and outputs is not None:
+            save_one_at_a_time([(f"batch_{j}", h) for j, h in enumerate(outputs)], self.root / (inputs + ".tmp"))
+            os.replace(self.root / (inputs + ".tmp"), self.root / inputs)
+        _write_atomic(self.root / STATE, state)  # last: a process killed before this keeps the previous state
         if previous and previous != inputs:
             (self.root / previous).unlink(missing_ok=True)
         if self.on_saved is not None:
             self.on_saved(self.root)
 
+    def flush(self, raise_errors: bool = True) -> None:
+        """Wait until the last saved block is on disk (and ``on_saved`` ran); raise what the writing raised."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        pending.join()
+        error, self._error = self._error, None
+        if error is None:
+            return
+        if raise_errors:
+            raise error
+        log.error("%s: writing the checkpoint failed: %s", self.root, error)
+
     def clear(self) -> None:
+        self.flush(raise_errors=False)
         shutil.rmtree(self.root, ignore_errors=True)

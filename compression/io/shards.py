@@ -64,6 +64,26 @@ def nbytes_of(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def save_one_at_a_time(tensors: list[tuple[str, torch.Tensor]], path: Path,
+                       metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file of ``tensors`` (any device) written header first, then each tensor's bytes, copied to
+    the host one tensor at a time: a list of GPU activations never sits whole in host memory. Readable by
+    ``safetensors.torch.load_file``; fsynced."""
+    entries = {name: (t.dtype, list(t.shape), nbytes_of(t)) for name, t in tensors}
+    if len(entries) != len(tensors):
+        raise ValueError("tensor names repeat")
+    head, order = header_bytes(entries, metadata or {"format": "pt"})
+    by_name = dict(tensors)
+    with Path(path).open("wb") as out:
+        out.write(head)
+        for name in order:
+            t = by_name[name]
+            if t.numel():
+                out.write(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
 def read_header(path: Path) -> tuple[dict[str, Any], int]:
     """A safetensors file's header (tensor entries) and where its data starts."""
     with Path(path).open("rb") as fh:

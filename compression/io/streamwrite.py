@@ -140,7 +140,8 @@ class StreamedArtifact:
         self.done_blocks.append(i)
 
     def done(self, i: int, block: nn.Module, result: dict[str, Any], outputs: list[torch.Tensor] | None) -> None:
-        block.to("cpu")
+        """The block may still be on the GPU: it is packed there and only its artifact tensors come to the host
+        (a 70B block's bf16 weights never do: 1.7 GB less host memory)."""
         prefix = self.layout.block_name(i)
         state = {k: v.detach().contiguous() for k, v in block.state_dict(keep_vars=False).items()}
         reference = list(state)
@@ -152,7 +153,8 @@ class StreamedArtifact:
                 groups.append((_scheme_key(qw), f"{prefix}.{name}"))
         if self.options.format == "compressed":
             PackQuantized().export(block, state, {}, self.options)
-        tensors = [(f"{prefix}.{name}", state[name]) for name in artifact.module_order(list(state), reference)]
+        tensors = [(f"{prefix}.{name}", state[name].to("cpu"))
+                   for name in artifact.module_order(list(state), reference)]
         for name, t in tensors:
             self._add(name, t)
         bits = list(linear_bits(block.modules()))
@@ -168,6 +170,8 @@ class StreamedArtifact:
         """Write what follows the blocks and close the shards; returns (forms, config.json content, files)."""
         for name, like in self.tail:
             self._add(name, read_like(self.reader, name, like))
+        if self.checkpoint is not None:
+            self.checkpoint.flush()
         files = self.writer.finish()
         self._announce([f for f in files if f.suffix == ".safetensors"])  # the last shard, under its final name
         config = artifact.model_config(self.model)
@@ -181,4 +185,6 @@ class StreamedArtifact:
         return stats_dict(*self.bits)
 
     def abort(self) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint.flush(raise_errors=False)
         self.writer.abort()

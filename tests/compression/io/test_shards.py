@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file, save_file
 
-from presso.compression.io.shards import ShardReader, ShardWriter
+from presso.compression.io.shards import ShardReader, ShardWriter, save_one_at_a_time
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int32, torch.int8, torch.uint8,
           torch.bool, torch.float8_e4m3fn, torch.float64, torch.int16]
@@ -49,3 +49,12 @@ def test_shards_split_like_the_writer_and_read_back(tmp_path):
         mine = load_file(str(f))
         save_file(mine, str(tmp_path / "ref"), metadata={"format": "pt"})
         assert f.read_bytes() == (tmp_path / "ref").read_bytes()
+
+
+def test_save_one_at_a_time_writes_save_files_bytes(tmp_path):
+    tensors = _tensors()
+    save_file(tensors, str(tmp_path / "ref.safetensors"), metadata={"format": "pt"})
+    save_one_at_a_time(list(tensors.items()), tmp_path / "one.safetensors")
+    assert (tmp_path / "one.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    back = load_file(str(tmp_path / "one.safetensors"))
+    assert all(torch.equal(back[n].view(torch.uint8), t.contiguous().view(torch.uint8)) for n, t in tensors.items())
