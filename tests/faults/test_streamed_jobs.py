@@ -135,12 +135,22 @@ def test_killed_streamed_job_resumes_on_another_worker(api: dict[str, Any], in_m
                                                        cluster: Cluster) -> None:
     client = api["client"]
     job_id = client.submit({**api["body"], "streaming": "on"})["id"]
-    pid = cluster.wait_marker(job_id, "compress")  # attempt 1 paused after block 0 (written, checkpointed)
+    pid = cluster.wait_marker(job_id, "compress")  # attempt 1 paused after block 0 (written, checkpointing)
     row = cluster.row(job_id)
-    objects = cluster.job_objects(row)
-    assert any(k.endswith("/attempt-1/resume/state.json") for k in objects), objects
-    time.sleep(1.0)  # within the 3 s pause: the shards closed so far finish their background upload
-    assert any("/attempt-1/shards/" in k for k in cluster.job_objects(row)), objects
+    # block 0's activations and state.json, and the shards closed so far, are uploaded in the background:
+    # both must be in the store within the 3 s pause
+    deadline = time.monotonic() + 2.5
+
+    def stored() -> tuple[bool, bool, list[str]]:
+        objects = cluster.job_objects(row)
+        return (any(k.endswith("/attempt-1/resume/state.json") for k in objects),
+                any("/attempt-1/shards/" in k for k in objects), objects)
+
+    state, shards, objects = stored()
+    while not (state and shards) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        state, shards, objects = stored()
+    assert state and shards, objects
     cluster.worker_of(pid).kill9()
     cluster.start_worker()
     job = client.wait(job_id, timeout=240, poll=0.3)
