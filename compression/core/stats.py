@@ -44,15 +44,23 @@ def inverse_cholesky_upper(h: torch.Tensor) -> torch.Tensor:
     k = h.shape[0]
     mean_diag = torch.mean(torch.diagonal(h))
     extra = 0.0
+    # On the CPU (host memory is what a streamed CPU job is short of) the factor and the solve overwrite their
+    # inputs: at most two k x k buffers besides ``h`` instead of three (8192-wide: 268 MB less). The GPU keeps the
+    # out-of-place calls its benchmarks were measured with.
+    in_place = h.device.type == "cpu"
     for _ in range(6):
         flipped = h.flip(0, 1)  # a copy: J H J (+ extra dampening on its diagonal, H's reversed)
         if extra:
             torch.diagonal(flipped).add_(extra * mean_diag)
-        lower, info = torch.linalg.cholesky_ex(flipped)
-        del flipped  # at most three k x k buffers live at once besides ``h``: large k is the GPU's peak
+        if in_place:
+            lower, info = torch.linalg.cholesky_ex(flipped, out=(flipped, torch.empty((), dtype=torch.int32)))
+        else:
+            lower, info = torch.linalg.cholesky_ex(flipped)
+        del flipped
         if int(info) == 0:
-            inv = torch.linalg.solve_triangular(lower, torch.eye(k, device=h.device, dtype=h.dtype), upper=False)
-            del lower
+            eye = torch.eye(k, device=h.device, dtype=h.dtype)
+            inv = torch.linalg.solve_triangular(lower, eye, upper=False, out=eye if in_place else None)
+            del lower, eye
             return inv.flip(0, 1)
         extra = 0.01 if extra == 0.0 else extra * 10
     raise FloatingPointError("Hessian is not positive definite even after extra dampening")

@@ -44,6 +44,22 @@ def test_inverse_cholesky_upper_matches_reference():
     torch.testing.assert_close(u.t() @ u, torch.linalg.inv(h))
 
 
+def test_inverse_cholesky_upper_in_place_on_cpu_is_the_out_of_place_result():
+    """The CPU path factors and solves in place (less host memory): the same bits as the plain calls, and ``h``
+    untouched; a matrix that is not positive definite still gets the extra dampening retries."""
+    h = _hessian(_correlated(700, 64)) + 0.01 * torch.eye(64)
+    before = h.clone()
+    lower = torch.linalg.cholesky(h.flip(0, 1))
+    expected = torch.linalg.solve_triangular(lower, torch.eye(64), upper=False).flip(0, 1)
+    assert torch.equal(inverse_cholesky_upper(h), expected)
+    assert torch.equal(h, before)
+    indefinite = torch.diag(torch.cat([torch.ones(63, dtype=torch.float64), torch.tensor([-0.005],
+                                                                                       dtype=torch.float64)]))
+    u = inverse_cholesky_upper(indefinite)  # fails once, then + 0.01 x mean diagonal: the last entry 0.005
+    damped = indefinite + 0.01 * torch.diagonal(indefinite).mean() * torch.eye(64, dtype=torch.float64)
+    torch.testing.assert_close(u.t() @ u, torch.linalg.inv(damped))
+
+
 def _naive_gptq(w: torch.Tensor, h: torch.Tensor, scheme: QuantArgs, damp: float, static: bool = False) -> torch.Tensor:
     """The OBS loop with no lazy batching: update every remaining column after each column.
     ``static``: group parameters from the original weights; else from the weights as updated so far."""
