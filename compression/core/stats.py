@@ -34,15 +34,16 @@ def gram_(acc: torch.Tensor, x: torch.Tensor, *, alpha: float = 1.0, beta: float
     return acc
 
 
-def inverse_cholesky_upper(h: torch.Tensor) -> torch.Tensor:
+def inverse_cholesky_upper(h: torch.Tensor, diagonal: torch.Tensor | None = None) -> torch.Tensor:
     """Upper Cholesky factor ``U`` of ``H^-1`` (``U^T U = H^-1``), from one Cholesky and one triangular solve.
 
     With ``J`` the flip, ``J H J = M M^T`` gives ``H^-1 = (J M^-1 J)^T (J M^-1 J)`` and ``J M^-1 J`` is
     upper triangular: the same factor as ``chol(cholesky_inverse(chol(H)), upper=True)`` at a third
-    of the cost. Retries with more dampening when ``H`` is not positive definite.
+    of the cost. Retries with more dampening when ``H`` is not positive definite. ``diagonal``: use it in place
+    of ``H``'s diagonal (a dampened ``H`` without a dampened copy of it: the flip below is the only copy).
     """
     k = h.shape[0]
-    mean_diag = torch.mean(torch.diagonal(h))
+    mean_diag = torch.mean(torch.diagonal(h) if diagonal is None else diagonal)
     extra = 0.0
     # On the CPU (host memory is what a streamed CPU job is short of) the factor and the solve overwrite their
     # inputs: at most two k x k buffers besides ``h`` instead of three (8192-wide: 268 MB less). The GPU keeps the
@@ -50,6 +51,8 @@ def inverse_cholesky_upper(h: torch.Tensor) -> torch.Tensor:
     in_place = h.device.type == "cpu"
     for _ in range(6):
         flipped = h.flip(0, 1)  # a copy: J H J (+ extra dampening on its diagonal, H's reversed)
+        if diagonal is not None:
+            torch.diagonal(flipped).copy_(diagonal.flip(0))
         if extra:
             torch.diagonal(flipped).add_(extra * mean_diag)
         if in_place:

@@ -40,11 +40,10 @@ class SparseGPTResult:
 
 def inverse_hessian_factor(h: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Upper Cholesky factor of (H + damp*mean(diag)*I)^-1, and the mask of dead input columns."""
-    h = h.float().clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    torch.diagonal(h).add_(damp * torch.diagonal(h).mean())
-    return inverse_cholesky_upper(h), dead
+    h = h.float()  # not changed: the dampened diagonal goes to the factorisation's own copy
+    dead = torch.diagonal(h) == 0
+    diag = torch.diagonal(h).masked_fill(dead, 1.0)
+    return inverse_cholesky_upper(h, diagonal=diag + damp * diag.mean()), dead
 
 
 class _ColumnQuantizer:

@@ -27,8 +27,7 @@ from presso.compression.core.floatquant import (
     expand_block_scale,
     round_e2m1,
 )
-from presso.compression.core.stats import inverse_cholesky_upper
-from presso.compression.engines.quantization.gptq.gptq_math import prepare_hessian
+from presso.compression.engines.quantization.gptq.gptq_math import damped_inverse_upper
 
 
 def element_scales(fw: FormatWeight) -> torch.Tensor:
@@ -71,8 +70,7 @@ def gptq_format(w: torch.Tensor, h: torch.Tensor, rtn: FormatWeight, *, damp_per
     w = w.float().clone()
     n, k = w.shape
     s = element_scales(rtn).to(w.device)
-    h, _ = prepare_hessian(h.to(w.device, torch.float32), w, damp_percent)
-    hinv = inverse_cholesky_upper(h)
+    hinv = damped_inverse_upper(h.to(w.device, torch.float32), w, damp_percent)
     units = torch.empty_like(w)
     loss = torch.zeros((), device=w.device)
     for i1 in range(0, k, block_size):

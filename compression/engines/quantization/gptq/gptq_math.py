@@ -137,6 +137,17 @@ def prepare_hessian(h: torch.Tensor, w: torch.Tensor, damp_percent: float) -> tu
     return h, dead
 
 
+def damped_inverse_upper(h: torch.Tensor, w: torch.Tensor, damp_percent: float) -> torch.Tensor:
+    """``inverse_cholesky_upper(prepare_hessian(h, w, damp_percent)[0])`` without the damped copy of ``h``
+    (one k x k buffer less: the largest input's Hessian is what a CPU job's host memory peaks on). ``w`` has its
+    dead columns zeroed in place; ``h`` is not changed."""
+    diag = torch.diagonal(h)
+    dead = diag == 0
+    w.masked_fill_(dead.unsqueeze(0), 0.0)
+    diag = diag + dead.to(h.dtype)
+    return inverse_cholesky_upper(h, diagonal=diag + damp_percent * torch.mean(diag))
+
+
 SPARSE_MASK_MIN = 0.10  # fraction of exact zeros above which a layer counts as pruned
 
 
@@ -165,14 +176,19 @@ def quantize_weight(
     group = scheme.group_size if 0 < scheme.group_size < k else -1
     if act_order and group > 0 and not static_groups:
         raise ValueError("act_order with dynamic groups needs g_idx, which pack-quantized artifacts do not carry")
-    h, _dead = prepare_hessian(h.to(w.device, torch.float32), w, damp_percent)
-    static = group < 0 or act_order or static_groups
-    params = _static_params(w, scheme, group) if static else None
-    perm = torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order else None
-    if perm is not None:
+    h = h.to(w.device, torch.float32)
+    params: _Params | None
+    if act_order:
+        h, _dead = prepare_hessian(h, w, damp_percent)
+        perm = torch.argsort(torch.diagonal(h), descending=True, stable=True)
+        params = _static_params(w, scheme, group)
         w = w[:, perm]
-        h = h[perm][:, perm]
-    hinv = inverse_cholesky_upper(h)
+        hinv = inverse_cholesky_upper(h[perm][:, perm])
+    else:
+        perm = None
+        hinv = damped_inverse_upper(h, w, damp_percent)  # zeroes w's dead columns first, as prepare_hessian
+        params = _static_params(w, scheme, group) if group < 0 or static_groups else None
+    del h
     # A pruned layer (e.g. sparsegpt -> gptq) keeps its mask: zeros stay exactly zero and the
     # error of forcing them is compensated like any other rounding error.
     zeros = w == 0
