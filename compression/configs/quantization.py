@@ -122,6 +122,13 @@ class GPTQConfig(QuantStep):
         "squared weight error (default for GPTQ: on SmolLM2 it beat min-max on wikitext-2 and on both "
         "out-of-domain texts, at 3 and 4 bits; docs/quantization.md), or plain min/max.",
     )
+    expert_solve_batch: int = Field(
+        default=32, ge=1, le=4096,
+        description="Mixture-of-experts: how many experts of one shape and scheme are solved together (one "
+        "batched factorisation and column loop instead of one per expert: far fewer GPU kernel launches, the "
+        "same codes up to float rounding). 1 = one expert at a time. Capped so a batch's Hessians and factors "
+        "take at most 2 GiB (docs/architectures.md). Ignored with act_order.",
+    )
 
     def groups_static(self) -> bool:
         """``static_groups`` as it applies: unset means static only under act_order."""

@@ -41,7 +41,10 @@ def inverse_cholesky_upper(h: torch.Tensor, diagonal: torch.Tensor | None = None
     upper triangular: the same factor as ``chol(cholesky_inverse(chol(H)), upper=True)`` at a third
     of the cost. Retries with more dampening when ``H`` is not positive definite. ``diagonal``: use it in place
     of ``H``'s diagonal (a dampened ``H`` without a dampened copy of it: the flip below is the only copy).
+    Batched: ``h`` [E, K, K] (``diagonal`` [E, K]) gives each matrix's factor.
     """
+    if h.dim() == 3:
+        return _inverse_cholesky_upper_batched(h, diagonal)
     k = h.shape[0]
     mean_diag = torch.mean(torch.diagonal(h) if diagonal is None else diagonal)
     extra = 0.0
@@ -67,3 +70,21 @@ def inverse_cholesky_upper(h: torch.Tensor, diagonal: torch.Tensor | None = None
             return inv.flip(0, 1)
         extra = 0.01 if extra == 0.0 else extra * 10
     raise FloatingPointError("Hessian is not positive definite even after extra dampening")
+
+
+def _inverse_cholesky_upper_batched(h: torch.Tensor, diagonal: torch.Tensor | None) -> torch.Tensor:
+    """One batched factorisation and solve; a matrix that is not positive definite is redone alone (with the
+    retries of :func:`inverse_cholesky_upper`), so each factor is the one it would get alone."""
+    flipped = h.flip(-2, -1)
+    if diagonal is not None:
+        torch.diagonal(flipped, dim1=-2, dim2=-1).copy_(diagonal.flip(-1))
+    lower, info = torch.linalg.cholesky_ex(flipped)
+    del flipped
+    eye = torch.eye(h.shape[-1], device=h.device, dtype=h.dtype).expand_as(lower)
+    inv = torch.linalg.solve_triangular(lower, eye, upper=False)
+    del lower
+    out = inv.flip(-2, -1)
+    del inv
+    for e in (info != 0).nonzero().flatten().tolist():
+        out[e] = inverse_cholesky_upper(h[e], None if diagonal is None else diagonal[e])
+    return out

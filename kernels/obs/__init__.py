@@ -25,7 +25,8 @@ def obs_block(
     prune: torch.Tensor | None = None,
     impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Quantize and/or prune the columns of one block; see ``reference.obs_block_ref``."""
+    """Quantize and/or prune the columns of one block; see ``reference.obs_block_ref`` (batched too: ``w``
+    [E, N, B] with ``u`` [E, B, B])."""
     if impl not in ("auto", "reference", "triton"):
         raise ValueError(f"impl must be auto, reference or triton, not {impl!r}")
     if impl != "reference" and w.is_cuda and triton_available():

@@ -10,6 +10,9 @@ block's later columns through row ``i`` of ``U``:
 
 Rows are independent, which is what the Triton kernel beside this file exploits. The caller
 applies the block's error to the columns after the block with one matmul (``W[:, B:] -= E @ U``).
+
+Batched (mixture-of-experts: several same-shape layers solved together): ``w`` [E, N, B] and ``u`` [E, B, B],
+row ``r`` of layer ``e`` uses ``u[e]``; the loop is the same, each step one operation over every layer.
 """
 
 from __future__ import annotations
@@ -31,26 +34,31 @@ def obs_block_ref(
     ``w`` [N, B] float32 block of weights (not modified), ``u`` [B, B] the block of the upper
     inverse-Hessian factor, ``scale``/``zero`` [N, B] per-column quantization parameters (both or
     neither), ``prune`` [N, B] bool, True = force to zero. Returns ``(q, err, codes)``: the final
-    weights, the scaled errors ``e`` and, when quantizing, the integer codes as float32.
+    weights, the scaled errors ``e`` and, when quantizing, the integer codes as float32. Batched: every
+    tensor with a leading layer dimension E (``u`` [E, B, B]), the results too.
     """
     if (scale is None) != (zero is None):
         raise ValueError("scale and zero go together")
     w = w.clone()
-    n, b = w.shape
-    d = torch.diagonal(u)
+    b = w.shape[-1]
+    batched = u.dim() == 3
+    d = torch.diagonal(u, dim1=-2, dim2=-1)  # [B] or [E, B]
     q_out = torch.empty_like(w)
     err = torch.empty_like(w)
     codes = torch.empty_like(w) if scale is not None else None
     for i in range(b):
-        c = w[:, i]
-        q = c if prune is None else c.masked_fill(prune[:, i], 0.0)
+        c = w[..., i]
+        q = c if prune is None else c.masked_fill(prune[..., i], 0.0)
         if scale is not None and zero is not None and codes is not None:
-            s, z = scale[:, i], zero[:, i]
+            s, z = scale[..., i], zero[..., i]
             code = torch.clamp(torch.round(q / s) + z, qmin, qmax)
-            codes[:, i] = code
+            codes[..., i] = code
             q = (code - z) * s
-        e = (c - q) / d[i]
-        q_out[:, i] = q
-        err[:, i] = e
-        w[:, i + 1 :].addr_(e, u[i, i + 1 :], alpha=-1.0)
+        e = (c - q) / (d[:, i, None] if batched else d[i])
+        q_out[..., i] = q
+        err[..., i] = e
+        if batched:  # w[e, :, j] -= e_i[e] * u[e, i, j]
+            w[..., i + 1 :].sub_(e[:, :, None] * u[:, None, i, i + 1 :])
+        else:
+            w[:, i + 1 :].addr_(e, u[i, i + 1 :], alpha=-1.0)
     return q_out, err, codes

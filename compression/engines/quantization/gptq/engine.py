@@ -21,28 +21,23 @@ from presso.compression.core.distributed import Ranks, share_expert_counts
 from presso.compression.core.expertchunks import counts_kept, passes_summary, plan_passes
 from presso.compression.core.experts import starved_experts
 from presso.compression.core.layout import get_weight, set_quantized_
-from presso.compression.core.quant import QuantizedWeight, quantize_rtn, relative_error
+from presso.compression.core.quant import quantize_rtn, relative_error
 from presso.compression.core.sequential import BlockInputs, run_blockwise
 from presso.compression.core.targets import targeted_linears
 from presso.compression.engines.quantization.common import layer_record, schemes_for
-from presso.compression.engines.quantization.gptq.gptq_math import output_error, quantize_weight
+from presso.compression.engines.quantization.gptq.batched import (
+    Solved,
+    member_errors,
+    plan_batches,
+    solve_batch,
+    solved_records,
+)
+from presso.compression.engines.quantization.gptq.gptq_math import quantize_weight
 from presso.compression.engines.quantization.gptq.observe import observe_block
 from presso.compression.errors import InvalidRecipe
 from presso.compression.registry import register
 
 log = logging.getLogger(__name__)
-
-
-def split_rows(qw: QuantizedWeight, sizes: list[int]) -> list[QuantizedWeight]:
-    """A row-stacked QuantizedWeight back into one per module."""
-    out, start = [], 0
-    for n in sizes:
-        rows = slice(start, start + n)
-        zero = qw.zero[rows] if qw.zero is not None else None
-        out.append(QuantizedWeight(q=qw.q[rows], scale=qw.scale[rows], zero=zero, bits=qw.bits,
-                                   group_size=qw.group_size))
-        start += n
-    return out
 
 
 def _by_scheme(names: list[str], schemes: dict[str, QuantArgs | None]) -> list[tuple[QuantArgs, list[str]]]:
@@ -52,9 +47,6 @@ def _by_scheme(names: list[str], schemes: dict[str, QuantArgs | None]) -> list[t
         if scheme is not None:
             buckets.setdefault(scheme, []).append(n)
     return list(buckets.items())
-
-
-Solved = list[tuple[str, QuantizedWeight, dict[str, Any]]]
 
 
 def solve_group(
@@ -75,13 +67,10 @@ def solve_group(
         else:
             qw, _ = quantize_weight(w, h, scheme, damp_percent=gptq.damp_percent, block_size=gptq.block_size,
                                     act_order=gptq.act_order, static_groups=gptq.groups_static())
-        for name, w_i, q_i in zip(names, ws, split_rows(qw, [x.shape[0] for x in ws]), strict=True):
-            w_hat = q_i.dequantize(device)
-            rec = layer_record(name, scheme, relative_error(w_i, w_hat))
-            rec["output_error"] = output_error(w_i, w_hat, h)
-            if len(names) > 1:
-                rec["solved_with"] = names[0]
-            out.append((name, q_i, rec))
+        sizes = [x.shape[0] for x in ws]
+        # the errors as a batch of experts computes them (solve_batch), so a report is the same however batched
+        rel, out_err = member_errors(w[None], qw.dequantize(device)[None], h.to(device, torch.float32)[None], sizes)
+        out += solved_records(names, scheme, qw, sizes, rel[0], out_err[0])
     return out
 
 
@@ -171,6 +160,7 @@ def observe_and_solve(model: nn.Module, block: nn.Module, inputs: BlockInputs, l
     out.update(expert_chunk=plan.chunk, passes=len(plan.passes), experts_in_block=plan.experts)
     solved: dict[int, Solved] = {}
     work: list[dict[str, nn.Module]] = []
+    batches: list[list[int]] = []
     seen: dict[str, str] = {}
     starved: dict[str, str] = {}
     for p, collect in enumerate(plan.passes):
@@ -182,9 +172,15 @@ def observe_and_solve(model: nn.Module, block: nn.Module, inputs: BlockInputs, l
             starved = starved_experts(model, lins, cfg.expert_min_tokens)
             work = [{n: lins[n] for n in members if n not in starved} for members in groups.groups().values()]
             work = [mods for mods in work if mods]
-        mine = {k: solve_group(mods, schemes, groups.hessian(next(iter(mods))), device, cfg)
-                for k, mods in enumerate(work) if seen[next(iter(mods))] in collect
-                and (ranks is None or ranks.owns(k))}
+            batches = plan_batches(work, schemes, plan.expert_names, plan.passes, list(lins), cfg)
+        mine: dict[int, Solved] = {}
+        for b, ks in enumerate(batches):  # ranks split the batches (the same on every rank), not the groups
+            if seen[next(iter(work[ks[0]]))] not in collect or (ranks is not None and not ranks.owns(b)):
+                continue
+            hs = [groups.hessian(next(iter(work[k]))) for k in ks]
+            done = solve_batch([work[k] for k in ks], hs, schemes, device, cfg) if len(ks) > 1 \
+                else [solve_group(work[ks[0]], schemes, hs[0], device, cfg)]
+            mine.update(zip(ks, done, strict=True))
         del groups  # this pass's statistics go before the next pass collects its own
         solved.update(ranks.gather(mine) if ranks is not None else mine)  # every rank's solves, on every rank
     records: list[dict[str, Any]] = []
