@@ -12,6 +12,7 @@ Presso runs its default GPTQ (MSE group ranges, dynamic groups); llm-compressor 
 (scheme W4A16, the router ignored as in its MoE examples). Calibration: random token ids.
 
     python3 bench/moe_gpu.py --shape qwen3-30b-a3b --layers 4 --out $OUT/moe.json           # on the H200
+    python3 bench/moe_gpu.py --layers 1 --impl presso-b1,presso   # experts one at a time vs batched
     python3 bench/moe_gpu.py --shape tiny --impl presso --device cpu --samples 4 --seq-len 64 --group 16
 """
 
@@ -114,7 +115,8 @@ def weight_errors(orig: dict, model: torch.nn.Module) -> list[float]:
     return [float((after[k] - w0).norm() / w0.norm()) for k, w0 in orig.items() if k in after]
 
 
-def run_presso(model_dir: Path, ids: torch.Tensor, out: Path, device: str) -> dict[str, Any]:
+def run_presso(model_dir: Path, ids: torch.Tensor, out: Path, device: str,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
     from presso.compression.core.context import StepContext
     from presso.compression.io.artifact import write_model
     from presso.compression.io.loading import load_model
@@ -127,7 +129,8 @@ def run_presso(model_dir: Path, ids: torch.Tensor, out: Path, device: str) -> di
     orig = _expert_weights(lm.model)  # a copy for the errors below: not timed
     t1 = time.perf_counter()
     ctx = StepContext(calibration=ids, device=torch.device(device), batch_size=8)
-    report = compress(lm.model, parse_recipe({"steps": [{"method": "gptq", "bits": 4, "group_size": GROUP}]}), ctx)
+    step = {"method": "gptq", "bits": 4, "group_size": GROUP, **(extra or {})}
+    report = compress(lm.model, parse_recipe({"steps": [step]}), ctx)
     t_comp = time.perf_counter() - t1
     write_model(lm.model, None, out)
     t_write = time.perf_counter() - t1 - t_comp
@@ -210,7 +213,11 @@ def measure(impl: str, model_dir: Path, ids: torch.Tensor, work: Path, device: s
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     try:
-        detail = (run_presso if impl == "presso" else run_llmcompressor)(model_dir, ids, out, device)
+        if impl.startswith("presso"):  # presso-b1: experts solved one at a time (expert_solve_batch 1)
+            extra = {"expert_solve_batch": 1} if impl == "presso-b1" else None
+            detail = run_presso(model_dir, ids, out, device, extra)
+        else:
+            detail = run_llmcompressor(model_dir, ids, out, device)
         ok = True
     except Exception as exc:  # a failure is a result to record
         log.exception("%s failed", impl)

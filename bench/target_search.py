@@ -108,7 +108,8 @@ def searched(lm: Any, budget_bytes: int | None, space: dict[str, Any], calib: to
     from presso.compression.spec import LocalJobSpec
 
     target: dict[str, Any] = {"space": space, "generations": args.generations, "offspring": args.offspring,
-                              "fitness_samples": args.fitness_samples, "candidates": args.candidates}
+                              "fitness_samples": args.fitness_samples, "candidates": args.candidates,
+                              "sensitivity_scale": args.sensitivity_scale}
     if budget_bytes is not None:
         target["max_bytes"] = budget_bytes
     if floor_pct is not None:  # judged on the held-out selection windows, like the choice among candidates
@@ -268,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--offspring", type=int, default=8)
     p.add_argument("--fitness-samples", type=int, default=8)
     p.add_argument("--candidates", type=int, default=3)
+    p.add_argument("--sensitivity-scale", choices=["layer", "block"], default="layer",
+                   help="the target's sensitivity_scale: one fitness evaluation per linear or per block")
     p.add_argument("--floor-ppl", type=float, metavar="PCT",
                    help="also the floor row: target max_ppl_increase_pct PCT alone vs the uniform GPTQ grid")
     p.add_argument("--smoke", action="store_true", help="8 calibration, 2 test windows of 128 tokens (plumbing)")

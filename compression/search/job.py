@@ -166,28 +166,36 @@ def _pareto(points: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
 
 
 def calibrate(errors: list[list[float]], costs: list[list[int]], score: Callable[[tuple[int, ...]], float],
-              on_step: Callable[[float], None] | None = None) -> list[list[float]]:
+              on_step: Callable[[float], None] | None = None,
+              blocks: list[int] | None = None) -> list[list[float]]:
     """Scale each layer's sensitivities so that they predict the end-to-end KL: with every other layer at its
     dearest level, the layer at its median-error level is scored by the fitness; the KL it adds over the
     all-dearest allocation, divided by its block-output error there, scales all its levels. A block's output
     error says how much a layer disturbs the residual stream, not how much later blocks amplify it; one fitness
     evaluation per layer measures that. Factors are floored at 5% of the median (a noisy zero would make a
-    layer look free)."""
+    layer look free).
+
+    ``blocks`` (each layer's block): one evaluation per block instead, every layer of the block at its median
+    level together; the block's added KL over the sum of those errors scales all of them (what later blocks do
+    to a disturbance depends on where it enters more than on which linear made it)."""
     def dearest_of(c: list[int], e: list[float]) -> int:  # the dearest level; of equal ones the least error
         return max(range(len(c)), key=lambda j: (c[j], -e[j]))
 
     dearest = tuple(dearest_of(c, e) for c, e in zip(costs, errors, strict=True))
+    mids = [sorted(range(len(errs)), key=errs.__getitem__)[len(errs) // 2] for errs in errors]
+    units = [[k] for k in range(len(errors))] if blocks is None else \
+        [[k for k, b in enumerate(blocks) if b == block] for block in dict.fromkeys(blocks)]
     base = score(dearest)
-    factors: list[float | None] = []
-    for k, errs in enumerate(errors):
-        mid = sorted(range(len(errs)), key=errs.__getitem__)[len(errs) // 2]
-        if errs[mid] <= 0 or mid == dearest[k]:
-            factors.append(None)
-        else:
-            alloc = dearest[:k] + (mid,) + dearest[k + 1:]
-            factors.append(max(score(alloc) - base, 0.0) / errs[mid])
+    factors: list[float | None] = [None] * len(errors)
+    for n, unit in enumerate(units):
+        moved = {k for k in unit if errors[k][mids[k]] > 0 and mids[k] != dearest[k]}
+        if moved:
+            alloc = tuple(mids[k] if k in moved else j for k, j in enumerate(dearest))
+            factor = max(score(alloc) - base, 0.0) / sum(errors[k][mids[k]] for k in moved)
+            for k in moved:
+                factors[k] = factor
         if on_step is not None:
-            on_step((k + 1) / len(errors))
+            on_step((n + 1) / len(units))
     known = sorted(f for f in factors if f is not None and f > 0)
     if not known:
         return errors
@@ -266,7 +274,8 @@ def run_search(spec: LocalJobSpec, lm: LoadedModel, ctx: StepContext, attempt: A
         seed_alloc = tuple(layer.levels.index(seed_level.for_layer(layer.in_features)) for layer in layers)
     try:
         # 2. each layer's block-output error on the scale of the end-to-end KL
-        errors = calibrate(errors, table_costs, score, lambda f: show("calibrate", f))
+        blocks = [layer.block for layer in layers] if target.sensitivity_scale == "block" else None
+        errors = calibrate(errors, table_costs, score, lambda f: show("calibrate", f), blocks)
         # 3. the knapsack's front (the (bits, KL) points of the report, and a floor-only job's candidates)
         front_points = knapsack.front(table_costs, errors, points=FRONT_POINTS)
         front: list[tuple[int, ...]] = []

@@ -121,15 +121,39 @@ def _static_groups(opts: dict[str, Any]) -> bool:
     return bool(opts.get("act_order", False)) if given is None else bool(given)
 
 
+class _Factors:
+    """One layer's damped inverse-Hessian factor, made on first use and shared by its GPTQ levels (the levels
+    differ in bits and groups, not in the Hessian or the dampening)."""
+
+    def __init__(self, w: torch.Tensor, h: torch.Tensor | None) -> None:
+        self.w, self.h = w, h
+        self.made: dict[float, torch.Tensor] = {}
+
+    def get(self, damp: float) -> torch.Tensor:
+        from presso.compression.engines.quantization.gptq.gptq_math import damped_inverse_upper
+
+        assert self.h is not None
+        if damp not in self.made:
+            self.made[damp] = damped_inverse_upper(self.h.to(self.w.device, torch.float32), self.w.clone(), damp)
+        return self.made[damp]
+
+
 def _quantize(w: torch.Tensor, level: Level, in_f: int, h: torch.Tensor | None, opts: dict[str, Any],
-              symmetric: bool) -> torch.Tensor:
-    """Dequantized float32 [out, in] of ``w`` at ``level`` (GPTQ with ``h``, or RTN)."""
+              symmetric: bool, factors: _Factors | None = None) -> torch.Tensor:
+    """Dequantized float32 [out, in] of ``w`` at ``level`` (GPTQ with ``h``, or RTN). ``factors``: the layer's
+    shared inverse-Hessian factors (used unless act_order, which permutes the Hessian first)."""
     scheme = QuantArgs(bits=level.bits, group_size=resolve_group(in_f, level.group_size), symmetric=symmetric,
                        observer=opts.get("observer", "minmax"))
     if level.method == "gptq" and h is not None:
-        from presso.compression.engines.quantization.gptq.gptq_math import quantize_weight
+        from presso.compression.engines.quantization.gptq.gptq_math import quantize_weight, quantize_weights
 
-        qw, _ = quantize_weight(w.clone(), h, scheme, damp_percent=opts.get("damp_percent", 0.01),
+        damp = opts.get("damp_percent", 0.01)
+        if factors is not None and not opts.get("act_order", False):
+            qws, _ = quantize_weights(w[None], h[None], scheme, damp_percent=damp,
+                                      block_size=opts.get("block_size", 128), static_groups=_static_groups(opts),
+                                      hinv=factors.get(damp)[None])
+            return qws[0].dequantize(w.device)
+        qw, _ = quantize_weight(w.clone(), h, scheme, damp_percent=damp,
                                 block_size=opts.get("block_size", 128), act_order=opts.get("act_order", False),
                                 static_groups=_static_groups(opts))
     else:  # rtn, or a gptq layer the calibration forward never reached (the engine then uses RTN too)
@@ -153,13 +177,16 @@ def measure(model: nn.Module, layout: Layout, layers: list[SearchLayer], ctx: St
     for k, layer in enumerate(layers):
         by_block.setdefault(layer.block, []).append(k)
     needs_h = any(lv.method == "gptq" for layer in layers for lv in layer.levels)
+    spent = {"observe": 0.0, "quantize": 0.0, "forward": 0.0}  # where the time goes (logged)
 
     def process(i: int, block: nn.Module, inputs: BlockInputs) -> None:
         idx = by_block.get(i, [])
         if not idx:
             return
         lins = {layers[k].name: layers[k].module for k in idx}
+        t = time.perf_counter()
         groups = observe_block(block, inputs, lins, ctx.device) if needs_h else None
+        spent["observe"] += time.perf_counter() - t
         sub = _subset(inputs, samples)
         ref = forward_block(block, sub)
         for k in idx:
@@ -168,22 +195,28 @@ def measure(model: nn.Module, layout: Layout, layers: list[SearchLayer], ctx: St
             original: torch.Tensor = getattr(mod, "weight").data  # noqa: B009
             h = groups.hessian(layer.name) if groups is not None and layer.name in groups.leader_of else None
             w = get_weight(mod, ctx.device)
+            factors = _Factors(w, h) if h is not None else None
             made: dict[Level, tuple[torch.Tensor, float]] = {}
             for lv in layer.levels:
                 if lv not in made:
-                    w_hat = _quantize(w, lv, layer.in_features, h, options.get(lv.method, {}), symmetric)
+                    t = time.perf_counter()
+                    w_hat = _quantize(w, lv, layer.in_features, h, options.get(lv.method, {}), symmetric, factors)
                     swapped = (w_hat if isinstance(mod, nn.Linear) else w_hat.t()).to(original.dtype).contiguous()
                     mod.weight.data = swapped
+                    t1 = time.perf_counter()
                     out = forward_block(block, sub)
                     err = sum(float(((o.float() - r.float()) ** 2).sum()) for o, r in zip(out, ref, strict=True))
                     mod.weight.data = original
+                    spent["quantize"] += t1 - t
+                    spent["forward"] += time.perf_counter() - t1
                     made[lv] = (swapped.to(store), err)
                 table.weights[k].append(made[lv][0])
                 table.errors[k].append(made[lv][1])
-            del w
+            del w, factors
 
     run_blockwise(model, layout, ctx, process)
     table.seconds = time.perf_counter() - t0
-    log.info("search: %d layers x %d levels measured in %.1fs", len(layers), len(layers[0].levels) if layers else 0,
-             table.seconds)
+    log.info("search: %d layers x %d levels measured in %.1fs (observe %.1fs, quantize %.1fs, block forwards "
+             "%.1fs; quantize waits for the forward's GPU work only at its host syncs)", len(layers),
+             len(layers[0].levels) if layers else 0, table.seconds, *spent.values())
     return table

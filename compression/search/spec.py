@@ -110,6 +110,11 @@ class TargetSpec(_Strict):
     fitness_samples: int = Field(
         default=4, ge=1, le=MAX_FITNESS_SAMPLES,
         description="Calibration windows on which sensitivities and the KL fitness are measured.")
+    sensitivity_scale: Literal["layer", "block"] = Field(
+        default="layer",
+        description="How block-output sensitivities are put on the scale of the end-to-end KL: one fitness "
+        "evaluation per searched linear ('layer'), or one per block shared by its linears ('block': ~7x fewer "
+        "evaluations on a Llama-style block, the cheaper search; BENCHMARKS.md §6 compares them).")
 
     @model_validator(mode="after")
     def _something_to_meet(self) -> TargetSpec:

@@ -116,3 +116,41 @@ def test_a_floor_alone_finds_a_small_allocation_that_meets_it(model_dir: Path, t
     assert res.metrics["kl"] <= floor
     assert res.metrics["bits_per_weight"] < 9.0  # smaller than everything at 8 bits
     assert all(c["passed"] or c["kl"] > floor for c in res.metrics["search"]["candidates"])
+
+
+def test_block_scale_calibration_needs_one_evaluation_per_block_and_recovers_block_factors() -> None:
+    from presso.compression.search.job import calibrate
+
+    # 4 layers in 2 blocks, 3 levels (cost ascending: the dearest is level 2, the median-error one level 1); the
+    # "true" KL is linear in the block-output errors with one amplification per block
+    errors = [[4.0, 2.0, 0.5], [8.0, 3.0, 1.0], [6.0, 1.0, 0.2], [2.0, 1.5, 0.1]]
+    costs = [[1, 2, 3]] * 4
+    amp = [10.0, 10.0, 3.0, 3.0]
+    calls: list[tuple[int, ...]] = []
+
+    def score(alloc: tuple[int, ...]) -> float:
+        calls.append(alloc)
+        return sum(a * e[j] for a, e, j in zip(amp, errors, alloc, strict=True))
+
+    by_layer = calibrate(errors, costs, score)
+    assert len(calls) == 1 + 4
+    calls.clear()
+    by_block = calibrate(errors, costs, score, blocks=[0, 0, 1, 1])
+    assert len(calls) == 1 + 2
+    assert calls[1] == (1, 1, 2, 2) and calls[2] == (2, 2, 1, 1)  # a block's layers moved to their median together
+    added = [a * (e[1] - e[2]) for a, e in zip(amp, errors, strict=True)]  # KL each layer adds at its median level
+    for k, e in enumerate(errors):
+        assert by_layer[k] == pytest.approx([x * added[k] / e[1] for x in e])
+        block = [0, 1] if k < 2 else [2, 3]
+        factor = sum(added[j] for j in block) / sum(errors[j][1] for j in block)
+        assert by_block[k] == pytest.approx([x * factor for x in e])
+
+
+def test_block_scale_search_meets_the_budget(model_dir: Path, tmp_path: Path) -> None:
+    res = run_local(_spec(model_dir, tmp_path / "out",
+                          {"bits_per_weight": 4.0, "space": SPACE, "sensitivity_scale": "block"}))
+    m = res.metrics
+    assert 4.0 - 0.25 <= m["bits_per_weight"] <= 4.0 + 1e-9
+    # tiny_llama: 2 blocks -> 1 base + 2 calibration evaluations before the front and the evolution
+    layer = run_local(_spec(model_dir, tmp_path / "layer", {"bits_per_weight": 4.0, "space": SPACE}))
+    assert m["search"]["fitness_evaluations"] < layer.metrics["search"]["fitness_evaluations"]

@@ -10,6 +10,7 @@ weight error and the layer-output error ``||X dW^T|| / ||X W^T||`` (from H, no e
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -163,10 +164,13 @@ def observe_and_solve(model: nn.Module, block: nn.Module, inputs: BlockInputs, l
     batches: list[list[int]] = []
     seen: dict[str, str] = {}
     starved: dict[str, str] = {}
+    t_observe = t_solve = 0.0
     for p, collect in enumerate(plan.passes):
+        t0 = time.perf_counter()
         counts = share_expert_counts(model, lins, ranks) if p == 0 else counts_kept(model, lins)
         with counts:
             groups = observe_block(block, inputs, lins, device, ranks, collect if plan.chunked else None)
+        t1 = time.perf_counter()
         if p == 0:  # every group (and every expert's routed tokens) is known after the first pass
             seen = dict(groups.leader_of)
             starved = starved_experts(model, lins, cfg.expert_min_tokens)
@@ -181,8 +185,11 @@ def observe_and_solve(model: nn.Module, block: nn.Module, inputs: BlockInputs, l
             done = solve_batch([work[k] for k in ks], hs, schemes, device, cfg) if len(ks) > 1 \
                 else [solve_group(work[ks[0]], schemes, hs[0], device, cfg)]
             mine.update(zip(ks, done, strict=True))
+        t_observe, t_solve = t_observe + t1 - t0, t_solve + time.perf_counter() - t1
         del groups  # this pass's statistics go before the next pass collects its own
         solved.update(ranks.gather(mine) if ranks is not None else mine)  # every rank's solves, on every rank
+    log.info("gptq block: observed in %.2fs (%d pass(es)), %d input groups solved in %d batches in %.2fs",
+             t_observe, len(plan.passes), len(work), len(batches), t_solve)
     records: list[dict[str, Any]] = []
     for k, mods in enumerate(work):  # codes stored in the block's order, after the last pass
         records += apply_solved(mods, solved[k], device)

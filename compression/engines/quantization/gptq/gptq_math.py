@@ -200,18 +200,24 @@ def quantize_weights(
     damp_percent: float = 0.01,
     block_size: int = 128,
     static_groups: bool = True,
+    hinv: torch.Tensor | None = None,
 ) -> tuple[list[QuantizedWeight], list[float]]:
     """GPTQ (columns in order) of E same-shape layers together: ``w`` [E, N, K], ``h`` [E, K, K] (each layer its
     own Hessian, e.g. the experts of a mixture-of-experts block). One batched factorisation and one column loop
     for all E: the codes each layer would get alone, in a fraction of the GPU kernel launches. Returns the codes
-    and the loss of each layer."""
+    and the loss of each layer. ``hinv``: the factors ``damped_inverse_upper(h, w, damp_percent)`` already made
+    (one layer quantized at several levels: the factorisation is the same for all)."""
     w = w.float().clone()
     e, _n, k = w.shape
     group = scheme.group_size if 0 < scheme.group_size < k else -1
     h = h.to(w.device, torch.float32)
+    if hinv is not None:  # dead columns zeroed, as damped_inverse_upper does
+        w.masked_fill_((torch.diagonal(h, dim1=-2, dim2=-1) == 0).unsqueeze(-2), 0.0)
     # zeroes w's dead columns first, as prepare_hessian; one layer keeps the 2-D (in place on the CPU) factorisation
-    hinv = damped_inverse_upper(h[0], w[0], damp_percent).unsqueeze(0) if e == 1 \
-        else damped_inverse_upper(h, w, damp_percent)
+    elif e == 1:
+        hinv = damped_inverse_upper(h[0], w[0], damp_percent).unsqueeze(0)
+    else:
+        hinv = damped_inverse_upper(h, w, damp_percent)
     del h
     flat = w.view(-1, k)
     params = _static_params(flat, scheme, group) if group < 0 or static_groups else None
