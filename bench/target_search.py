@@ -109,7 +109,8 @@ def searched(lm: Any, budget_bytes: int | None, space: dict[str, Any], calib: to
 
     target: dict[str, Any] = {"space": space, "generations": args.generations, "offspring": args.offspring,
                               "fitness_samples": args.fitness_samples, "candidates": args.candidates,
-                              "sensitivity_scale": args.sensitivity_scale}
+                              "sensitivity_scale": args.sensitivity_scale,
+                              "sensitivity_rounding": args.sensitivity_rounding}
     if budget_bytes is not None:
         target["max_bytes"] = budget_bytes
     if floor_pct is not None:  # judged on the held-out selection windows, like the choice among candidates
@@ -269,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--offspring", type=int, default=8)
     p.add_argument("--fitness-samples", type=int, default=8)
     p.add_argument("--candidates", type=int, default=3)
+    p.add_argument("--sensitivity-rounding", choices=["recipe", "fast"], default="recipe",
+                   help="the target's sensitivity_rounding: GPTQ levels measured as the recipe rounds them, or "
+                   "with min-max ranges and static groups")
     p.add_argument("--sensitivity-scale", choices=["layer", "block"], default="layer",
                    help="the target's sensitivity_scale: one fitness evaluation per linear or per block")
     p.add_argument("--floor-ppl", type=float, metavar="PCT",
@@ -295,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         calib, evals, select = calib[:8, :128], evals[:2, :128], select[:2, :128]
         args.generations, args.offspring, args.fitness_samples, args.candidates = 2, 2, 2, 1
         for row in ROWS.values():
-            row["space"] = {**row["space"], "bits": [3, 4], "group_sizes": [64]}
+            row["space"] = {**row["space"], "bits": [3, 4], "group_sizes": [64, 128]}
     results: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv), "rows": {}}
     dense_ppl = perplexity(lm.model, evals)
     results["dense_ppl"] = dense_ppl

@@ -245,8 +245,10 @@ def run_search(spec: LocalJobSpec, lm: LoadedModel, ctx: StepContext, attempt: A
     ctx.stage = "search:sensitivity"
     ctx.report(0.0)
     assert ctx.calibration is not None
-    table = measure(model, layout, layers, ctx, samples=target.fitness_samples, options=full, symmetric=symmetric,
-                    store=ctx.device)
+    rounding = full if target.sensitivity_rounding == "recipe" else \
+        {m: {**o, "observer": "minmax", "static_groups": True} for m, o in full.items()}
+    table = measure(model, layout, layers, ctx, samples=target.fitness_samples, options=rounding,
+                    symmetric=symmetric, store=ctx.device)
     errors = table.errors
     times["measure"] = table.seconds
     t = time.perf_counter()

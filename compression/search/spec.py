@@ -110,6 +110,12 @@ class TargetSpec(_Strict):
     fitness_samples: int = Field(
         default=4, ge=1, le=MAX_FITNESS_SAMPLES,
         description="Calibration windows on which sensitivities and the KL fitness are measured.")
+    sensitivity_rounding: Literal["recipe", "fast"] = Field(
+        default="recipe",
+        description="How the sensitivity pass rounds each GPTQ level: with the step's own options ('recipe': "
+        "MSE ranges and dynamic groups by default, each level as the artifact would get it), or with min-max "
+        "ranges and static groups ('fast': several times cheaper on a GPU; the candidates are still compressed "
+        "with the step's options). BENCHMARKS.md §6 compares them.")
     sensitivity_scale: Literal["layer", "block"] = Field(
         default="layer",
         description="How block-output sensitivities are put on the scale of the end-to-end KL: one fitness "

@@ -146,10 +146,23 @@ def test_block_scale_calibration_needs_one_evaluation_per_block_and_recovers_blo
         assert by_block[k] == pytest.approx([x * factor for x in e])
 
 
-def test_block_scale_search_meets_the_budget(model_dir: Path, tmp_path: Path) -> None:
-    res = run_local(_spec(model_dir, tmp_path / "out",
-                          {"bits_per_weight": 4.0, "space": SPACE, "sensitivity_scale": "block"}))
+def test_cheap_sensitivities_search_meets_the_budget(model_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from presso.compression.search import measure
+
+    seen: list[tuple[str, bool]] = []
+    real = measure._quantize
+
+    def spy(w: Any, level: Any, in_f: int, h: Any, opts: dict[str, Any], *a: Any) -> Any:
+        seen.append((opts["observer"], measure._static_groups(opts)))
+        return real(w, level, in_f, h, opts, *a)
+
+    monkeypatch.setattr(measure, "_quantize", spy)
+    res = run_local(_spec(model_dir, tmp_path / "out", {"bits_per_weight": 4.0, "space": SPACE,
+                                                        "sensitivity_scale": "block", "sensitivity_rounding": "fast"}))
+    assert seen and set(seen) == {("minmax", True)}  # the sensitivity pass rounds with min-max, static groups
     m = res.metrics
+    assert m["recipe_used"]["steps"][0]["observer"] == "mse"  # the artifact: GPTQ's own default ranges
     assert 4.0 - 0.25 <= m["bits_per_weight"] <= 4.0 + 1e-9
     # tiny_llama: 2 blocks -> 1 base + 2 calibration evaluations before the front and the evolution
     layer = run_local(_spec(model_dir, tmp_path / "layer", {"bits_per_weight": 4.0, "space": SPACE}))
