@@ -46,6 +46,7 @@ from presso.compression.planmodel import (
     PlanError,
     Shape,
     TensorInfo,
+    expert_batch_solve,
     expert_chunk_stats,
     header_length,
     hessian_groups,
@@ -369,6 +370,8 @@ def _attempt(steps: Sequence[dict[str, Any]], s: Shape, job: JobShape, worker: W
                 # fp32 weights (and their stack), H, its damped copy and inverse
                 solve = max(4.0 * (2 * g[0].in_features * sum(x.out_features for x in g) + 3 * g[0].in_features ** 2)
                             for g in groups.values())
+                if method == "gptq" and not step.get("act_order"):  # same-shape experts solved together
+                    solve = max(solve, expert_batch_solve(in_block, int(step.get("expert_solve_batch", 32))))
                 for g in hessian_groups(chosen).values():
                     k, n = g[0].in_features, sum(x.out_features for x in g)
                     f_fp32 += 2 * k * k * T

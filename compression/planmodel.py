@@ -28,6 +28,7 @@ SHARED_INPUT = {  # linears that read the same tensor share one Hessian (gptq/ob
     "gate_proj": "mlp_in", "up_proj": "mlp_in", "gate_up_proj": "mlp_in", "w1": "mlp_in", "w3": "mlp_in",
 }  # fmt: skip
 QUANT = {"rtn", "gptq", "awq", "hqq"}
+SOLVE_BATCH_BYTES = 2 << 30  # GPTQ's batched expert solves: a batch's Hessians, factors and copies (gptq/batched.py)
 EXPERT_RE = re.compile(r"^(?P<expert>.*\.experts\.\d+)\.")  # a per-expert linear of a mixture-of-experts block
 BLOCK_RE = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h|blocks|block|layer))\.(?P<index>\d+)\.")
 
@@ -249,6 +250,23 @@ def expert_chunk_stats(block: Sequence[Linear], chunk: int | None, budget: float
     if chunk is None and budget is not None:
         chunk = max(1, int(budget // per))
     return other + per * min(chunk or len(per_expert), len(per_expert))
+
+
+def expert_batch_solve(block: Sequence[Linear], batch: int) -> float:
+    """Working bytes of GPTQ's batched expert solves (compression/engines/quantization/gptq/batched.py) for one
+    block's linears: per expert of the largest batch its fp32 weights (and their copy), its Hessian stacked, the
+    factor and the factorisation's transient copies; a batch holds at most ``batch`` experts of one shape and at most
+    ``SOLVE_BATCH_BYTES`` of k x k matrices."""
+    same: dict[tuple[int, int], int] = {}
+    for key, g in hessian_groups(block).items():
+        if EXPERT_RE.match(key + "."):
+            shape = (g[0].in_features, sum(x.out_features for x in g))
+            same[shape] = same.get(shape, 0) + 1
+    best = 0.0
+    for (k, n), count in same.items():
+        size = max(1, min(batch, count, SOLVE_BATCH_BYTES // (16 * k * k)))
+        best = max(best, size * 4.0 * (2 * n * k + 4 * k * k))
+    return best
 
 
 def _group_size(step: dict[str, Any], in_features: int) -> int:

@@ -23,8 +23,8 @@ from presso.compression.core.layout import get_weight, in_out
 from presso.compression.core.quant import QuantizedWeight
 from presso.compression.engines.quantization.common import layer_record
 from presso.compression.engines.quantization.gptq.gptq_math import quantize_weights
+from presso.compression.planmodel import SOLVE_BATCH_BYTES as BATCH_BYTES  # about 4 k x k float32 per expert
 
-BATCH_BYTES = 2 << 30  # a batch's Hessians, factors and their transient copies: about 4 k x k float32 per expert
 Solved = list[tuple[str, QuantizedWeight, dict[str, Any]]]
 
 
