@@ -207,7 +207,7 @@ def quantize_weights(
     for all E: the codes each layer would get alone, in a fraction of the GPU kernel launches. Returns the codes
     and the loss of each layer. ``hinv``: the factors ``damped_inverse_upper(h, w, damp_percent)`` already made
     (one layer quantized at several levels: the factorisation is the same for all)."""
-    w = w.float().clone()
+    w = w.float().clone(memory_format=torch.contiguous_format)  # rows are viewed flat below
     e, _n, k = w.shape
     group = scheme.group_size if 0 < scheme.group_size < k else -1
     h = h.to(w.device, torch.float32)

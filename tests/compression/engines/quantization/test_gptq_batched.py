@@ -141,3 +141,15 @@ def test_moe_job_batched_equals_one_expert_at_a_time(monkeypatch: pytest.MonkeyP
             assert torch.equal(qa.q, qb.q) and torch.equal(qa.scale, qb.scale), name
     assert n_quant == 2 * (4 + 3 * 8)  # q, k, v, o and every expert's three linears, in both blocks
     assert rep_one["layers"] == rep_together["layers"]
+
+
+def test_a_transposed_weight_view_is_quantized_like_its_copy() -> None:
+    """A Conv1D weight reaches the solver as a transposed view (get_weight's ``w.t()``): the flat row view the
+    batched loop uses must not depend on the caller's strides."""
+    w, h = _layers(1, 24, 48, seed=4)
+    view = w[0].t().contiguous().t()  # same values, column-major strides
+    assert not view.is_contiguous()
+    scheme = QuantArgs(bits=4, group_size=16)
+    a, _ = quantize_weight(view, h[0], scheme, block_size=16)
+    b, _ = quantize_weight(w[0].contiguous(), h[0], scheme, block_size=16)
+    assert torch.equal(a.q, b.q)
