@@ -73,8 +73,8 @@ def inverse_cholesky_upper(h: torch.Tensor, diagonal: torch.Tensor | None = None
 
 
 def _inverse_cholesky_upper_batched(h: torch.Tensor, diagonal: torch.Tensor | None) -> torch.Tensor:
-    """One batched factorisation and solve; a matrix that is not positive definite is redone alone (with the
-    retries of :func:`inverse_cholesky_upper`), so each factor is the one it would get alone."""
+    """One batched factorisation and solve; a matrix that is not positive definite is redone alone, with the extra
+    dampening retries of :func:`inverse_cholesky_upper`, as it would be if factored alone."""
     flipped = h.flip(-2, -1)
     if diagonal is not None:
         torch.diagonal(flipped, dim1=-2, dim2=-1).copy_(diagonal.flip(-1))

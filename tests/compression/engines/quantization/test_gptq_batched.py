@@ -153,3 +153,20 @@ def test_a_transposed_weight_view_is_quantized_like_its_copy() -> None:
     a, _ = quantize_weight(view, h[0], scheme, block_size=16)
     b, _ = quantize_weight(w[0].contiguous(), h[0], scheme, block_size=16)
     assert torch.equal(a.q, b.q)
+
+
+def test_a_batch_member_that_is_not_positive_definite_gets_its_own_retries() -> None:
+    from presso.compression.core.stats import inverse_cholesky_upper
+
+    _, h = _layers(3, 4, 16, seed=6)
+    h[1] = torch.full((16, 16), 2.0)  # with a unit diagonal: eigenvalues down to -1, not positive definite
+    diag = torch.diagonal(h, dim1=-2, dim2=-1).clone()
+    diag[1] = 1.0
+    failing = h[1].clone()
+    torch.diagonal(failing).copy_(diag[1])
+    assert int(torch.linalg.cholesky_ex(failing).info) != 0  # the batched factorisation fails for this one only
+    together = inverse_cholesky_upper(h, diag)
+    assert torch.isfinite(together).all()
+    for e in (0, 2):
+        torch.testing.assert_close(together[e], inverse_cholesky_upper(h[e], diag[e]))
+    torch.testing.assert_close(together[1], inverse_cholesky_upper(h[1], diag[1]))
