@@ -34,7 +34,8 @@ def test_floor_row_compares_the_smallest_artifacts(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(5)
     calib, select, evals = (torch.randint(0, 200, (n, 32), generator=g) for n in (8, 2, 3))
     dense = perplexity(lm.model, evals, torch.device("cpu"))
-    args = argparse.Namespace(generations=1, offspring=2, fitness_samples=2, candidates=3)
+    args = argparse.Namespace(generations=1, offspring=2, fitness_samples=2, candidates=3, sensitivity_scale="block",
+                              sensitivity_rounding="fast")
     space = {"methods": ["gptq"], "bits": [2, 4, 8], "group_sizes": [32]}
     f = ts.floor_row(lm, 50.0, space, calib, select, evals, source, args, dense, [(2, 32), (4, 32), (8, 32)])
     assert [u["recipe"]["bits"] for u in f["uniform"]] == [2, 4, 8]
