@@ -143,16 +143,18 @@ def test_moe_job_batched_equals_one_expert_at_a_time(monkeypatch: pytest.MonkeyP
     assert rep_one["layers"] == rep_together["layers"]
 
 
-def test_a_transposed_weight_view_is_quantized_like_its_copy() -> None:
-    """A Conv1D weight reaches the solver as a transposed view (get_weight's ``w.t()``): the flat row view the
-    batched loop uses must not depend on the caller's strides."""
-    w, h = _layers(1, 24, 48, seed=4)
-    view = w[0].t().contiguous().t()  # same values, column-major strides
-    assert not view.is_contiguous()
+def test_strided_weights_are_quantized_like_their_copies() -> None:
+    """A Conv1D weight reaches the solver as a transposed view (get_weight's ``w.t()``), and a caller may stack
+    such views: the flat row view the batched loop takes must not depend on the caller's strides."""
+    w, h = _layers(3, 24, 48, seed=4)
+    strided = w.transpose(1, 2).contiguous().transpose(1, 2)  # same values, column-major layers
+    assert not strided.is_contiguous()
     scheme = QuantArgs(bits=4, group_size=16)
-    a, _ = quantize_weight(view, h[0], scheme, block_size=16)
-    b, _ = quantize_weight(w[0].contiguous(), h[0], scheme, block_size=16)
-    assert torch.equal(a.q, b.q)
+    got, _ = quantize_weights(strided, h, scheme, block_size=16)
+    want, _ = quantize_weights(w.contiguous(), h, scheme, block_size=16)
+    assert all(torch.equal(a.q, b.q) for a, b in zip(got, want, strict=True))
+    one, _ = quantize_weight(strided[0], h[0], scheme, block_size=16)
+    assert torch.equal(one.q, want[0].q)
 
 
 def test_a_batch_member_that_is_not_positive_definite_gets_its_own_retries() -> None:
