@@ -172,11 +172,11 @@ def quantize_weight(
 
     ``scheme.group_size`` must already be resolved (a divisor of K, or -1 for per channel).
     """
-    group = scheme.group_size if 0 < scheme.group_size < w.shape[1] else -1
     if not act_order:
         qws, losses = quantize_weights(w.unsqueeze(0), h.unsqueeze(0), scheme, damp_percent=damp_percent,
                                        block_size=block_size, static_groups=static_groups)
         return qws[0], {"loss": losses[0]}
+    group = scheme.group_size if 0 < scheme.group_size < w.shape[1] else -1
     if group > 0 and not static_groups:
         raise ValueError("act_order with dynamic groups needs g_idx, which pack-quantized artifacts do not carry")
     w = w.float().clone()
@@ -208,7 +208,7 @@ def quantize_weights(
     and the loss of each layer. ``hinv``: the factors ``damped_inverse_upper(h, w, damp_percent)`` already made
     (one layer quantized at several levels: the factorisation is the same for all)."""
     w = w.float().clone(memory_format=torch.contiguous_format)  # rows are viewed flat below
-    e, _n, k = w.shape
+    e, n, k = w.shape
     group = scheme.group_size if 0 < scheme.group_size < k else -1
     h = h.to(w.device, torch.float32)
     if hinv is not None:  # dead columns zeroed, as damped_inverse_upper does
@@ -223,7 +223,7 @@ def quantize_weights(
     params = _static_params(flat, scheme, group) if group < 0 or static_groups else None
     q, scale, zero, losses = _solve(w, hinv, scheme, group, block_size, params, None, _kept_zeros(w))
     resolved = scheme.model_copy(update={"group_size": group})
-    rows = [slice(i * _n, (i + 1) * _n) for i in range(e)]
+    rows = [slice(i * n, (i + 1) * n) for i in range(e)]
     return [make_quantized(q[r], scale[r], zero[r], resolved) for r in rows], losses
 
 
